@@ -1,0 +1,632 @@
+"""Pydantic v2 wire models shared by the client and the local control plane.
+
+Python attributes are snake_case; on the wire every field is camelCase (the
+aliases). Request models reject unknown fields and validate ranges so bad input
+fails before anything is sent; response models keep unknown fields (``extra``)
+so a newer server never breaks an older client. Secrets are ``SecretStr``: they
+never show in a ``repr`` and are only revealed when a request body is encoded.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from datetime import datetime
+from typing import Any, Literal, Union
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "AdditionalMount",
+    "ApiToken",
+    "ArchilMount",
+    "AuthorizedUser",
+    "Container",
+    "ContainerStatus",
+    "CreateContainerRequest",
+    "CreateDiskRequest",
+    "CreateDiskResult",
+    "CreateImageRequest",
+    "CreateTokenRequest",
+    "CreatedApiToken",
+    "DirectoryEntry",
+    "DirectoryListing",
+    "Disk",
+    "DiskUserRequest",
+    "ExecMount",
+    "ExecRequest",
+    "ExecResult",
+    "ExecTiming",
+    "Image",
+    "KernelVariant",
+    "LogEntry",
+    "Mount",
+    "MountResponse",
+    "ObjectInfo",
+    "ObjectListing",
+    "PortMapping",
+    "TERMINAL_STATES",
+    "validate_container_id",
+    "validate_disk_id",
+    "validate_mount_path",
+    "validate_object_key",
+    "validate_relative_path",
+]
+
+KernelVariant = Literal["base", "extended"]
+ContainerStatus = Literal["pending", "building", "starting", "running", "exited", "failed", "stopped"]
+TERMINAL_STATES: frozenset[str] = frozenset({"exited", "failed", "stopped"})
+MountProvider = Literal["s3", "gcs", "r2", "s3-compatible", "azure-blob"]
+
+VCPU_MIN, VCPU_MAX = 1, 64
+MEM_MIN_MIB, MEM_MAX_MIB = 128, 262_144
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FORBIDDEN_MOUNT_ROOTS = ("/proc", "/sys", "/dev", "/mnt/archil")
+
+
+# ---------------------------------------------------------------------------
+# Validators usable on their own (the client checks arguments before sending)
+# ---------------------------------------------------------------------------
+
+
+def validate_disk_id(value: str, field: str = "disk_id") -> str:
+    """Return ``value`` if it is a well-formed disk id, else raise ``ValueError`` naming ``field``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"{field} {value!r} is not a valid disk id "
+            "(letters, digits, '-', '_' and '.', at most 128 characters, e.g. 'dsk-0123456789abcdef')"
+        )
+    return value
+
+
+def validate_container_id(value: str, field: str = "container_id") -> str:
+    """Return ``value`` if it is a well-formed container id, else raise ``ValueError``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    if not _CONTAINER_ID_RE.match(value):
+        raise ValueError(f"{field} {value!r} is not a valid container id (e.g. 'cntr-0123456789abcdef')")
+    return value
+
+
+def validate_mount_path(value: str, field: str = "path") -> str:
+    """An absolute container path for an additional mount: no ``..``, not a system directory."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty absolute path")
+    if not value.startswith("/"):
+        raise ValueError(f"{field} {value!r} must be an absolute path (start with '/')")
+    if "\x00" in value:
+        raise ValueError(f"{field} {value!r} contains a NUL byte")
+    parts = value.split("/")
+    if any(p in ("..", ".") for p in parts):
+        raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    norm = posixpath.normpath(value)
+    if norm == "/":
+        raise ValueError(f"{field} must not be '/'")
+    for root in _FORBIDDEN_MOUNT_ROOTS:
+        if norm == root or norm.startswith(root + "/"):
+            raise ValueError(f"{field} {value!r} is reserved ({root} cannot be used as a mount path)")
+    return norm
+
+
+def validate_relative_path(value: str, field: str = "path", *, allow_empty: bool = False) -> str:
+    """A relative path with no ``.``/``..`` segments and no leading ``/`` (exec mounts, subdirectories)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string")
+    if value == "":
+        if allow_empty:
+            return value
+        raise ValueError(f"{field} must not be empty")
+    if value.startswith("/"):
+        raise ValueError(f"{field} {value!r} must be relative (no leading '/')")
+    if "\x00" in value or "\\" in value:
+        raise ValueError(f"{field} {value!r} contains a forbidden character")
+    parts = [p for p in value.split("/") if p != ""]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    return "/".join(parts)
+
+
+def validate_object_key(value: str, field: str = "key") -> str:
+    """An object key inside a disk: relative, no ``.``/``..`` segments, no NUL, at most 1024 bytes."""
+    if not isinstance(value, str) or value == "":
+        raise ValueError(f"{field} must be a non-empty string")
+    if len(value.encode("utf-8")) > 1024:
+        raise ValueError(f"{field} is longer than 1024 bytes")
+    if value.startswith("/"):
+        raise ValueError(f"{field} {value!r} must not start with '/'")
+    if "\x00" in value or "\\" in value:
+        raise ValueError(f"{field} {value!r} contains a forbidden character")
+    if any(p in (".", "..") for p in value.split("/")):
+        raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Base classes
+# ---------------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    """A request body: snake_case in Python, camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body to send, secrets revealed, unset optional fields omitted."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, context={"reveal": True})
+
+
+class _Response(BaseModel):
+    """A response body: unknown fields are kept, not fatal."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        hide_input_in_errors=True,
+    )
+
+
+def _reveal(value: SecretStr | None, info: Any) -> str | SecretStr | None:
+    if value is None:
+        return None
+    ctx = getattr(info, "context", None) or {}
+    if ctx.get("reveal"):
+        return value.get_secret_value()
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Disks
+# ---------------------------------------------------------------------------
+
+
+class Mount(_Request):
+    """A storage bucket backing a disk (the seed's ``archil.Mount``).
+
+    ``provider`` is one of ``s3``, ``gcs``, ``r2``, ``s3-compatible`` and
+    ``azure-blob``; it is sent as the mount's ``type``. ``bucket`` is sent as
+    ``bucketName`` (``containerName`` for Azure). ``region`` is kept on the
+    client for reference; the control plane infers it from the bucket.
+    """
+
+    provider: MountProvider = Field(
+        validation_alias=AliasChoices("provider", "type"), serialization_alias="type"
+    )
+    bucket: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("bucket", "bucketName"),
+        serialization_alias="bucketName",
+    )
+    region: str | None = Field(default=None, exclude=True)
+    bucket_endpoint: str | None = None
+    bucket_prefix: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    # Azure Blob
+    container_name: str | None = None
+    endpoint: str | None = None
+    storage_account_name: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+
+    @field_serializer("secret_access_key", "session_token", "client_secret")
+    def _ser_secret(self, value: SecretStr | None, info: Any) -> str | SecretStr | None:
+        return _reveal(value, info)
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> Mount:
+        p = self.provider
+        if p == "azure-blob":
+            missing = [
+                f
+                for f in ("container_name", "tenant_id", "client_id", "client_secret")
+                if getattr(self, f) is None
+            ]
+            if self.container_name is None and self.bucket is not None:
+                object.__setattr__(self, "container_name", self.bucket)
+                object.__setattr__(self, "bucket", None)
+                missing.remove("container_name")
+            if missing:
+                raise ValueError(f"an azure-blob mount needs {', '.join(missing)}")
+            return self
+        if not self.bucket:
+            raise ValueError(f"a {p} mount needs bucket (the bucket name)")
+        need: list[str] = []
+        if p in ("gcs", "r2", "s3-compatible"):
+            need += ["access_key_id", "secret_access_key"]
+        if p in ("r2", "s3-compatible"):
+            need.append("bucket_endpoint")
+        missing = [f for f in need if getattr(self, f) in (None, "")]
+        if missing:
+            raise ValueError(f"a {p} mount needs {', '.join(missing)}")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
+
+
+class CreateDiskRequest(_Request):
+    """``POST /api/disks``."""
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[a-zA-Z0-9_-]+$")
+    mounts: list[Mount] | None = Field(default=None, max_length=1)
+
+
+class DiskUserRequest(_Request):
+    """``POST /api/disks/{id}/users``: a token user or an AWS STS principal."""
+
+    type: Literal["token", "awssts"]
+    nickname: str | None = Field(default=None, max_length=255)
+    principal: str | None = Field(default=None, max_length=2048)
+    token_suffix: str | None = Field(default=None, min_length=4, max_length=4)
+
+    @model_validator(mode="after")
+    def _check(self) -> DiskUserRequest:
+        if self.type == "token" and not self.nickname:
+            raise ValueError("nickname is required for a token user")
+        if self.type == "awssts" and not self.principal:
+            raise ValueError("principal (an IAM principal ARN) is required for an awssts user")
+        if self.type == "token" and self.principal and not self.token_suffix:
+            raise ValueError("token_suffix is required when principal is given")
+        return self
+
+
+class AuthorizedUser(_Response):
+    """A user allowed to mount a disk. ``token`` is present only once, at creation."""
+
+    type: str | None = None
+    principal: str | None = None
+    nickname: str | None = None
+    token_suffix: str | None = None
+    token: SecretStr | None = None
+    identifier: str | None = None
+    created_at: datetime | None = None
+
+
+class MountResponse(_Response):
+    """A disk's storage mount as the control plane reports it (secrets omitted)."""
+
+    id: str | None = None
+    type: str | None = None
+    path: str | None = None
+    name: str | None = None
+    access_mode: str | None = None
+    config: dict[str, Any] | None = None
+    connection_status: str | None = None
+    auth_error: str | None = None
+    authorization_type: str | None = None
+
+
+class Disk(_Response):
+    """A disk."""
+
+    id: str
+    name: str
+    organization: str | None = None
+    status: str
+    provider: str | None = None
+    region: str | None = None
+    created_at: datetime | None = None
+    last_accessed: datetime | None = None
+    data_size: int | None = None
+    monthly_usage: str | None = None
+    mounts: list[MountResponse] = Field(default_factory=list)
+    authorized_users: list[AuthorizedUser] = Field(default_factory=list)
+
+    @property
+    def disk_id(self) -> str:
+        """The disk's id (alias of ``id``)."""
+        return self.id
+
+
+class CreateDiskResult(_Response):
+    """The answer to ``POST /api/disks``: the new disk's id and its one-time token user."""
+
+    disk_id: str
+    authorized_users: list[AuthorizedUser] = Field(default_factory=list)
+
+
+class DirectoryEntry(_Response):
+    """One entry of a disk directory."""
+
+    name: str
+    inode_id: int
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int = 0
+    modified_at: datetime | None = None
+
+
+class DirectoryListing(_Response):
+    """``GET /api/disks/{id}/directory?inode=N``."""
+
+    inode_id: int
+    path: str
+    entries: list[DirectoryEntry] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Exec
+# ---------------------------------------------------------------------------
+
+
+class ExecMount(_Request):
+    """A disk mounted at a relative path under ``/mnt/archil`` for ``POST /api/exec``."""
+
+    disk: str
+    subdirectory: str | None = None
+    read_only: bool = False
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        return validate_disk_id(v, "disk")
+
+    @field_validator("subdirectory")
+    @classmethod
+    def _sub(cls, v: str | None) -> str | None:
+        return None if v is None else validate_relative_path(v, "subdirectory")
+
+
+class ExecRequest(_Request):
+    """``POST /api/exec`` (``disks`` maps relative paths to disk ids or :class:`ExecMount`)."""
+
+    disks: dict[str, Union[str, ExecMount]] = Field(min_length=1)  # noqa: UP007
+    command: str = Field(min_length=1)
+
+    @field_validator("disks")
+    @classmethod
+    def _disks(cls, v: dict[str, str | ExecMount]) -> dict[str, str | ExecMount]:
+        out: dict[str, str | ExecMount] = {}
+        for path, target in v.items():
+            rel = validate_relative_path(path, "disks key")
+            if rel in out:
+                raise ValueError(f"disks: two disks are mounted at {rel!r}")
+            if isinstance(target, str):
+                validate_disk_id(target, f"disks[{path!r}]")
+            out[rel] = target
+        return out
+
+
+class ExecTiming(_Response):
+    """Server-measured timings of an exec request, in milliseconds."""
+
+    total_ms: int
+    queue_ms: int
+    execute_ms: int
+
+
+class ExecResult(_Response):
+    """The result of an exec request."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timing: ExecTiming
+
+
+# ---------------------------------------------------------------------------
+# API tokens
+# ---------------------------------------------------------------------------
+
+
+class CreateTokenRequest(_Request):
+    """``POST /api/tokens``."""
+
+    name: str = Field(min_length=1, max_length=100)
+    description: str | None = Field(default=None, max_length=500)
+
+
+class ApiToken(_Response):
+    """An API key's public record (never the key itself)."""
+
+    id: str
+    name: str | None = None
+    description: str | None = None
+    token_suffix: str | None = None
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class CreatedApiToken(ApiToken):
+    """A newly created API key: ``token`` holds the full key, shown only this once."""
+
+    token: SecretStr | None = None
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+
+
+class CreateImageRequest(_Request):
+    """``POST /api/images``: an image from Dockerfile text."""
+
+    dockerfile: str = Field(min_length=1, max_length=1_000_000)
+
+
+class Image(_Response):
+    """A container image: ``status`` is building, ready or failed."""
+
+    image_id: str
+    status: Literal["building", "ready", "failed"]
+    failure_reason: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Containers
+# ---------------------------------------------------------------------------
+
+
+class ArchilMount(_Request):
+    """The disk a container lives on, mounted at ``/mnt/archil`` (the seed's ``archil.ArchilMount``)."""
+
+    disk_id: str
+    env: str = Field(default="production", min_length=1, max_length=64)
+
+    @field_validator("disk_id")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        return validate_disk_id(v)
+
+
+class AdditionalMount(_Request):
+    """Another disk mounted at ``path`` inside the container, read-only when ``read_only``."""
+
+    path: str
+    disk_id: str
+    env: str = Field(default="production", min_length=1, max_length=64)
+    read_only: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate_mount_path(v)
+
+    @field_validator("disk_id")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        return validate_disk_id(v)
+
+
+class CreateContainerRequest(_Request):
+    """``POST /api/containers``."""
+
+    archil_mount: ArchilMount
+    additional_mounts: list[AdditionalMount] = Field(default_factory=list, max_length=16)
+    vcpu_count: int = Field(default=1, ge=VCPU_MIN, le=VCPU_MAX)
+    mem_size_mib: int = Field(default=512, ge=MEM_MIN_MIB, le=MEM_MAX_MIB)
+    kernel_variant: KernelVariant = "base"
+    image_id: str | None = Field(default=None, min_length=1, max_length=128)
+    initialization_script: str | None = None
+    command: str | None = None
+    env: dict[str, str] | None = None
+    ports: list[int] = Field(default_factory=list, max_length=32)
+    metadata: dict[str, str] | None = None
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if isinstance(p, bool) or not 1 <= p <= 65535:
+                raise ValueError(f"port {p!r} is out of range (1-65535)")
+        if len(set(v)) != len(v):
+            raise ValueError("ports must not repeat")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            for k in v:
+                if not _ENV_KEY_RE.match(k):
+                    raise ValueError(f"env name {k!r} is not a valid environment variable name")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if len(v) > 64:
+                raise ValueError("metadata has more than 64 keys")
+            for k, val in v.items():
+                if not k or len(k) > 128 or len(val) > 1024:
+                    raise ValueError(f"metadata key {k!r}: keys are 1-128 chars, values at most 1024")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> CreateContainerRequest:
+        seen: set[str] = set()
+        for m in self.additional_mounts:
+            if m.path in seen:
+                raise ValueError(f"additional_mounts: two mounts at {m.path!r}")
+            seen.add(m.path)
+        return self
+
+
+class PortMapping(_Response):
+    """A container port and where it is reachable."""
+
+    container_port: int
+    host_port: int | None = None
+    url: str | None = None
+
+
+class Container(_Response):
+    """A container record."""
+
+    container_id: str
+    status: ContainerStatus
+    exit_code: int | None = None
+    failure_reason: str | None = None
+    archil_mount: dict[str, Any] | None = None
+    additional_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    vcpu_count: int | None = None
+    mem_size_mib: int | None = None
+    kernel_variant: str | None = None
+    image_id: str | None = None
+    command: str | None = None
+    ports: list[PortMapping] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the container has exited, failed or been stopped."""
+        return self.status in TERMINAL_STATES
+
+
+class LogEntry(_Response):
+    """One chunk of a container's log stream."""
+
+    stream: Literal["build", "stdout", "stderr", "system"]
+    offset: int
+    data: str
+
+
+# ---------------------------------------------------------------------------
+# Object API
+# ---------------------------------------------------------------------------
+
+
+class ObjectInfo(_Response):
+    """An object's metadata (from HEAD or a listing)."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    last_modified: datetime | None = None
+
+
+class ObjectListing(_Response):
+    """One page of ListObjectsV2."""
+
+    objects: list[ObjectInfo] = Field(default_factory=list)
+    common_prefixes: list[str] = Field(default_factory=list)
+    is_truncated: bool = False
+    next_continuation_token: str | None = None
