@@ -1,0 +1,128 @@
+"""archil: the disk-centric Python SDK for the Archil control plane.
+
+Apps live on disks::
+
+    import archil
+
+    app = archil.App(name="hello", disk_id="disk_abc123", disk_env="production")
+
+    @app.function()
+    def say_hello():
+        print("Hello from Archil!")
+
+    say_hello.remote()
+
+Names are imported lazily, so ``import archil`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # clients
+    "Archil": "._client",
+    "AsyncArchil": "._async.client",
+    "aio": ".aio",
+    # declarative layer
+    "App": ".decl.app",
+    "Function": ".decl.app",
+    "Job": ".decl.app",
+    "Image": ".decl.image",
+    "Volume": ".decl.volume",
+    # models
+    "ArchilMount": "._models",
+    "AdditionalMount": "._models",
+    "Mount": "._models",
+    "Disk": "._models",
+    "Container": "._models",
+    "AuthorizedUser": "._models",
+    "ApiToken": "._models",
+    "CreatedApiToken": "._models",
+    "DirectoryListing": "._models",
+    "DirectoryEntry": "._models",
+    "ExecMount": "._models",
+    "ExecResult": "._models",
+    "LogEntry": "._models",
+    "ObjectInfo": "._models",
+    "PortMapping": "._models",
+    # errors
+    "ArchilError": "._errors",
+    "APIError": "._errors",
+    "APIStatusError": "._errors",
+    "APIConnectionError": "._errors",
+    "APITimeoutError": "._errors",
+    "AuthenticationError": "._errors",
+    "BadRequestError": "._errors",
+    "ConfigurationError": "._errors",
+    "ConflictError": "._errors",
+    "ContainerError": "._errors",
+    "ImageBuildError": "._errors",
+    "InternalServerError": "._errors",
+    "NotFoundError": "._errors",
+    "PermissionDeniedError": "._errors",
+    "RateLimitError": "._errors",
+    "RemoteError": "._errors",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from . import aio
+    from ._async.client import AsyncArchil
+    from ._client import Archil
+    from ._errors import (
+        APIConnectionError,
+        APIError,
+        APIStatusError,
+        APITimeoutError,
+        ArchilError,
+        AuthenticationError,
+        BadRequestError,
+        ConfigurationError,
+        ConflictError,
+        ContainerError,
+        ImageBuildError,
+        InternalServerError,
+        NotFoundError,
+        PermissionDeniedError,
+        RateLimitError,
+        RemoteError,
+    )
+    from ._models import (
+        AdditionalMount,
+        ApiToken,
+        ArchilMount,
+        AuthorizedUser,
+        Container,
+        CreatedApiToken,
+        DirectoryEntry,
+        DirectoryListing,
+        Disk,
+        ExecMount,
+        ExecResult,
+        LogEntry,
+        Mount,
+        ObjectInfo,
+        PortMapping,
+    )
+    from .decl.app import App, Function, Job
+    from .decl.image import Image
+    from .decl.volume import Volume
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'archil' has no attribute {name!r}")
+    mod = importlib.import_module(module, __name__)
+    value = mod if name == "aio" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,55 @@
+"""Development tasks: ``python -m nox -s tests`` runs the whole test suite."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "unasync_check"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite, against the embedded local control plane where it needs one."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def example(session: nox.Session) -> None:
+    """Run an example (default: examples/declarative_simple.py) on the embedded local control plane."""
+    session.install("-e", ".[local]")
+    script = session.posargs[0] if session.posargs else "examples/declarative_simple.py"
+    session.run("python", script, env={"ARCHIL_API_KEY": "", "ARCHIL_BASE_URL": ""})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "scripts", "bench", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "scripts", "bench", "examples", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over src/ (the generated _sync/ tree included)."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict", "src/archil")
+
+
+@nox.session(python=PYTHON)
+def unasync(session: nox.Session) -> None:
+    """Regenerate src/archil/_sync/ and tests/_sync/ from their async sources."""
+    session.install("unasync==0.6.0", "ruff")
+    session.run("python", "scripts/unasync.py")
+
+
+@nox.session(python=PYTHON)
+def unasync_check(session: nox.Session) -> None:
+    """Fail when the generated blocking twin differs from what its async source generates."""
+    session.install("unasync==0.6.0", "ruff")
+    session.run("python", "scripts/unasync.py", "--check")

@@ -1,0 +1,420 @@
+"""The declarative layer: ``App``, ``@app.function`` and ``@app.run``."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from pydantic import SecretStr, ValidationError
+
+from .._callproto import ContainerOptions, check_python_version
+from .._models import CreateContainerRequest, KernelVariant, validate_disk_id
+from .image import Image
+from .volume import Volume
+
+if TYPE_CHECKING:
+    from .._async.client import AsyncArchil
+    from .._client import Archil
+
+__all__ = ["App", "Function", "Job"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_MAP_CONCURRENCY = 8
+
+
+class App:
+    """An application that lives on a disk.
+
+    Every function of the app runs in a container with the disk mounted at
+    ``/mnt/archil``::
+
+        app = archil.App(name="my-app", disk_id="disk_abc123", disk_env="production")
+
+        @app.function(image=archil.Image.python("3.11").pip_install("numpy"))
+        def process():
+            ...
+
+        process.remote()
+
+    The API key comes from ``api_key`` or ``ARCHIL_API_KEY``; with neither, the
+    app runs on the embedded local control plane.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        disk_id: str,
+        disk_env: str = "production",
+        api_key: str | None = None,
+        *,
+        region: str | None = None,
+        base_url: str | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        validate_disk_id(disk_id)
+        if not isinstance(disk_env, str) or not disk_env:
+            raise ValueError(f"disk_env must be a non-empty string, got {disk_env!r}")
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ValueError("api_key must be a non-empty string when given")
+        self.name = name
+        self.disk_id = disk_id
+        self.disk_env = disk_env
+        self._api_key = SecretStr(api_key) if api_key is not None else None
+        self._region = region
+        self._base_url = base_url
+        self._client: Archil | None = None
+        self._lock = threading.Lock()
+        self.functions: dict[str, Function[..., Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"App(name={self.name!r}, disk_id={self.disk_id!r}, disk_env={self.disk_env!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An app referenced from a pickled function never carries credentials or clients.
+        return {"name": self.name, "disk_id": self.disk_id, "disk_env": self.disk_env}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["disk_id"], state["disk_env"])  # type: ignore[misc]
+
+    # -- clients ----------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "api_key": self._api_key.get_secret_value() if self._api_key else None,
+            "region": self._region,
+            "base_url": self._base_url,
+        }
+
+    def client(self) -> Archil:
+        """The blocking client this app uses (created on first use and kept)."""
+        with self._lock:
+            if self._client is None:
+                from .._client import Archil
+
+                self._client = Archil(**self._client_kwargs())
+            return self._client
+
+    def async_client(self) -> AsyncArchil:
+        """A new async client with the app's configuration (the caller closes it)."""
+        from .._async.client import AsyncArchil
+
+        return AsyncArchil(**self._client_kwargs())
+
+    def close(self) -> None:
+        """Close the app's client and its connections."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- decorators -------------------------------------------------------------
+
+    def _options(
+        self,
+        *,
+        image: Image | None,
+        vcpu_count: int,
+        mem_size_mib: int,
+        kernel_variant: KernelVariant,
+        additional_volumes: Mapping[str, Volume] | None,
+        ports: Sequence[int] | None,
+        env: Mapping[str, str] | None,
+        timeout: int | None,
+        stream_logs: bool,
+        needs_python: bool,
+    ) -> ContainerOptions:
+    
+        if image is not None and not isinstance(image, Image):
+            raise ValueError(f"image must be an archil.Image, got {type(image).__name__}")
+        if needs_python:
+            image = image if image is not None else Image.python()
+            check_python_version(image.python_version)
+            image = image.pip_install(f"cloudpickle=={_cloudpickle_version()}")
+        mounts = []
+        for path, vol in (additional_volumes or {}).items():
+            if not isinstance(vol, Volume):
+                raise ValueError(
+                    f"additional_volumes[{path!r}] must be an archil.Volume, got {type(vol).__name__}"
+                )
+            mounts.append(vol.mount_at(path))
+        try:
+            req = CreateContainerRequest.model_validate(
+                {
+                    "archil_mount": {"disk_id": self.disk_id, "env": self.disk_env},
+                    "additional_mounts": mounts,
+                    "vcpu_count": vcpu_count,
+                    "mem_size_mib": mem_size_mib,
+                    "kernel_variant": kernel_variant,
+                    "ports": list(ports or []),
+                    "env": dict(env) if env else None,
+                    "timeout_seconds": timeout,
+                }
+            )
+        except ValidationError as exc:
+            raise ValueError(_describe(exc)) from None
+        return ContainerOptions(
+            disk_id=self.disk_id,
+            disk_env=self.disk_env,
+            dockerfile=image.to_dockerfile() if image is not None else None,
+            vcpu_count=req.vcpu_count,
+            mem_size_mib=req.mem_size_mib,
+            kernel_variant=req.kernel_variant,
+            additional_mounts=tuple(req.additional_mounts),
+            ports=tuple(req.ports),
+            env=dict(req.env or {}),
+            metadata={"archil.app": self.name},
+            timeout_seconds=req.timeout_seconds,
+            stream_logs=stream_logs,
+        )
+
+    def function(
+        self,
+        image: Image | None = None,
+        vcpu_count: int = 1,
+        mem_size_mib: int = 512,
+        kernel_variant: KernelVariant = "base",
+        additional_volumes: Mapping[str, Volume] | None = None,
+        ports: Sequence[int] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        stream_logs: bool = True,
+    ) -> Callable[[Callable[P, R]], Function[P, R]]:
+        """Declare a function that runs in a container on the app's disk.
+
+        Args:
+            image: the container image (default: Python of the caller's version).
+            vcpu_count: vCPUs for the container (1-64).
+            mem_size_mib: memory in MiB (128-262144).
+            kernel_variant: ``"base"``, or ``"extended"`` for extra drivers (GPU...).
+            additional_volumes: further disks, ``{"/path": archil.Volume(...)}``.
+            ports: container ports to expose.
+            env: environment variables for the container.
+            timeout: seconds after which the container is killed.
+            stream_logs: print the container's output while it runs.
+        """
+        opts = self._options(
+            image=image,
+            vcpu_count=vcpu_count,
+            mem_size_mib=mem_size_mib,
+            kernel_variant=kernel_variant,
+            additional_volumes=additional_volumes,
+            ports=ports,
+            env=env,
+            timeout=timeout,
+            stream_logs=stream_logs,
+            needs_python=True,
+        )
+
+        def decorator(fn: Callable[P, R]) -> Function[P, R]:
+            if not callable(fn):
+                raise TypeError("@app.function() decorates a function")
+            f = Function(self, fn, opts)
+            self.functions[f.name] = f
+            return f
+
+        return decorator
+
+    def run(
+        self,
+        command: str,
+        image: Image | None = None,
+        vcpu_count: int = 1,
+        mem_size_mib: int = 512,
+        kernel_variant: KernelVariant = "base",
+        additional_volumes: Mapping[str, Volume] | None = None,
+        ports: Sequence[int] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: int | None = None,
+        stream_logs: bool = True,
+    ) -> Callable[[Callable[..., Any]], Job]:
+        """Declare a shell job: ``job.remote()`` runs ``command`` in a container on the disk.
+
+        It returns 0, or raises :class:`archil.ContainerError` when the command
+        exits non-zero. The decorated function's body is not run.
+        """
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError("command must be a non-empty shell command")
+        opts = self._options(
+            image=image,
+            vcpu_count=vcpu_count,
+            mem_size_mib=mem_size_mib,
+            kernel_variant=kernel_variant,
+            additional_volumes=additional_volumes,
+            ports=ports,
+            env=env,
+            timeout=timeout,
+            stream_logs=stream_logs,
+            needs_python=False,
+        )
+        script = _dedent_script(command)
+
+        def decorator(fn: Callable[..., Any]) -> Job:
+            return Job(self, getattr(fn, "__name__", "job"), script, opts)
+
+        return decorator
+
+
+class _Remote(Generic[P, R]):
+    """``fn.remote(...)`` blocks; ``fn.remote.aio(...)`` is its awaitable twin."""
+
+    def __init__(self, owner: Function[P, R]) -> None:
+        self._owner = owner
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        from .._sync.runner import CallRunner
+
+        runner = CallRunner(self._owner.app.client())
+        result: R = runner.call(self._owner.options, self._owner.fn, args, kwargs)
+        return result
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function remotely without blocking the event loop."""
+        from .._async.runner import AsyncCallRunner
+
+        async with self._owner.app.async_client() as client:
+            result: R = await AsyncCallRunner(client).call(
+                self._owner.options, self._owner.fn, args, kwargs
+            )
+            return result
+
+
+class _Map(Generic[R]):
+    """``fn.map(inputs)`` fans out; ``fn.map.aio(inputs)`` is its awaitable twin."""
+
+    def __init__(self, owner: Function[..., R]) -> None:
+        self._owner = owner
+
+    def __call__(
+        self, *iterables: Iterable[Any], concurrency: int = DEFAULT_MAP_CONCURRENCY
+    ) -> list[R]:
+        from .._sync.runner import CallRunner
+
+        inputs = _zip_inputs(iterables)
+        runner = CallRunner(self._owner.app.client())
+        return runner.map(self._owner.options, self._owner.fn, inputs, _concurrency(concurrency))
+
+    async def aio(
+        self, *iterables: Iterable[Any], concurrency: int = DEFAULT_MAP_CONCURRENCY
+    ) -> list[R]:
+        """Map without blocking the event loop."""
+        from .._async.runner import AsyncCallRunner
+
+        inputs = _zip_inputs(iterables)
+        async with self._owner.app.async_client() as client:
+            return await AsyncCallRunner(client).map(
+                self._owner.options, self._owner.fn, inputs, _concurrency(concurrency)
+            )
+
+
+class Function(Generic[P, R]):
+    """A function declared with ``@app.function``.
+
+    - ``fn.remote(*args, **kwargs)`` runs it in a container and returns its value;
+    - ``await fn.remote.aio(...)`` does the same from async code;
+    - ``fn.map(xs)`` runs one call per input, in parallel, results in order;
+    - ``fn.local(...)`` (or calling ``fn(...)``) runs it here, in-process.
+    """
+
+    def __init__(self, app: App, fn: Callable[P, R], options: ContainerOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        self.remote: _Remote[P, R] = _Remote(self)
+        self.map: _Map[R] = _Map(self)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function in this process."""
+        return self.fn(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<archil.Function {self.name} on {self.app.disk_id}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"app": self.app, "fn": self.fn, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["app"], state["fn"], state["options"])  # type: ignore[misc]
+
+
+class _JobRemote:
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    def __call__(self) -> int:
+        from .._sync.runner import CallRunner
+
+        return CallRunner(self._job.app.client()).run(self._job.options, self._job.command, self._job.name)
+
+    async def aio(self) -> int:
+        """Run the job without blocking the event loop."""
+        from .._async.runner import AsyncCallRunner
+
+        async with self._job.app.async_client() as client:
+            return await AsyncCallRunner(client).run(self._job.options, self._job.command, self._job.name)
+
+
+class Job:
+    """A shell job declared with ``@app.run``; ``job.remote()`` runs it and returns 0."""
+
+    def __init__(self, app: App, name: str, command: str, options: ContainerOptions) -> None:
+        self.app = app
+        self.name = name
+        self.command = command
+        self.options = options
+        self.remote = _JobRemote(self)
+
+    def __repr__(self) -> str:
+        return f"<archil.Job {self.name} on {self.app.disk_id}>"
+
+
+def _cloudpickle_version() -> str:
+    import cloudpickle
+
+    return str(cloudpickle.__version__)
+
+
+def _concurrency(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"concurrency must be a positive integer, got {value!r}")
+    return value
+
+
+def _zip_inputs(iterables: Sequence[Iterable[Any]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    if not iterables:
+        raise ValueError("map() needs at least one iterable of inputs")
+    return [(tuple(args), {}) for args in zip(*iterables)]
+
+
+def _dedent_script(command: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(command).strip("\n") + "\n"
+
+
+def _describe(exc: ValidationError) -> str:
+    names = {
+        "archil_mount": "disk_id",
+        "additional_mounts": "additional_volumes",
+        "timeout_seconds": "timeout",
+    }
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        if loc:
+            loc[0] = names.get(loc[0], loc[0])
+        where = ".".join(loc) or "options"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid function options: " + "; ".join(parts)
+
