@@ -1,0 +1,85 @@
+"""Ctrl-C during fn.remote(): the container is stopped and deleted, no process is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import archil
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import archil
+
+    app = archil.App(name="interrupt", disk_id=sys.argv[1])
+
+    @app.function(stream_logs=True)
+    def sleepy():
+        import time
+        print("sleeping", flush=True)
+        time.sleep(600)
+
+    sleepy.remote()
+    """
+)
+
+
+def test_ctrl_c_stops_and_deletes_the_container(conn: dict[str, str], tmp_path: Path) -> None:
+    disk = f"disk_{uuid.uuid4().hex[:10]}"
+    script = tmp_path / "interrupt.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), disk], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    client = archil.Archil(**conn)
+    try:
+        deadline = time.monotonic() + 60
+        running: list[archil.Container] = []
+        while time.monotonic() < deadline and not running:
+            running = [c for c in client.containers.list(disk_id=disk) if c.status == "running"]
+            time.sleep(0.1)
+        assert running, "the container never started"
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        while line and "sleeping" not in line:
+            line = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        gone = False
+        while time.monotonic() - t0 < 5:
+            if not list(client.containers.list(disk_id=disk)):
+                gone = True
+                break
+            time.sleep(0.05)
+        assert gone, "the container was not deleted within 5 s of Ctrl-C"
+        assert proc.returncode != 0
+        assert "KeyboardInterrupt" in out
+        # No process of the container survives.
+        assert _processes_with_env(f"ARCHIL_CONTAINER_ID={running[0].container_id}") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        client.close()
+
+
+def _processes_with_env(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle.encode() in environ:
+            found.append(int(entry.name))
+    return found

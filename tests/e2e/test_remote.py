@@ -1,0 +1,127 @@
+"""fn.remote() end to end, through the real local control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+import archil
+
+
+def new_app(conn: dict[str, str]) -> archil.App:
+    return archil.App(name="e2e", disk_id=f"disk_{uuid.uuid4().hex[:10]}", disk_env="production", **conn)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_remote_returns_the_value_and_writes_to_the_disk(conn: dict[str, str], capfd: pytest.CaptureFixture[str]) -> None:
+    app = new_app(conn)
+
+    @app.function()
+    def work(x: int, *, name: str) -> dict[str, object]:
+        import os
+
+        print(f"working on {name}")
+        os.makedirs("/mnt/archil/out", exist_ok=True)
+        with open("/mnt/archil/out/result.txt", "w") as f:
+            f.write(str(x * 2))
+        return {"double": x * 2, "cwd": os.getcwd(), "disk": os.path.isdir("/mnt/archil")}
+
+    result = work.remote(21, name="answer")
+    assert result == {"double": 42, "cwd": "/mnt/archil", "disk": True}
+    assert "working on answer" in capfd.readouterr().out
+    client = app.client()
+    assert client.objects.get(app.disk_id, "out/result.txt") == b"42"
+    # Nothing is left behind: no container, no call files.
+    assert [c for c in client.containers.list(disk_id=app.disk_id)] == []
+    assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
+
+
+def test_remote_exception_is_reraised_as_itself(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def fails() -> None:
+        raise Boom("remote failure")
+
+    with pytest.raises(Boom, match="remote failure") as info:
+        fails.remote()
+    assert isinstance(info.value.__cause__, archil.RemoteError)
+    assert "in fails" in info.value.__cause__.remote_traceback
+
+
+def test_remote_aio_and_blocking_remote_inside_a_running_loop(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def square(x: int) -> int:
+        return x * x
+
+    async def main() -> tuple[int, int]:
+        a = await square.remote.aio(7)
+        b = square.remote(8)  # the notebook case: blocking call with a loop running
+        return a, b
+
+    assert asyncio.run(main()) == (49, 64)
+
+
+def test_map_keeps_input_order(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def slow_echo(x: int) -> int:
+        import time
+
+        time.sleep(0.05 * (5 - x))
+        return x
+
+    assert slow_echo.map(range(5), concurrency=3) == [0, 1, 2, 3, 4]
+
+
+def test_run_job_returns_zero_or_raises_container_error(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.run(command="mkdir -p /mnt/archil/job && echo done > /mnt/archil/job/flag", stream_logs=False)
+    def ok() -> None:
+        pass
+
+    @app.run(command="echo about to fail; exit 3", stream_logs=False)
+    def bad() -> None:
+        pass
+
+    assert ok.remote() == 0
+    assert app.client().objects.get(app.disk_id, "job/flag") == b"done\n"
+    with pytest.raises(archil.ContainerError) as info:
+        bad.remote()
+    assert info.value.exit_code == 3
+    assert "about to fail" in info.value.logs
+
+
+def test_shared_volume_is_read_only(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+    shared = f"disk_{uuid.uuid4().hex[:10]}"
+    client = app.client()
+    client.objects.put(shared, "input.txt", b"shared data")
+    volume = archil.Volume.from_disk_id(shared, shared=True)
+
+    @app.function(additional_volumes={"/datasets": volume}, stream_logs=False)
+    def read_and_try_write() -> tuple[str, str]:
+        with open("/datasets/input.txt") as f:
+            data = f.read()
+        try:
+            with open("/datasets/new.txt", "w") as f:
+                f.write("nope")
+            outcome = "written"
+        except OSError as exc:
+            outcome = type(exc).__name__
+        return data, outcome
+
+    data, outcome = read_and_try_write.remote()
+    assert data == "shared data"
+    assert outcome != "written"
+    with pytest.raises(archil.NotFoundError):
+        client.objects.head(shared, "new.txt")
