@@ -43,6 +43,7 @@ __all__ = [
     "DirectoryListing",
     "Disk",
     "DiskUserRequest",
+    "ExecDiskRequest",
     "ExecMount",
     "ExecRequest",
     "ExecResult",
@@ -370,6 +371,12 @@ class DirectoryListing(_Response):
 # ---------------------------------------------------------------------------
 # Exec
 # ---------------------------------------------------------------------------
+
+
+class ExecDiskRequest(_Request):
+    """``POST /api/disks/{id}/exec``: a shell command run with the disk at ``/mnt/archil``."""
+
+    command: str = Field(min_length=1)
 
 
 class ExecMount(_Request):

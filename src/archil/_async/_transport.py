@@ -1,0 +1,235 @@
+"""The HTTP transport: one pooled httpx client, auth headers, retries, envelopes and errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying
+
+from .._compat import ALock, asleep
+from .._config import ClientConfig, _check_retries, _check_timeout
+from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
+from .._wire import Envelope, decode_envelope, error_from_response, map_transport_error, user_agent
+
+__all__ = ["AsyncTransport", "HTTPPool"]
+
+logger = logging.getLogger("archil")
+
+TimeoutArg = float | httpx.Timeout | None
+
+
+class HTTPPool:
+    """The lazily created ``httpx`` client shared by a client and its ``with_options`` copies."""
+
+    def __init__(self, http_client: httpx.AsyncClient | None = None) -> None:
+        self._client = http_client
+        self._owned = http_client is None
+        self._lock = ALock()
+
+    async def get(self) -> httpx.AsyncClient:
+        """The pooled client, created on first use."""
+        client = self._client
+        if client is None:
+            async with self._lock:
+                client = self._client
+                if client is None:
+                    client = httpx.AsyncClient(
+                        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                        follow_redirects=False,
+                    )
+                    self._client = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the pooled client if this pool created it (a caller's client is left open)."""
+        client = self._client
+        if client is not None and self._owned:
+            self._client = None
+            await client.aclose()
+
+
+class AsyncTransport:
+    """Sends requests to the control plane and the object gateway, with retries.
+
+    ``sleep`` and ``clock`` are attributes so that tests can replace them.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        pool: HTTPPool,
+        policy: RetryPolicy | None = None,
+        owns_pool: bool = True,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.owns_pool = owns_pool
+        self.policy = policy or RetryPolicy()
+        self.sleep = asleep
+        self.clock = time.monotonic
+
+    def derive(self, config: ClientConfig) -> AsyncTransport:
+        """A transport with another configuration sharing this one's connection pool."""
+        other = AsyncTransport(config, pool=self.pool, policy=self.policy, owns_pool=False)
+        other.sleep = self.sleep
+        other.clock = self.clock
+        return other
+
+    def timeout(self, timeout: TimeoutArg = None, *, read: float | None = None) -> httpx.Timeout:
+        """The ``httpx.Timeout`` of one request: the call's, else the client's (``read`` extends it)."""
+        if isinstance(timeout, httpx.Timeout):
+            return timeout
+        base = self.config.timeout if timeout is None else _check_timeout(timeout)
+        if read is None:
+            return httpx.Timeout(base)
+        return httpx.Timeout(base, read=max(base, read))
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {
+            "Authorization": self.config.api_key.get_secret_value(),
+            "User-Agent": user_agent(),
+        }
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        stream_body: Callable[[], AsyncIterable[bytes]] | None = None,
+        replayable: bool = True,
+        headers: Mapping[str, str] | None = None,
+        timeout: TimeoutArg = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+        stream: bool = False,
+        retry_statuses: frozenset[int] | None = None,
+    ) -> httpx.Response:
+        """Send one logical request, retrying transient failures.
+
+        A POST carries an ``Idempotency-Key`` made once here and repeated on
+        every retry; a DELETE that answers 404 on a retry counts as done. ``stream_body`` makes a fresh body for each attempt;
+        with ``replayable=False`` a failure after the body started is final.
+        With ``stream=True`` the caller must close the response.
+        Raises :class:`APIStatusError` subclasses for error statuses and
+        :class:`APIConnectionError` / :class:`APITimeoutError` for transport failures.
+        """
+        request_headers = self._headers(headers)
+        if method == "POST":
+            request_headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        retries = self.config.max_retries if max_retries is None else _check_retries(max_retries)
+        request_timeout = self.timeout(timeout)
+        statuses = self.policy.statuses if retry_statuses is None else retry_statuses
+        http = await self.pool.get()
+        retrying = AsyncRetrying(
+            **self.policy.tenacity_kwargs(
+                max_retries=retries,
+                idempotent=replayable,
+                sleep=self.sleep,
+                method=method,
+                url=url,
+            )
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    request = http.build_request(
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        content=stream_body() if stream_body is not None else content,
+                        headers=request_headers,
+                        timeout=request_timeout,
+                    )
+                    retried = attempt.retry_state.attempt_number > 1
+                    return await self._send_once(http, request, stream, statuses, retried)
+        except RetryableStatusError as exc:
+            raise exc.error from None
+        except httpx.RequestError as exc:
+            raise map_transport_error(exc) from exc
+        raise AssertionError("the retry loop ended without an outcome")
+
+    async def _send_once(
+        self,
+        http: httpx.AsyncClient,
+        request: httpx.Request,
+        stream: bool,
+        statuses: frozenset[int],
+        retried: bool,
+    ) -> httpx.Response:
+        response = await http.send(request, stream=stream)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d", request.method, request.url.path, response.status_code)
+        if response.status_code < 400:
+            return response
+        if retried and response.status_code == 404 and request.method == "DELETE":
+            # An earlier attempt deleted it and its answer was lost on the way back.
+            await response.aclose()
+            return httpx.Response(204, request=request)
+        if stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        error = error_from_response(response)
+        if response.status_code in statuses:
+            raise RetryableStatusError(error, parse_retry_after(response.headers))
+        raise error
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        timeout: TimeoutArg = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+        retry_statuses: frozenset[int] | None = None,
+    ) -> Envelope:
+        """A control-plane call (``path`` under the base URL), its envelope unwrapped."""
+        response = await self.send(
+            method,
+            self.config.base_url + path,
+            params=params,
+            json=json,
+            timeout=timeout,
+            max_retries=max_retries,
+            idempotency_key=idempotency_key,
+            retry_statuses=retry_statuses,
+        )
+        return decode_envelope(response)
+
+    @asynccontextmanager
+    async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """Open a streamed response (retried until the headers arrive) and close it on exit.
+
+        Transport failures while the body is read surface as
+        :class:`APIConnectionError` / :class:`APITimeoutError`.
+        """
+        response = await self.send(method, url, stream=True, **kwargs)
+        try:
+            yield response
+        except httpx.RequestError as exc:
+            raise map_transport_error(exc) from exc
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool, unless it is borrowed from another client."""
+        if self.owns_pool:
+            await self.pool.aclose()

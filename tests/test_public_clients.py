@@ -1,0 +1,127 @@
+"""The public clients: archil.Archil (blocking, and ``async with``) and archil.aio.Archil."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import respx
+
+import archil
+import archil.aio
+from archil._async.client import AsyncArchil
+from archil._async.pagers import AsyncCursorPager
+from archil._client import Archil
+from archil._sync.pagers import CursorPager
+
+BASE = "http://127.0.0.1:8932"
+KEY = "key-public-client-test"
+DISK = "dsk-0123456789abcdef"
+
+
+def ok(data: object, cursor: str | None = None) -> httpx.Response:
+    body: dict[str, object] = {"success": True, "data": data}
+    if cursor:
+        body["nextCursor"] = cursor
+    return httpx.Response(200, json=body)
+
+
+def disk(disk_id: str) -> dict[str, str]:
+    return {"id": disk_id, "name": disk_id, "status": "available"}
+
+
+@pytest.fixture(autouse=True)
+def _no_archil_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ARCHIL_API_KEY", "ARCHIL_BASE_URL", "ARCHIL_REGION", "ARCHIL_OBJECT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        mock.get("/api/disks").mock(
+            side_effect=lambda request: (
+                ok([disk("dsk-b")])
+                if request.url.params.get("cursor") == "c1"
+                else ok([disk("dsk-a")], cursor="c1")
+            )
+        )
+        mock.post("/api/containers").mock(
+            return_value=httpx.Response(
+                201,
+                json={"success": True, "data": {"containerId": "cntr_abc123", "status": "pending"}},
+            )
+        )
+        yield mock
+
+
+def test_exports() -> None:
+    assert archil.aio.Archil is AsyncArchil
+    assert archil.aio.AsyncArchil is AsyncArchil
+    assert archil.Archil is Archil
+    assert archil.AsyncArchil is AsyncArchil
+    assert archil.ArchilMount is archil.aio.ArchilMount
+
+
+async def test_awaiting_a_listing_gives_a_list(router: respx.MockRouter) -> None:
+    async with AsyncArchil(api_key=KEY, base_url=BASE) as client:
+        pager = client.disks.list()
+        assert isinstance(pager, AsyncCursorPager)
+        disks = await pager
+        assert isinstance(disks, list)
+        assert [d.id for d in disks] == ["dsk-a", "dsk-b"]
+        assert [d.id for d in await client.disks.list()] == ["dsk-a", "dsk-b"]
+
+
+def test_blocking_listing_is_an_iterable_pager(router: respx.MockRouter) -> None:
+    with Archil(api_key=KEY, base_url=BASE) as client:
+        pager = client.disks.list()
+        assert isinstance(pager, CursorPager)
+        assert not hasattr(pager, "__await__")
+        assert [d.id for d in pager] == ["dsk-a", "dsk-b"]
+        assert [d.id for d in pager.to_list()] == ["dsk-a", "dsk-b"]
+
+
+async def test_seed_async_with(router: respx.MockRouter) -> None:
+    async with archil.Archil(api_key=KEY, base_url=BASE) as client:
+        assert isinstance(client, AsyncArchil)
+        mount = archil.ArchilMount(disk_id="disk_abc123", env="production")
+        container = await client.containers.create(
+            archil_mount=mount, vcpu_count=2, mem_size_mib=512
+        )
+        assert container.container_id == "cntr_abc123"
+        disks = await client.disks.list()
+        assert len(disks) == 2
+        aio = client
+    assert aio._transport.pool._client is None
+
+
+def test_blocking_with(router: respx.MockRouter) -> None:
+    with archil.Archil(api_key=KEY, base_url=BASE) as client:
+        assert isinstance(client, Archil)
+        container = client.containers.create(archil_mount=archil.ArchilMount(disk_id=DISK))
+        assert container.status == "pending"
+        assert client.with_options(max_retries=0).config.max_retries == 0
+        assert isinstance(client.with_options(timeout=3), Archil)
+
+
+def test_blocking_client_inside_a_running_event_loop(router: respx.MockRouter) -> None:
+    async def notebook_cell() -> list[str]:
+        client = Archil(api_key=KEY, base_url=BASE)
+        try:
+            return [d.id for d in client.disks.list()]
+        finally:
+            client.close()
+
+    assert asyncio.run(notebook_cell()) == ["dsk-a", "dsk-b"]
+
+
+def test_config_and_repr() -> None:
+    client = Archil(api_key=KEY, base_url=BASE, timeout=12, max_retries=5)
+    assert client.config.base_url == BASE
+    assert client.config.object_base_url == BASE + "/s3"
+    assert (client.config.timeout, client.config.max_retries) == (12.0, 5)
+    assert repr(client) == f"Archil(base_url='{BASE}')"
+    assert KEY not in repr(client) and KEY not in repr(client.config)
