@@ -31,7 +31,9 @@ def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "scripts", "bench", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "scripts", "bench", "examples", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "src", "tests", "scripts", "bench", "examples", "noxfile.py"
+    )
 
 
 @nox.session(python=PYTHON)

@@ -31,7 +31,11 @@ def summarize(path: str) -> dict:
 
     with open(path, newline="") as f:
         values = [int(row["value"]) for row in csv.DictReader(f)]
-    return {"shard": path.rsplit("/", 1)[-1], "rows": len(values), "mean": sum(values) / len(values)}
+    return {
+        "shard": path.rsplit("/", 1)[-1],
+        "rows": len(values),
+        "mean": sum(values) / len(values),
+    }
 
 
 if __name__ == "__main__":

@@ -125,3 +125,11 @@ def test_config_and_repr() -> None:
     assert (client.config.timeout, client.config.max_retries) == (12.0, 5)
     assert repr(client) == f"Archil(base_url='{BASE}')"
     assert KEY not in repr(client) and KEY not in repr(client.config)
+
+
+def test_every_lazy_export_resolves_and_is_listed() -> None:
+    import archil
+
+    assert set(archil.__all__) == set(archil._EXPORTS) | {"__version__"}
+    for name in archil._EXPORTS:
+        assert getattr(archil, name) is not None

@@ -49,6 +49,11 @@ _EXPORTS: dict[str, str] = {
     "LogEntry": "._models",
     "ObjectInfo": "._models",
     "PortMapping": "._models",
+    "ExecTiming": "._models",
+    "ObjectListing": "._models",
+    "MountResponse": "._models",
+    # configuration
+    "ClientConfig": "._config",
     # errors
     "ArchilError": "._errors",
     "APIError": "._errors",
@@ -68,12 +73,58 @@ _EXPORTS: dict[str, str] = {
     "RemoteError": "._errors",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AdditionalMount",
+    "ApiToken",
+    "App",
+    "Archil",
+    "ArchilError",
+    "ArchilMount",
+    "AsyncArchil",
+    "AuthenticationError",
+    "AuthorizedUser",
+    "BadRequestError",
+    "ClientConfig",
+    "ConfigurationError",
+    "ConflictError",
+    "Container",
+    "ContainerError",
+    "CreatedApiToken",
+    "DirectoryEntry",
+    "DirectoryListing",
+    "Disk",
+    "ExecMount",
+    "ExecResult",
+    "ExecTiming",
+    "Function",
+    "Image",
+    "ImageBuildError",
+    "InternalServerError",
+    "Job",
+    "LogEntry",
+    "Mount",
+    "MountResponse",
+    "NotFoundError",
+    "ObjectInfo",
+    "ObjectListing",
+    "PermissionDeniedError",
+    "PortMapping",
+    "RateLimitError",
+    "RemoteError",
+    "Volume",
+    "__version__",
+    "aio",
+]
 
 if TYPE_CHECKING:
     from . import aio
     from ._async.client import AsyncArchil
     from ._client import Archil
+    from ._config import ClientConfig
     from ._errors import (
         APIConnectionError,
         APIError,
@@ -104,9 +155,12 @@ if TYPE_CHECKING:
         Disk,
         ExecMount,
         ExecResult,
+        ExecTiming,
         LogEntry,
         Mount,
+        MountResponse,
         ObjectInfo,
+        ObjectListing,
         PortMapping,
     )
     from .decl.app import App, Function, Job

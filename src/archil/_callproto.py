@@ -42,7 +42,7 @@ __all__ = [
 CALLS_PREFIX = ".archil/calls"
 CONTAINER_DISK_ROOT = "/mnt/archil"
 
-BOOTSTRAP = r'''
+BOOTSTRAP = r"""
 import os, sys, traceback
 call_dir = sys.argv[1]
 try:
@@ -79,7 +79,7 @@ except BaseException as exc:
 sys.stdout.flush()
 sys.stderr.flush()
 _write(out)
-'''
+"""
 
 
 def local_python_version() -> str:
@@ -152,10 +152,7 @@ def _is_installed(module_name: str) -> bool:
     if not path:
         return True  # built-in or namespace package
     path = os.path.realpath(path)
-    roots = {
-        sysconfig.get_paths().get(k)
-        for k in ("purelib", "platlib", "stdlib", "platstdlib")
-    }
+    roots = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib", "stdlib", "platstdlib")}
     return any(r and path.startswith(os.path.realpath(r) + os.sep) for r in roots)
 
 
@@ -182,12 +179,13 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     """Serialize a call with cloudpickle (local modules by value)."""
     with _by_value(fn):
         try:
-            return cloudpickle.dumps((fn, args, kwargs))
+            data: bytes = cloudpickle.dumps((fn, args, kwargs))
         except Exception as exc:
             raise ValueError(
                 f"could not serialize the call to {getattr(fn, '__qualname__', fn)!r} "
                 f"and its arguments: {exc}"
             ) from exc
+    return data
 
 
 def decode_result(data: bytes) -> Any:
@@ -201,16 +199,16 @@ def decode_result(data: bytes) -> Any:
     if out["ok"]:
         return out.get("value")
     tb = str(out.get("traceback") or "")
-    exc = out.get("exc")
+    original = out.get("exc")
     remote = RemoteError(
         f"{out.get('type', 'Exception')}: {out.get('message', '')}",
         remote_traceback=tb,
         exception_type=str(out.get("type", "")),
     )
-    if isinstance(exc, BaseException):
-        if hasattr(exc, "add_note") and tb:
-            exc.add_note("\nRemote traceback (from the container):\n" + tb.rstrip())
-        raise exc from remote
+    if isinstance(original, BaseException):
+        if hasattr(original, "add_note") and tb:
+            original.add_note("\nRemote traceback (from the container):\n" + tb.rstrip())
+        raise original from remote
     raise remote
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "TERMINAL_STATES",
     "AdditionalMount",
     "ApiToken",
     "ArchilMount",
@@ -56,7 +57,6 @@ __all__ = [
     "ObjectInfo",
     "ObjectListing",
     "PortMapping",
-    "TERMINAL_STATES",
     "validate_container_id",
     "validate_disk_id",
     "validate_mount_path",
@@ -65,7 +65,9 @@ __all__ = [
 ]
 
 KernelVariant = Literal["base", "extended"]
-ContainerStatus = Literal["pending", "building", "starting", "running", "exited", "failed", "stopped"]
+ContainerStatus = Literal[
+    "pending", "building", "starting", "running", "exited", "failed", "stopped"
+]
 TERMINAL_STATES: frozenset[str] = frozenset({"exited", "failed", "stopped"})
 MountProvider = Literal["s3", "gcs", "r2", "s3-compatible", "azure-blob"]
 
@@ -100,7 +102,9 @@ def validate_container_id(value: str, field: str = "container_id") -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{field} must be a non-empty string, got {value!r}")
     if not _CONTAINER_ID_RE.match(value):
-        raise ValueError(f"{field} {value!r} is not a valid container id (e.g. 'cntr-0123456789abcdef')")
+        raise ValueError(
+            f"{field} {value!r} is not a valid container id (e.g. 'cntr-0123456789abcdef')"
+        )
     return value
 
 
@@ -120,7 +124,9 @@ def validate_mount_path(value: str, field: str = "path") -> str:
         raise ValueError(f"{field} must not be '/'")
     for root in _FORBIDDEN_MOUNT_ROOTS:
         if norm == root or norm.startswith(root + "/"):
-            raise ValueError(f"{field} {value!r} is reserved ({root} cannot be used as a mount path)")
+            raise ValueError(
+                f"{field} {value!r} is reserved ({root} cannot be used as a mount path)"
+            )
     return norm
 
 
@@ -175,7 +181,9 @@ class _Request(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON body to send, secrets revealed, unset optional fields omitted."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True, context={"reveal": True})
+        return self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, context={"reveal": True}
+        )
 
 
 class _Response(BaseModel):
@@ -561,7 +569,9 @@ class CreateContainerRequest(_Request):
                 raise ValueError("metadata has more than 64 keys")
             for k, val in v.items():
                 if not k or len(k) > 128 or len(val) > 1024:
-                    raise ValueError(f"metadata key {k!r}: keys are 1-128 chars, values at most 1024")
+                    raise ValueError(
+                        f"metadata key {k!r}: keys are 1-128 chars, values at most 1024"
+                    )
         return v
 
     @model_validator(mode="after")

@@ -19,7 +19,9 @@ def test_function_keeps_options_and_runs_locally() -> None:
     app = make_app()
     vol = archil.Volume.from_disk_id("disk_shared", shared=True)
 
-    @app.function(vcpu_count=2, mem_size_mib=1024, ports=[8080], additional_volumes={"/datasets": vol})
+    @app.function(
+        vcpu_count=2, mem_size_mib=1024, ports=[8080], additional_volumes={"/datasets": vol}
+    )
     def add(a: int, b: int) -> int:
         return a + b
 
@@ -30,7 +32,9 @@ def test_function_keeps_options_and_runs_locally() -> None:
     assert (opts.vcpu_count, opts.mem_size_mib, opts.ports) == (2, 1024, (8080,))
     assert opts.additional_mounts[0].path == "/datasets"
     assert opts.additional_mounts[0].read_only is True
-    assert opts.dockerfile is not None and f"cloudpickle=={cloudpickle.__version__}" in opts.dockerfile
+    assert (
+        opts.dockerfile is not None and f"cloudpickle=={cloudpickle.__version__}" in opts.dockerfile
+    )
     assert app.functions["test_function_keeps_options_and_runs_locally.<locals>.add"] is add
 
 
@@ -107,21 +111,31 @@ def test_volume_validation() -> None:
     with pytest.raises(ValueError, match="shared"):
         archil.Volume.from_disk_id("d", shared="yes")  # type: ignore[arg-type]
     disk = archil.Disk(id="dsk-0123456789abcdef", name="n", status="available")
-    assert archil.Volume.from_disk(disk, shared=True) == archil.Volume("dsk-0123456789abcdef", "production", True)
+    assert archil.Volume.from_disk(disk, shared=True) == archil.Volume(
+        "dsk-0123456789abcdef", "production", True
+    )
 
 
 def test_decode_result_reraises_the_remote_exception_with_its_traceback() -> None:
     err = KeyError("missing")
     data = cloudpickle.dumps(
-        {"ok": False, "exc": err, "type": "builtins.KeyError", "message": "'missing'", "traceback": "Traceback...\nKeyError: 'missing'"}
+        {
+            "ok": False,
+            "exc": err,
+            "type": "builtins.KeyError",
+            "message": "'missing'",
+            "traceback": "Traceback...\nKeyError: 'missing'",
+        }
     )
     with pytest.raises(KeyError) as info:
         decode_result(data)
     assert isinstance(info.value.__cause__, archil.RemoteError)
     assert "Traceback..." in info.value.__cause__.remote_traceback
 
-    data = cloudpickle.dumps({"ok": False, "exc": None, "type": "mod.Custom", "message": "boom", "traceback": "tb"})
-    with pytest.raises(archil.RemoteError, match="mod.Custom: boom"):
+    data = cloudpickle.dumps(
+        {"ok": False, "exc": None, "type": "mod.Custom", "message": "boom", "traceback": "tb"}
+    )
+    with pytest.raises(archil.RemoteError, match=r"mod\.Custom: boom"):
         decode_result(data)
     assert decode_result(cloudpickle.dumps({"ok": True, "value": [1, 2]})) == [1, 2]
     with pytest.raises(archil.RemoteError):

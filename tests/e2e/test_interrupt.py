@@ -37,7 +37,11 @@ def test_ctrl_c_stops_and_deletes_the_container(conn: dict[str, str], tmp_path: 
     script.write_text(SCRIPT)
     env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
     proc = subprocess.Popen(
-        [sys.executable, str(script), disk], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, str(script), disk],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     client = archil.Archil(**conn)
     try:

@@ -11,14 +11,18 @@ import archil
 
 
 def new_app(conn: dict[str, str]) -> archil.App:
-    return archil.App(name="e2e", disk_id=f"disk_{uuid.uuid4().hex[:10]}", disk_env="production", **conn)
+    return archil.App(
+        name="e2e", disk_id=f"disk_{uuid.uuid4().hex[:10]}", disk_env="production", **conn
+    )
 
 
 class Boom(Exception):
     pass
 
 
-def test_remote_returns_the_value_and_writes_to_the_disk(conn: dict[str, str], capfd: pytest.CaptureFixture[str]) -> None:
+def test_remote_returns_the_value_and_writes_to_the_disk(
+    conn: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
     app = new_app(conn)
 
     @app.function()
@@ -85,7 +89,9 @@ def test_map_keeps_input_order(conn: dict[str, str]) -> None:
 def test_run_job_returns_zero_or_raises_container_error(conn: dict[str, str]) -> None:
     app = new_app(conn)
 
-    @app.run(command="mkdir -p /mnt/archil/job && echo done > /mnt/archil/job/flag", stream_logs=False)
+    @app.run(
+        command="mkdir -p /mnt/archil/job && echo done > /mnt/archil/job/flag", stream_logs=False
+    )
     def ok() -> None:
         pass
 

@@ -128,7 +128,7 @@ class App:
         stream_logs: bool,
         needs_python: bool,
     ) -> ContainerOptions:
-    
+
         if image is not None and not isinstance(image, Image):
             raise ValueError(f"image must be an archil.Image, got {type(image).__name__}")
         if needs_python:
@@ -327,7 +327,7 @@ class Function(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         self.remote: _Remote[P, R] = _Remote(self)
         self.map: _Map[R] = _Map(self)
 
@@ -355,14 +355,18 @@ class _JobRemote:
     def __call__(self) -> int:
         from .._sync.runner import CallRunner
 
-        return CallRunner(self._job.app.client()).run(self._job.options, self._job.command, self._job.name)
+        return CallRunner(self._job.app.client()).run(
+            self._job.options, self._job.command, self._job.name
+        )
 
     async def aio(self) -> int:
         """Run the job without blocking the event loop."""
         from .._async.runner import AsyncCallRunner
 
         async with self._job.app.async_client() as client:
-            return await AsyncCallRunner(client).run(self._job.options, self._job.command, self._job.name)
+            return await AsyncCallRunner(client).run(
+                self._job.options, self._job.command, self._job.name
+            )
 
 
 class Job:
@@ -394,7 +398,7 @@ def _concurrency(value: int) -> int:
 def _zip_inputs(iterables: Sequence[Iterable[Any]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     if not iterables:
         raise ValueError("map() needs at least one iterable of inputs")
-    return [(tuple(args), {}) for args in zip(*iterables)]
+    return [(tuple(args), {}) for args in zip(*iterables, strict=False)]
 
 
 def _dedent_script(command: str) -> str:
@@ -417,4 +421,3 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(loc) or "options"
         parts.append(f"{where}: {err['msg']}")
     return "invalid function options: " + "; ".join(parts)
-

@@ -93,7 +93,9 @@ class Image:
     @classmethod
     def from_registry(cls, tag: str, *, python_version: str | None = None) -> Image:
         """Any base image by reference; say which Python it has to run functions on it."""
-        return cls(tag, python_version=_check_python_version(python_version) if python_version else None)
+        return cls(
+            tag, python_version=_check_python_version(python_version) if python_version else None
+        )
 
     def _add(self, *steps: str) -> Image:
         return Image(self._base, self._steps + steps, self._python_version)
@@ -109,8 +111,7 @@ class Image:
         if not pkgs:
             return self
         return self._add(
-            "RUN apt-get update && apt-get install -y --no-install-recommends "
-            + " ".join(pkgs)
+            "RUN apt-get update && apt-get install -y --no-install-recommends " + " ".join(pkgs)
         )
 
     def pip_install(self, *packages: str) -> Image:
@@ -210,7 +211,9 @@ def _flatten(values: tuple[Any, ...], where: str) -> list[str]:
 def _quote_env(value: str) -> str:
     if value and re.match(r"^[A-Za-z0-9_./:,+@%-]+$", value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("\n", "\\n")
+    )
     return f'"{escaped}"'
 
 
