@@ -118,7 +118,9 @@ class AsyncCallRunner:
         try:
             await self._client.objects.put(opts.disk_id, paths.input_key, payload)
             container = await self._create(
-                opts, bootstrap_command(paths), {"archil.function": name, "archil.call": paths.call_id}
+                opts,
+                bootstrap_command(paths),
+                {"archil.function": name, "archil.call": paths.call_id},
             )
             container_id = container.container_id
             final, tail = await self._follow(container, opts)
@@ -173,4 +175,6 @@ def _container_error(final: Container, tail: str, what: str) -> ContainerError:
     else:
         reason = final.failure_reason or "unknown reason"
         msg = f"{what}: container {final.container_id} failed: {reason}"
-    return ContainerError(msg, container_id=final.container_id, exit_code=final.exit_code, logs=tail)
+    return ContainerError(
+        msg, container_id=final.container_id, exit_code=final.exit_code, logs=tail
+    )
