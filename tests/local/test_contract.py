@@ -1,0 +1,366 @@
+"""The local control plane holds to ``docs/control-plane.openapi.yaml``.
+
+Every operation of the document is called on a running server; each answer's
+status must be documented for the operation and its body must validate
+against the documented schema (openapi-core does the validation). The
+requests are checked against the document too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from openapi_core import Config, OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+from openapi_spec_validator import validate as validate_spec
+
+from archil.local.embedded import LocalServer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use of allowEmptyValue:DeprecationWarning")
+
+SPEC_PATH = Path(__file__).resolve().parents[2] / "docs" / "control-plane.openapi.yaml"
+REFERENCE_PATH = (
+    Path(__file__).resolve().parents[3]
+    / "shared"
+    / "reference"
+    / "archil-control-plane-openapi.yml"
+)
+METHODS = ("get", "put", "post", "delete", "patch", "head")
+
+_XML_LISTS = {"Contents", "CommonPrefixes"}
+_XML_INTS = {"KeyCount", "MaxKeys", "Size"}
+_XML_BOOLS = {"IsTruncated"}
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _xml_value(element: ET.Element) -> Any:
+    children = list(element)
+    name = _local(element.tag)
+    if not children:
+        text = element.text or ""
+        if name in _XML_INTS and text.isdigit():
+            return int(text)
+        if name in _XML_BOOLS and text in ("true", "false"):
+            return text == "true"
+        return text
+    obj: dict[str, Any] = {}
+    for child in children:
+        key = _local(child.tag)
+        value = _xml_value(child)
+        if key in _XML_LISTS:
+            obj.setdefault(key, []).append(value)
+        else:
+            obj[key] = value
+    return obj
+
+
+def xml_loads(value: bytes, **parameters: str) -> Any:
+    """S3 XML documents as the data model their schema describes."""
+    return _xml_value(ET.fromstring(value))
+
+
+def ndjson_loads(value: bytes, **parameters: str) -> Any:
+    """A JSON-lines stream as the array of its lines."""
+    return [json.loads(line) for line in value.decode("utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def spec_dict() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
+    return data
+
+
+@pytest.fixture(scope="module")
+def openapi(spec_dict: dict[str, Any]) -> OpenAPI:
+    config = Config(
+        extra_media_type_deserializers={
+            "application/x-ndjson": ndjson_loads,
+            "application/xml": xml_loads,
+        }
+    )
+    return OpenAPI.from_dict(spec_dict, config=config)
+
+
+def test_the_document_is_valid_openapi_3_1(spec_dict: dict[str, Any]) -> None:
+    assert spec_dict["openapi"].startswith("3.1")
+    validate_spec(spec_dict)
+
+
+def test_every_extension_is_marked(spec_dict: dict[str, Any]) -> None:
+    if not REFERENCE_PATH.exists():
+        pytest.skip("the reference specification is not available here")
+    reference = yaml.safe_load(REFERENCE_PATH.read_text())
+    real = {(p, m) for p, ops in reference["paths"].items() for m in ops if m in METHODS}
+    for path, ops in spec_dict["paths"].items():
+        for method, op in ops.items():
+            if method not in METHODS:
+                continue
+            if (path, method) in real:
+                assert not op.get("x-archil-extension"), (method, path)
+                assert op["operationId"] == reference["paths"][path][method]["operationId"]
+            else:
+                assert op.get("x-archil-extension") is True, (method, path)
+            if method == "post":
+                refs = [p.get("$ref", "") for p in op.get("parameters", [])]
+                assert "#/components/parameters/IdempotencyKey" in refs, (method, path)
+    assert real <= {(p, m) for p, ops in spec_dict["paths"].items() for m in ops}
+
+
+class Contract:
+    """Validates real exchanges against the document and records which operations were seen."""
+
+    def __init__(self, openapi: OpenAPI, spec: dict[str, Any]) -> None:
+        self.openapi = openapi
+        self.operations: dict[tuple[str, str], tuple[re.Pattern[str], str]] = {}
+        for path, ops in spec["paths"].items():
+            pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]*", re.escape(path)) + "$")
+            for method, op in ops.items():
+                if method in METHODS:
+                    self.operations[(method, path)] = (pattern, op["operationId"])
+        self.seen: dict[str, set[int]] = {}
+
+    def operation(self, method: str, path: str) -> str:
+        matches = [
+            (template, op_id)
+            for (m, template), (pattern, op_id) in self.operations.items()
+            if m == method and pattern.match(path)
+        ]
+        assert matches, f"{method.upper()} {path} is not in the document"
+        matches.sort(key=lambda t: t[0].count("{"))
+        return matches[0][1]
+
+    def check(self, response: httpx.Response, *, check_request: bool = True) -> httpx.Response:
+        request = response.request
+        url = request.url
+        headers = {k: v for k, v in request.headers.items()}
+        mock_request = MockRequest(
+            host_url=f"{url.scheme}://{url.netloc.decode()}",
+            method=request.method,
+            path=url.path,
+            args=dict(url.params),
+            headers=headers,
+            data=request.content if request.content else None,
+            content_type=request.headers.get("content-type", "application/json"),
+        )
+        content_type = response.headers.get("content-type")
+        mock_response = MockResponse(
+            data=response.content,
+            status_code=response.status_code,
+            headers=dict(response.headers),
+            content_type=content_type or "application/octet-stream",
+        )
+        self.openapi.validate_response(mock_request, mock_response)
+        if check_request:
+            self.openapi.validate_request(mock_request)
+        assert response.headers.get("x-request-id"), "every response carries x-request-id"
+        op = self.operation(request.method.lower(), url.path)
+        self.seen.setdefault(op, set()).add(response.status_code)
+        return response
+
+
+@pytest.fixture
+def contract(openapi: OpenAPI, spec_dict: dict[str, Any]) -> Contract:
+    return Contract(openapi, spec_dict)
+
+
+@pytest.fixture
+def contract_server(make_server: Callable[..., LocalServer]) -> LocalServer:
+    return make_server(exec_timeout=1.0)
+
+
+@pytest.fixture
+def c(contract_server: LocalServer) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=contract_server.base_url,
+        headers={"Authorization": contract_server.api_key},
+        trust_env=False,
+        timeout=30,
+    ) as client:
+        yield client
+
+
+def test_every_operation_answers_as_documented(
+    contract: Contract, contract_server: LocalServer, c: httpx.Client
+) -> None:
+    ck = contract.check
+    idem = {"Idempotency-Key": "contract-1"}
+
+    ck(c.get("/healthz"))
+    r = ck(c.post("/api/disks", json={"name": "contract"}, headers=idem))
+    assert r.status_code == 201
+    disk = r.json()["data"]["diskId"]
+    assert ck(c.post("/api/disks", json={"name": "contract"})).status_code == 200
+    s3 = {
+        "name": "with-mount",
+        "mounts": [{"type": "s3", "bucketName": "b", "accessKeyId": "AK", "secretAccessKey": "SK"}],
+    }
+    assert ck(c.post("/api/disks", json=s3)).status_code == 201
+    assert ck(c.get("/api/disks", params={"limit": 1})).json()["nextCursor"]
+    ck(c.get("/api/disks", params={"name": "contract"}))
+    ck(c.get(f"/api/disks/{disk}"))
+
+    user = ck(
+        c.post(f"/api/disks/{disk}/users", json={"type": "token", "nickname": "alice"})
+    ).json()["data"]
+    arn = "arn:aws:iam::123456789012:role/r"
+    ck(c.post(f"/api/disks/{disk}/users", json={"type": "awssts", "principal": arn}))
+    ck(c.delete(f"/api/disks/{disk}/users/token", params={"identifier": user["identifier"]}))
+    ck(c.delete(f"/api/disks/{disk}/users/awssts", params={"identifier": arn}))
+
+    ck(
+        c.put(
+            f"/s3/{disk}/hello.txt",
+            content=b"hello world",
+            headers={"content-type": "application/octet-stream"},
+        )
+    )
+    ck(
+        c.put(
+            f"/s3/{disk}/second", content=b"2", headers={"content-type": "application/octet-stream"}
+        )
+    )
+    ck(c.get(f"/s3/{disk}/hello.txt"))
+    assert ck(c.get(f"/s3/{disk}/hello.txt", headers={"Range": "bytes=0-4"})).status_code == 206
+    ck(c.head(f"/s3/{disk}/hello.txt"))
+    ck(c.head(f"/s3/{disk}"))
+    listing = ck(c.get(f"/s3/{disk}", params={"list-type": "2", "max-keys": "1"}))
+    assert b"NextContinuationToken" in listing.content
+    ck(c.get(f"/s3/{disk}", params={"list-type": "2", "delimiter": "/", "prefix": ""}))
+    assert ck(c.delete(f"/s3/{disk}/second")).status_code == 204
+
+    root = ck(c.get(f"/api/disks/{disk}/directory")).json()["data"]
+    assert root["entries"]
+    ck(c.get(f"/api/disks/{disk}/directory", params={"inode": 1}))
+
+    ck(c.post(f"/api/disks/{disk}/exec", json={"command": "cat /mnt/archil/hello.txt"}))
+    ck(
+        c.post(
+            "/api/exec",
+            json={"disks": {"d": disk, "e": {"disk": disk, "readOnly": True}}, "command": "ls"},
+        )
+    )
+    ck(c.post(f"/api/disks/{disk}/grep", json={"directory": "", "pattern": "x"}))
+
+    token = ck(c.post("/api/tokens", json={"name": "t", "description": "d"})).json()["data"]
+    ck(c.get("/api/tokens"))
+    ck(c.delete(f"/api/tokens/{token['id']}"))
+
+    image = ck(
+        c.post("/api/images", json={"dockerfile": "FROM debian:bookworm-slim\nENV A=1\n"})
+    ).json()["data"]
+    ck(c.get(f"/api/images/{image['imageId']}"))
+
+    body = {
+        "archilMount": {"diskId": disk, "env": "production"},
+        "additionalMounts": [{"path": "/extra", "diskId": disk, "readOnly": True}],
+        "vcpuCount": 1,
+        "memSizeMib": 256,
+        "kernelVariant": "base",
+        "command": "echo contract",
+        "env": {"A": "b"},
+        "ports": [],
+        "metadata": {"k": "v"},
+        "timeoutSeconds": 60,
+    }
+    cid = ck(
+        c.post("/api/containers", json=body, headers={"Idempotency-Key": "contract-2"})
+    ).json()["data"]["containerId"]
+    final = ck(c.get(f"/api/containers/{cid}", params={"wait": "10"})).json()["data"]
+    assert final["status"] == "exited"
+    ck(c.get("/api/containers", params={"limit": 10, "diskId": disk, "status": "exited"}))
+    ck(c.get(f"/api/containers/{cid}/logs", params={"offset": 0, "follow": "true"}))
+    ck(c.post(f"/api/containers/{cid}/stop"))
+    ck(c.delete(f"/api/containers/{cid}"))
+    ck(c.delete(f"/api/disks/{disk}"))
+
+    documented = {op_id for _, op_id in contract.operations.values()}
+    assert set(contract.seen) == documented, documented - set(contract.seen)
+
+
+def test_error_answers_are_documented(
+    contract: Contract, contract_server: LocalServer, c: httpx.Client
+) -> None:
+    ck = contract.check
+    disk = ck(c.post("/api/disks", json={"name": "errors"})).json()["data"]["diskId"]
+    missing = "dsk-0000000000000000"
+
+    cases: list[tuple[httpx.Response, int]] = [
+        (c.post("/api/disks", json={"name": "bad name"}), 400),
+        (
+            c.post(
+                "/api/disks", json={"name": "errors", "mounts": [{"type": "s3", "bucketName": "x"}]}
+            ),
+            409,
+        ),
+        (c.get("/api/disks", params={"limit": 0}), 400),
+        (c.get(f"/api/disks/{missing}"), 404),
+        (c.delete(f"/api/disks/{missing}"), 404),
+        (c.post(f"/api/disks/{missing}/users", json={"type": "token", "nickname": "x"}), 404),
+        (c.delete(f"/api/disks/{disk}/users/token", params={"identifier": "nope"}), 404),
+        (c.post(f"/api/disks/{disk}/exec", json={"command": "sleep 30"}), 504),
+        (c.post(f"/api/disks/{missing}/exec", json={"command": "true"}), 404),
+        (c.post("/api/exec", json={"disks": {"a": missing}, "command": "true"}), 404),
+        (c.post("/api/exec", json={"disks": {"a": disk}, "command": "sleep 30"}), 504),
+        (c.get(f"/api/disks/{disk}/directory", params={"inode": 99999999}), 404),
+        (c.delete("/api/tokens/tok-missing"), 404),
+        (c.get("/api/images/img-0000000000000000"), 404),
+        (c.post("/api/containers", json={"archilMount": {"diskId": missing}}), 404),
+        (c.get("/api/containers/cntr-0000000000000000"), 404),
+        (c.get("/api/containers", params={"status": "nope"}), 400),
+        (c.get("/api/containers/cntr-0000000000000000/logs"), 404),
+        (c.post("/api/containers/cntr-0000000000000000/stop"), 404),
+        (c.delete("/api/containers/cntr-0000000000000000"), 404),
+        (c.get(f"/s3/{disk}/missing-key"), 404),
+        (c.get(f"/s3/{missing}", params={"list-type": "2"}), 404),
+        (c.get(f"/s3/{disk}", params={"list-type": "2", "max-keys": "x"}), 400),
+        (c.delete(f"/s3/{missing}/k"), 404),
+        (c.head(f"/s3/{missing}"), 404),
+        (c.head(f"/s3/{disk}/missing-key"), 404),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        ck(response, check_request=False)
+    with httpx.Client(base_url=contract_server.base_url, trust_env=False) as anonymous:
+        for r in (
+            anonymous.get("/api/disks"),
+            anonymous.post("/api/containers", json={}),
+            anonymous.get(f"/s3/{disk}/k"),
+            anonymous.put(f"/s3/{disk}/k", content=b"x"),
+        ):
+            assert r.status_code == 401
+            ck(r, check_request=False)
+
+
+def test_transient_failures_are_documented(
+    contract: Contract, contract_server: LocalServer, c: httpx.Client
+) -> None:
+    disk = c.post("/api/disks", json={"name": "chaos"}).json()["data"]["diskId"]
+    contract_server.set_chaos(1.0, seed=11)
+    statuses: set[int] = set()
+    attempts = 0
+    while statuses != {429, 503} and attempts < 200:
+        attempts += 1
+        for method, path in (
+            ("GET", "/api/disks"),
+            ("GET", f"/s3/{disk}/k"),
+            ("GET", "/api/containers"),
+        ):
+            try:
+                r = c.request(method, path)
+            except httpx.TransportError:
+                continue
+            statuses.add(r.status_code)
+            contract.check(r, check_request=False)
+    contract_server.set_chaos(0.0)
+    assert statuses == {429, 503}
