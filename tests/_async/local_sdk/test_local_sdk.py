@@ -1,0 +1,263 @@
+"""The SDK against the real local control plane: disks, objects, containers, idempotency, chaos."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import archil
+from archil._async.client import AsyncArchil
+from archil._compat import agather_bounded
+from archil.local.embedded import LocalServer
+
+from .conftest import ServerFactory
+
+
+@pytest.fixture
+async def sdk(shared_server: LocalServer) -> AsyncIterator[AsyncArchil]:
+    client = AsyncArchil(base_url=shared_server.base_url, api_key=shared_server.api_key)
+    yield client
+    await client.aclose()
+
+
+def _name() -> str:
+    return f"d-{uuid.uuid4().hex[:12]}"
+
+
+def _live_processes(container_id: str) -> list[int]:
+    needle = f"ARCHIL_CONTAINER_ID={container_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def _run(sdk: AsyncArchil, disk_id: str, command: str, **kwargs: object) -> archil.Container:
+    container = await sdk.containers.create(
+        archil_mount=archil.ArchilMount(disk_id=disk_id),
+        command=command,
+        mem_size_mib=256,
+        **kwargs,
+    )
+    return await sdk.containers.wait(container.container_id, timeout=60)
+
+
+async def test_disk_crud_and_users(sdk: AsyncArchil) -> None:
+    name = _name()
+    disk = await sdk.disks.create(name)
+    assert disk.id.startswith("dsk-") and disk.name == name and disk.status == "available"
+    token_user = disk.authorized_users[0]
+    assert token_user.token is not None and token_user.token.get_secret_value() not in repr(disk)
+
+    again = await sdk.disks.create(name)  # idempotent by name
+    assert again.id == disk.id
+    mount = archil.Mount(
+        provider="s3", bucket="b", access_key_id="AKID", secret_access_key="s3cr3t-value"
+    )
+    with pytest.raises(archil.ConflictError):
+        await sdk.disks.create(name, mounts=[mount])
+
+    assert disk.id in [d.id for d in await sdk.disks.list()]
+    assert [d.id for d in await sdk.disks.list(name=name)] == [disk.id]
+    assert (await sdk.disks.get(disk.id)).name == name
+
+    user = await sdk.disks.add_user(disk.id, user_type="token", nickname="alice")
+    assert user.nickname == "alice" and user.identifier
+    assert "alice" in [u.nickname for u in (await sdk.disks.get(disk.id)).authorized_users]
+    assert user.identifier is not None
+    await sdk.disks.remove_user(disk.id, "token", user.identifier)
+    assert "alice" not in [u.nickname for u in (await sdk.disks.get(disk.id)).authorized_users]
+
+    with_mount = await sdk.disks.create(_name(), mounts=[mount])
+    assert "s3cr3t-value" not in (await sdk.disks.get(with_mount.id)).model_dump_json()
+
+    await sdk.disks.delete(disk.id)
+    with pytest.raises(archil.NotFoundError):
+        await sdk.disks.get(disk.id)
+
+
+async def test_objects_round_trip_small_and_empty(sdk: AsyncArchil) -> None:
+    disk = await sdk.disks.create(_name())
+    for key, body in (("empty", b""), ("one", b"x"), ("dir/nested/file.txt", b"hello\n")):
+        info = await sdk.objects.put(disk.id, key, body)
+        assert info.size == len(body)
+        assert await sdk.objects.get(disk.id, key) == body
+        assert (await sdk.objects.head(disk.id, key)).size == len(body)
+    keys = [o.key async for o in sdk.objects.list(disk.id)]
+    assert keys == ["dir/nested/file.txt", "empty", "one"]
+    page = await sdk.objects.list_page(disk.id, delimiter="/")
+    assert page.common_prefixes == ["dir/"]
+    await sdk.objects.delete(disk.id, "one")
+    with pytest.raises(archil.NotFoundError):
+        await sdk.objects.get(disk.id, "one")
+
+
+async def test_objects_50_mb_streamed_both_ways(sdk: AsyncArchil, tmp_path: Path) -> None:
+    disk = await sdk.disks.create(_name())
+    src = tmp_path / "big.bin"
+    with src.open("wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(1 << 20))
+    await sdk.objects.upload_file(disk.id, "big.bin", src)
+    dst = tmp_path / "back.bin"
+    info = await sdk.objects.download_file(disk.id, "big.bin", dst)
+    assert info.size == 50 << 20
+    assert hashlib.sha256(dst.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
+
+
+async def test_bad_keys_and_paths_are_rejected_before_sending(sdk: AsyncArchil) -> None:
+    disk = await sdk.disks.create(_name())
+    for key in ("../escape", "a/../../x", "/abs", "a/./b"):
+        with pytest.raises(ValueError, match="key"):
+            await sdk.objects.put(disk.id, key, b"x")
+    with pytest.raises(ValueError, match="path"):
+        archil.AdditionalMount(path="/data/../etc", disk_id=disk.id)
+    with pytest.raises(archil.NotFoundError):
+        await sdk.disks.read_directory(disk.id, inode_id=987654321)
+    listing = await sdk.disks.read_directory(disk.id)
+    assert listing.entries == []
+
+
+async def test_container_writes_to_its_disk_and_disks_are_isolated(sdk: AsyncArchil) -> None:
+    a = await sdk.disks.create(_name())
+    b = await sdk.disks.create(_name())
+    await sdk.objects.put(b.id, "secret-of-b.txt", b"b only")
+    final = await _run(sdk, a.id, "echo from-a > /mnt/archil/x; ls -a /mnt/archil")
+    assert final.status == "exited" and final.exit_code == 0
+    assert await sdk.objects.get(a.id, "x") == b"from-a\n"
+    out = "".join(
+        [e.data async for e in sdk.containers.logs(final.container_id) if e.stream == "stdout"]
+    )
+    assert "x" in out.split() and "secret-of-b.txt" not in out
+    with pytest.raises(archil.NotFoundError):
+        await sdk.objects.head(b.id, "x")
+
+
+async def test_read_only_mount_refuses_a_write(sdk: AsyncArchil) -> None:
+    a = await sdk.disks.create(_name())
+    shared = await sdk.disks.create(_name())
+    await sdk.objects.put(shared.id, "data.txt", b"readable")
+    final = await _run(
+        sdk,
+        a.id,
+        "cat /datasets/data.txt && echo nope > /datasets/new.txt",
+        additional_mounts=[
+            archil.AdditionalMount(path="/datasets", disk_id=shared.id, read_only=True)
+        ],
+    )
+    assert final.exit_code != 0
+    logs = [e async for e in sdk.containers.logs(final.container_id)]
+    assert "readable" in "".join(e.data for e in logs if e.stream == "stdout")
+    assert "Read-only file system" in "".join(e.data for e in logs if e.stream == "stderr")
+    with pytest.raises(archil.NotFoundError):
+        await sdk.objects.head(shared.id, "new.txt")
+
+
+async def test_wait_is_prompt_and_stop_kills_the_process_tree(sdk: AsyncArchil) -> None:
+    disk = await sdk.disks.create(_name())
+    t0 = time.monotonic()
+    final = await _run(sdk, disk.id, "sleep 0.3")
+    assert final.status == "exited" and time.monotonic() - t0 < 5
+
+    c = await sdk.containers.create(
+        archil_mount=archil.ArchilMount(disk_id=disk.id),
+        command="trap '' TERM; (setsid sleep 300 &); sleep 300",
+    )
+    deadline = time.monotonic() + 30
+    while (
+        await sdk.containers.get(c.container_id)
+    ).status != "running" and time.monotonic() < deadline:
+        await archil._compat.asleep(0.05)
+    while len(_live_processes(c.container_id)) < 2 and time.monotonic() < deadline:
+        await archil._compat.asleep(0.05)
+    assert _live_processes(c.container_id)
+    stopped = await sdk.containers.stop(c.container_id)
+    final = await sdk.containers.wait(stopped.container_id, timeout=30)
+    assert final.status == "stopped"
+    assert _live_processes(c.container_id) == []
+    await sdk.containers.delete(c.container_id)
+    with pytest.raises(archil.NotFoundError):
+        await sdk.containers.get(c.container_id)
+
+
+async def test_twenty_containers_at_once(sdk: AsyncArchil) -> None:
+    disk = await sdk.disks.create(_name())
+
+    async def one(i: int) -> archil.Container:
+        return await _run(sdk, disk.id, f"echo {i} > /mnt/archil/c{i}")
+
+    finals = [c async for c in agather_bounded(one, range(20), 20)]
+    assert [c.exit_code for c in finals] == [0] * 20
+    assert len({c.container_id for c in finals}) == 20
+    assert sorted([o.key async for o in sdk.objects.list(disk.id, prefix="c")]) == sorted(
+        f"c{i}" for i in range(20)
+    )
+
+
+async def test_same_idempotency_key_gives_one_container(sdk: AsyncArchil) -> None:
+    disk = await sdk.disks.create(_name())
+    key = uuid.uuid4().hex
+    mount = archil.ArchilMount(disk_id=disk.id)
+    first = await sdk.containers.create(archil_mount=mount, command="true", idempotency_key=key)
+    second = await sdk.containers.create(archil_mount=mount, command="true", idempotency_key=key)
+    assert first.container_id == second.container_id
+    assert [c.container_id async for c in sdk.containers.list(disk_id=disk.id)] == [
+        first.container_id
+    ]
+
+
+async def test_wrong_key_is_401(shared_server: LocalServer) -> None:
+    bad = AsyncArchil(base_url=shared_server.base_url, api_key="key-wrong", max_retries=0)
+    try:
+        with pytest.raises(archil.AuthenticationError) as info:
+            await bad.disks.list().to_list()
+    finally:
+        await bad.aclose()
+    assert info.value.status_code == 401
+    assert shared_server.api_key not in str(info.value)
+
+
+async def test_restart_keeps_everything(make_server: ServerFactory, tmp_path: Path) -> None:
+    data = tmp_path / "persist"
+    first = make_server(data)
+    async with AsyncArchil(base_url=first.base_url, api_key=first.api_key) as sdk:
+        disk = await sdk.disks.create("persistent")
+        await sdk.objects.put(disk.id, "kept.txt", b"still here")
+        token = await sdk.tokens.create("ci-token")
+        done = await _run(sdk, disk.id, "true")
+    key = first.api_key
+    first.stop()
+    second = make_server(data)
+    assert second.api_key == key
+    async with AsyncArchil(base_url=second.base_url, api_key=second.api_key) as sdk:
+        assert (await sdk.disks.get(disk.id)).name == "persistent"
+        assert await sdk.objects.get(disk.id, "kept.txt") == b"still here"
+        assert token.id in [t.id async for t in sdk.tokens.list()]
+        assert (await sdk.containers.get(done.container_id)).status == "exited"
+
+
+async def test_chaos_100_creates_give_exactly_100_containers(make_server: ServerFactory) -> None:
+    server = make_server(chaos_rate=0.2, chaos_seed=7)
+    async with AsyncArchil(base_url=server.base_url, api_key=server.api_key, max_retries=8) as sdk:
+        # The chaos RNG also hits this request; retries carry it through.
+        disk = await sdk.disks.create("chaos-disk")
+        mount = archil.ArchilMount(disk_id=disk.id)
+        ids = [
+            (await sdk.containers.create(archil_mount=mount, mem_size_mib=128)).container_id
+            for _ in range(100)
+        ]
+        server.set_chaos(0.0)
+        listed = [c.container_id async for c in sdk.containers.list(disk_id=disk.id)]
+    assert len(set(ids)) == 100
+    assert sorted(listed) == sorted(ids)
