@@ -47,16 +47,15 @@ def ready(builder: ImageBuilder, dockerfile: str) -> str:
     return image_id
 
 
-def run_py(python: str, code: str, **kwargs: object) -> str:
+def run_py(python: str, code: str) -> str:
     proc = subprocess.run(
         [python, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         env={"PATH": "/usr/bin:/bin"},
-        **kwargs,
     )
-    return proc.stdout.strip()
+    return str(proc.stdout).strip()
 
 
 def make_wheel(directory: Path, name: str = "archil_tiny_pkg", version: str = "0.1") -> Path:

@@ -6,17 +6,20 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
     "alive",
+    "child_of",
     "kill_pids",
     "make_preexec",
     "pids_in_group",
     "pids_in_pid_namespace",
     "pids_with_env_marker",
     "pump",
+    "sweep",
 ]
 
 PR_SET_PDEATHSIG = 1
@@ -103,6 +106,26 @@ def alive(pid: int) -> bool:
     return state not in (b"Z", b"X", b"")
 
 
+def child_of(pid: int) -> int | None:
+    """The (first) child process of ``pid``, or None."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+        return int(children[0]) if children else None
+    except OSError:
+        pass
+    for cand in _pids():
+        try:
+            with open(f"/proc/{cand}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(pid).encode():
+            return cand
+    return None
+
+
 def pids_in_pid_namespace(ns_link: str) -> set[int]:
     """The processes whose PID namespace is ``ns_link`` (as read from ``/proc/<pid>/ns/pid``)."""
     out: set[int] = set()
@@ -147,6 +170,27 @@ def pids_with_env_marker(name: str, value: str) -> set[int]:
         if needle in env.split(b"\0"):
             out.add(pid)
     return out
+
+
+def sweep(find: Callable[[], set[int]], *, quiet_scans: int = 2, limit: float = 5.0) -> None:
+    """SIGKILL what ``find()`` returns until it has come back empty ``quiet_scans`` times in a row.
+
+    A single scan can miss a process caught in the middle of ``exec`` (its environment is
+    briefly unreadable), so one empty scan is not proof that nothing is left.
+    """
+    deadline = time.monotonic() + limit
+    quiet = 0
+    delay = 0.005
+    while quiet < quiet_scans and time.monotonic() < deadline:
+        pids = {p for p in find() if alive(p)}
+        if pids:
+            quiet = 0
+            kill_pids(pids, signal.SIGKILL)
+        else:
+            quiet += 1
+        if quiet < quiet_scans:
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
 
 
 def kill_pids(pids: Iterable[int], sig: int) -> None:

@@ -638,7 +638,7 @@ class _Build:
     dockerfile: str
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-    procs: set[subprocess.Popen[bytes]] = field(default_factory=set)
+    procs: dict[subprocess.Popen[bytes], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -884,9 +884,12 @@ class ImageBuilder:
             self._closed = True
             builds = list(self._builds.values())
         for b in builds:
-            for p in list(b.procs):
+            for p, marker in list(b.procs.items()):
                 with contextlib.suppress(OSError):
                     os.killpg(p.pid, signal.SIGKILL)
+                _proc.kill_pids(
+                    _proc.pids_with_env_marker("ARCHIL_IMAGE_BUILD", marker), signal.SIGKILL
+                )
         deadline = time.monotonic() + timeout
         for b in builds:
             if b.thread is not None:
@@ -1420,7 +1423,7 @@ class ImageBuilder:
             self._emit(ctx, f"cannot run {argv[0]}: {e}")
             return 127
         os.close(w)
-        ctx.build.procs.add(proc)
+        ctx.build.procs[proc] = marker
         reader = threading.Thread(
             target=_proc.pump,
             args=(r, lambda chunk: self._emit(ctx, chunk.rstrip("\n"))),
@@ -1439,10 +1442,8 @@ class ImageBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 rc = proc.wait()
         finally:
-            ctx.build.procs.discard(proc)
-            leftovers = _proc.pids_with_env_marker("ARCHIL_IMAGE_BUILD", marker)
-            if leftovers:
-                _proc.kill_pids(leftovers, signal.SIGKILL)
+            ctx.build.procs.pop(proc, None)
+            _proc.sweep(lambda: _proc.pids_with_env_marker("ARCHIL_IMAGE_BUILD", marker))
             reader.join(5.0)
         if timed_out:
             raise BuildError(

@@ -14,7 +14,7 @@ other process of the namespace, so nothing a container starts (double forks and
 
 Mountpoints that do not exist are created on the host and removed again, when empty,
 after the last container using them ends (in any process: users hold a shared ``flock``
-on a lock file in ``$TMPDIR/archil-mountpoints-<uid>/``). Where one cannot be created (not root), a
+on a lock file in ``/tmp/archil-mountpoints-<uid>/``). Where one cannot be created (not root), a
 tmpfs is mounted over its nearest existing ancestor inside the namespace only (for
 ``/mnt/archil``: over ``/mnt``), and the mountpoint is made there.
 
@@ -137,7 +137,7 @@ _mp_lock = threading.Lock()
 
 
 def _lease_dir() -> Path:
-    d = Path(tempfile.gettempdir()) / f"archil-mountpoints-{os.geteuid()}"
+    d = Path("/tmp") / f"archil-mountpoints-{os.geteuid()}"
     d.mkdir(mode=0o700, exist_ok=True)
     return d
 
@@ -373,7 +373,17 @@ class _Cgroups:
         path = self.base / name
         with contextlib.suppress(OSError):
             path.rmdir()
-        path.mkdir()
+        for attempt in range(5):
+            try:
+                path.mkdir()
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                self.base.mkdir(exist_ok=True)
+                if self.version == 2:
+                    with contextlib.suppress(OSError):
+                        _write(self.base / "cgroup.subtree_control", "+memory")
         limit = str(mem_mib * 1024 * 1024)
         try:
             if self.version == 1:
@@ -452,6 +462,8 @@ class _Container:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ns_fd: int | None = None
         self.ns_link: str | None = None
+        self.init_pid: int | None = None
+        self.killed_init = False
         self.cgroup: _Cgroup | None = None
         self.cpus: list[int] = []
         self.mountpoints: list[_Lease] = []
@@ -792,8 +804,8 @@ class Runtime:
             return
         if grace > 0:
             self._system(c, f"still running after {grace:g} s: SIGKILL")
-        for _ in range(200):
-            self._signal(c, signal.SIGKILL)
+        for attempt in range(200):
+            self._signal(c, signal.SIGKILL, kill_init=attempt >= 4)
             if c.exited.wait(0.05):
                 return
         logger.warning("container %s: processes survived SIGKILL", c.id)
@@ -944,7 +956,13 @@ class Runtime:
 
     def _spawn(self, c: _Container) -> None:
         """Runs on the spawner thread: prepare the container and fork it."""
-        caps = self.capabilities
+        try:
+            caps = self.capabilities
+        except RuntimeError as e:
+            c.exited.set()
+            self._system(c, f"failed to start: {e}")
+            self._finish(c, None, f"failed to start: {e}")
+            return
         with c.lock:
             if c.cancelled:
                 c.state = "exited"
@@ -984,8 +1002,12 @@ class Runtime:
         c.cpus = self._alloc_cpus(spec.vcpu_count) if caps["cpu_affinity"] else []
         notes = []
         if self._cgroups is not None:
-            c.cgroup = self._cgroups.create(c.id, spec.mem_size_mib)
-            notes.append(f"memory limit {spec.mem_size_mib} MiB")
+            try:
+                c.cgroup = self._cgroups.create(c.id, spec.mem_size_mib)
+                notes.append(f"memory limit {spec.mem_size_mib} MiB")
+            except OSError as e:
+                logger.warning("container %s runs without a memory limit: %s", c.id, e)
+                notes.append(f"no memory limit ({e.strerror or e})")
         else:
             notes.append("no memory limit")
         if c.cpus:
@@ -1227,6 +1249,7 @@ class Runtime:
                     c.ns_link = os.readlink(f"/proc/self/fd/{c.ns_fd}")
                 except OSError:
                     c.ns_fd = None
+                c.init_pid = _proc.child_of(proc.pid)
             with c.lock:
                 c.state = "running"
             c.running_at = time.monotonic()
@@ -1253,6 +1276,8 @@ class Runtime:
         for t in c.pumps:
             t.join(5.0)
         code = rc if rc >= 0 else 128 - rc
+        if c.killed_init and code == 1:
+            code = 128 + signal.SIGKILL
         reason: str | None = None
         if c.setup_error is not None:
             reason = f"failed to set up the container: {c.setup_error}"
@@ -1280,10 +1305,12 @@ class Runtime:
             return proc.wait(self._timeout_grace)
         except subprocess.TimeoutExpired:
             pass
+        attempt = 0
         while True:
-            self._signal(c, signal.SIGKILL)
+            self._signal(c, signal.SIGKILL, kill_init=attempt >= 4)
+            attempt += 1
             try:
-                return proc.wait(0.1)
+                return proc.wait(0.05)
             except subprocess.TimeoutExpired:
                 continue
 
@@ -1313,26 +1340,44 @@ class Runtime:
             pids |= _proc.pids_with_env_marker("ARCHIL_CONTAINER_TOKEN", c.token)
         return pids
 
-    def _signal(self, c: _Container, sig: int) -> None:
+    def _signal(self, c: _Container, sig: int, *, kill_init: bool = False) -> None:
+        """Signal every process of ``c``.
+
+        SIGKILL goes to the command's top process first, so the container's exit status is
+        the kill rather than the exit of a shell whose children happened to die before it.
+        In namespace mode the init (PID 1) is spared unless ``kill_init``: it exits by
+        itself with the command's status once the command is gone (util-linux ``unshare``
+        turns an init killed by SIGKILL into exit status 1).
+        """
         proc = c.proc
+        alive = proc is not None and proc.returncode is None
         pids = self._container_pids(c)
-        if proc is not None and c.mode == "namespace":
-            if sig == signal.SIGTERM:
+        if c.mode == "namespace":
+            if proc is not None:
                 pids.discard(proc.pid)
-            elif c.ns_link is None and proc.returncode is None:
-                pids.add(proc.pid)
+                if sig == signal.SIGKILL and c.ns_link is None and alive:
+                    kill_init = True
+                    pids.add(proc.pid)
+            top = _proc.child_of(c.init_pid) if c.init_pid is not None else None
+            if c.init_pid is not None and not (sig == signal.SIGKILL and kill_init):
+                pids.discard(c.init_pid)
+            if sig == signal.SIGKILL and kill_init:
+                c.killed_init = True
+        else:
+            top = proc.pid if proc is not None else None
+        if sig == signal.SIGKILL and top is not None and top in pids and alive:
+            _proc.kill_pids([top], sig)
+            pids.discard(top)
         _proc.kill_pids(pids, sig)
 
     def _sweep(self, c: _Container) -> None:
         """After the top process ended: kill whatever of the container is left."""
         proc = c.proc
-        for attempt in range(100):
-            pids = {p for p in self._container_pids(c) if proc is None or p != proc.pid}
-            pids = {p for p in pids if _proc.alive(p)}
-            if not pids:
-                break
-            _proc.kill_pids(pids, signal.SIGKILL)
-            time.sleep(min(0.05, 0.002 * (attempt + 1)))
+
+        def leftovers() -> set[int]:
+            return {p for p in self._container_pids(c) if proc is None or p != proc.pid}
+
+        _proc.sweep(leftovers, quiet_scans=1 if c.mode == "namespace" else 2)
         if c.ns_fd is not None:
             os.close(c.ns_fd)
             c.ns_fd = None
