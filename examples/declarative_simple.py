@@ -31,4 +31,3 @@ def say_hello(name: str = "Archil") -> str:
 if __name__ == "__main__":
     result = say_hello.remote()
     print(f"remote() returned: {result!r}")
-    print(f"local() returned:  {say_hello.local('a local call')!r}")

@@ -232,7 +232,10 @@ class ControlPlane:
         self.disks = DiskStore(data / "disks")
         self.logs = LogStore(data / "logs")
         self.images = ImageBuilder(data / "images")
-        self.runtime = Runtime(data / "runtime", self.logs)
+        # Containers reach disks only through their mounts: the rest of the data
+        # directory (other disks, logs, state, the API key) is masked inside them.
+        hidden = [data / "disks", data / "logs", data / "state.db", data / "api_key"]
+        self.runtime = Runtime(data / "runtime", self.logs, hidden_paths=hidden)
         self.containers = ContainerManager(
             state=self.state,
             logs=self.logs,

@@ -257,3 +257,22 @@ def test_chaos_100_creates_give_exactly_100_containers(make_server: ServerFactor
         listed = [c.container_id for c in sdk.containers.list(disk_id=disk.id)]
     assert len(set(ids)) == 100
     assert sorted(listed) == sorted(ids)
+
+
+def test_a_container_cannot_reach_other_disks_or_the_key(
+    sdk: Archil, shared_server: LocalServer
+) -> None:
+    a = sdk.disks.create(_name())
+    b = sdk.disks.create(_name())
+    sdk.objects.put(b.id, "private.txt", b"b only")
+    data = shared_server.data_dir
+    final = _run(
+        sdk,
+        a.id,
+        f"cat {data}/api_key; ls -R {data}/disks; cat {data}/disks/*/private.txt; true",
+    )
+    logs = [e for e in sdk.containers.logs(final.container_id)]
+    out = "".join(e.data for e in logs)
+    assert shared_server.api_key not in out
+    assert "b only" not in out
+    assert "private.txt" not in "".join(e.data for e in logs if e.stream == "stdout")
