@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,23 +14,6 @@ import pytest
 from archil.local.embedded import LocalServer
 
 ServerFactory = Callable[..., LocalServer]
-
-
-@pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start ``LocalServer`` instances (stopped at the end of the test)."""
-    started: list[LocalServer] = []
-
-    def make(data_dir: Path | None = None, **kwargs: Any) -> LocalServer:
-        kwargs.setdefault("stop_grace", 2.0)
-        server = LocalServer(data_dir or tmp_path / "data", **kwargs)
-        server.start()
-        started.append(server)
-        return server
-
-    yield make
-    for server in reversed(started):
-        server.stop()
 
 
 @pytest.fixture

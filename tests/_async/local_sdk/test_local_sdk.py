@@ -6,7 +6,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from archil._async.client import AsyncArchil
 from archil._compat import agather_bounded
 from archil.local.embedded import LocalServer
 
-from .conftest import ServerFactory
+ServerFactory = Callable[..., LocalServer]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from archil._compat import gather_bounded
 from archil._sync.client import Archil
 from archil.local.embedded import LocalServer
 
-from .conftest import ServerFactory
+ServerFactory = Callable[..., LocalServer]
 
 
 @pytest.fixture
