@@ -195,6 +195,12 @@ class ImageBuildError(ArchilError):
         self.image_id = image_id
         self.logs = logs
 
+    def __str__(self) -> str:
+        text = self.message
+        if self.logs:
+            text += "\n--- last lines of the build output ---\n" + self.logs.rstrip("\n")
+        return text
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_image_error, (type(self), self.message, self.image_id, self.logs))
 

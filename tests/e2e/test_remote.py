@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,45 @@ def test_shared_volume_is_read_only(conn: dict[str, str]) -> None:
     assert outcome != "written"
     with pytest.raises(archil.NotFoundError):
         client.objects.head(shared, "new.txt")
+
+
+def test_functions_from_a_local_module_are_pickled_by_value(
+    conn: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "mylocalpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("FACTOR = 3\n\ndef scale(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    helpers = importlib.import_module("mylocalpkg.helpers")
+    app = new_app(conn)
+    remote_scale = app.function(stream_logs=False)(helpers.scale)
+    # The container has no 'mylocalpkg' on its path: only pickling by value makes this work.
+    assert remote_scale.remote(14) == 42
+
+
+def test_unpicklable_result_and_failed_build_give_clear_errors(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def returns_a_lock() -> object:
+        import threading
+
+        return threading.Lock()
+
+    with pytest.raises(archil.RemoteError, match="could not be pickled"):
+        returns_a_lock.remote()
+
+    @app.function(
+        image=archil.Image.debian_slim().apt_install("no-such-package-xyz"), stream_logs=False
+    )
+    def never_runs() -> None:
+        pass
+
+    with pytest.raises(archil.ImageBuildError) as info:
+        never_runs.remote()
+    assert "no-such-package-xyz" in str(info.value)
+    assert info.value.image_id is not None
+    assert [c for c in app.client().containers.list(disk_id=app.disk_id)] == []

@@ -22,7 +22,7 @@ from .._callproto import (
     encode_call,
 )
 from .._compat import agather_bounded
-from .._errors import ContainerError, NotFoundError
+from .._errors import ArchilError, ContainerError, ImageBuildError, NotFoundError
 from .._models import ArchilMount, Container
 from .client import AsyncArchil
 
@@ -102,6 +102,18 @@ class AsyncCallRunner:
             except Exception as exc:
                 log.debug("could not remove %s: %s", key, exc)
 
+    async def _failure(self, final: Container, tail: str, what: str) -> ArchilError:
+        """The error for a container that did not run to its end: a failed build or a failed container."""
+        if final.status == "failed" and final.image_id:
+            image = await self._client.images.get(final.image_id)
+            if image.status == "failed":
+                return ImageBuildError(
+                    f"{what}: image {image.image_id} failed to build: {image.failure_reason}",
+                    image_id=image.image_id,
+                    logs=tail,
+                )
+        return _container_error(final, tail, what)
+
     async def call(
         self,
         opts: ContainerOptions,
@@ -125,6 +137,8 @@ class AsyncCallRunner:
             container_id = container.container_id
             final, tail = await self._follow(container, opts)
             interrupted = False
+            if final.status != "exited":
+                raise await self._failure(final, tail, name)
             try:
                 data = await self._client.objects.get(opts.disk_id, paths.output_key)
             except NotFoundError:
@@ -162,7 +176,7 @@ class AsyncCallRunner:
             interrupted = False
             if final.status == "exited" and final.exit_code == 0:
                 return 0
-            raise _container_error(final, tail, f"job {name}")
+            raise await self._failure(final, tail, f"job {name}")
         finally:
             await self._cleanup(container_id, interrupted)
 

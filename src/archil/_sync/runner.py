@@ -24,7 +24,7 @@ from .._callproto import (
     encode_call,
 )
 from .._compat import gather_bounded
-from .._errors import ContainerError, NotFoundError
+from .._errors import ArchilError, ContainerError, ImageBuildError, NotFoundError
 from .._models import ArchilMount, Container
 from .client import Archil
 
@@ -100,6 +100,18 @@ class CallRunner:
             except Exception as exc:
                 log.debug("could not remove %s: %s", key, exc)
 
+    def _failure(self, final: Container, tail: str, what: str) -> ArchilError:
+        """The error for a container that did not run to its end: a failed build or a failed container."""
+        if final.status == "failed" and final.image_id:
+            image = self._client.images.get(final.image_id)
+            if image.status == "failed":
+                return ImageBuildError(
+                    f"{what}: image {image.image_id} failed to build: {image.failure_reason}",
+                    image_id=image.image_id,
+                    logs=tail,
+                )
+        return _container_error(final, tail, what)
+
     def call(
         self,
         opts: ContainerOptions,
@@ -123,6 +135,8 @@ class CallRunner:
             container_id = container.container_id
             final, tail = self._follow(container, opts)
             interrupted = False
+            if final.status != "exited":
+                raise self._failure(final, tail, name)
             try:
                 data = self._client.objects.get(opts.disk_id, paths.output_key)
             except NotFoundError:
@@ -160,7 +174,7 @@ class CallRunner:
             interrupted = False
             if final.status == "exited" and final.exit_code == 0:
                 return 0
-            raise _container_error(final, tail, f"job {name}")
+            raise self._failure(final, tail, f"job {name}")
         finally:
             self._cleanup(container_id, interrupted)
 
