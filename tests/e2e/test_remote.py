@@ -66,12 +66,13 @@ def test_remote_aio_and_blocking_remote_inside_a_running_loop(conn: dict[str, st
     def square(x: int) -> int:
         return x * x
 
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, list[int]]:
         a = await square.remote.aio(7)
         b = square.remote(8)  # the notebook case: blocking call with a loop running
-        return a, b
+        c = await square.map.aio([1, 2, 3], concurrency=3)
+        return a, b, c
 
-    assert asyncio.run(main()) == (49, 64)
+    assert asyncio.run(main()) == (49, 64, [1, 4, 9])
 
 
 def test_map_keeps_input_order(conn: dict[str, str]) -> None:
