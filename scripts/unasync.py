@@ -32,9 +32,36 @@ HERE = Path(__file__).resolve().parent
 # off the import path so that ``import unasync`` finds the package.
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != HERE]
 
-unasync = importlib.import_module("unasync")
-
 ROOT = HERE.parent
+TOOL_VENV = ROOT / ".nox" / "unasync-tool"
+TOOL_REQUIREMENTS = ("unasync==0.6.0", "ruff")
+
+
+def _tool_python() -> Path:
+    """A private venv with the generator's requirements, made on first use."""
+    bindir = "Scripts" if os.name == "nt" else "bin"
+    python = TOOL_VENV / bindir / ("python.exe" if os.name == "nt" else "python")
+    if not python.exists():
+        print(
+            f"unasync: installing {' '.join(TOOL_REQUIREMENTS)} into {TOOL_VENV}", file=sys.stderr
+        )
+        subprocess.run([sys.executable, "-m", "venv", str(TOOL_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *TOOL_REQUIREMENTS], check=True
+        )
+    return python
+
+
+try:
+    unasync = importlib.import_module("unasync")
+except ImportError:
+    # Run where unasync is not installed (a bare interpreter, a git hook): re-run
+    # this script in a private venv that has it.
+    if os.environ.get("ARCHIL_UNASYNC_TOOL_VENV"):
+        raise
+    tool = _tool_python()
+    os.environ["ARCHIL_UNASYNC_TOOL_VENV"] = "1"
+    os.execv(str(tool), [str(tool), str(Path(__file__).resolve()), *sys.argv[1:]])
 
 # (async source, generated output), relative to the repository root.
 TREES: tuple[tuple[str, str], ...] = (
