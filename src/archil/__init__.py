@@ -71,6 +71,9 @@ _EXPORTS: dict[str, str] = {
     "PermissionDeniedError": "._errors",
     "RateLimitError": "._errors",
     "RemoteError": "._errors",
+    "UnprocessableEntityError": "._errors",
+    "SandboxError": "._errors",
+    "ProcessError": "._errors",
 }
 
 __all__ = [
@@ -113,8 +116,11 @@ __all__ = [
     "ObjectListing",
     "PermissionDeniedError",
     "PortMapping",
+    "ProcessError",
     "RateLimitError",
     "RemoteError",
+    "SandboxError",
+    "UnprocessableEntityError",
     "Volume",
     "__version__",
     "aio",
@@ -140,8 +146,11 @@ if TYPE_CHECKING:
         InternalServerError,
         NotFoundError,
         PermissionDeniedError,
+        ProcessError,
         RateLimitError,
         RemoteError,
+        SandboxError,
+        UnprocessableEntityError,
     )
     from ._models import (
         AdditionalMount,

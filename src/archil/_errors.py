@@ -25,8 +25,11 @@ __all__ = [
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ProcessError",
     "RateLimitError",
     "RemoteError",
+    "SandboxError",
+    "UnprocessableEntityError",
     "error_for_status",
 ]
 
@@ -47,6 +50,8 @@ class APIError(ArchilError):
         message: the server's error message.
         code: the server's machine-readable error code, when it sent one.
         request_id: the server's request id, when it sent one.
+        body: the answer's body (the decoded JSON, else its text), when there was one.
+        headers: the answer's headers (lower-case names), when there was an answer.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class APIError(ArchilError):
         request_id: str | None = None,
         method: str | None = None,
         url: str | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -66,6 +73,8 @@ class APIError(ArchilError):
         self.request_id = request_id
         self.method = method
         self.url = url
+        self.body = body
+        self.headers = dict(headers) if headers else {}
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -95,6 +104,8 @@ class APIError(ArchilError):
                     "request_id": self.request_id,
                     "method": self.method,
                     "url": self.url,
+                    "body": self.body,
+                    "headers": self.headers,
                 },
             ),
         )
@@ -126,6 +137,10 @@ class NotFoundError(APIStatusError):
 
 class ConflictError(APIStatusError):
     """409: the request conflicts with existing state (for example a disk name in use)."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was well-formed but could not be processed."""
 
 
 class RateLimitError(APIStatusError):
@@ -211,6 +226,69 @@ def _rebuild_image_error(
     return cls(message, image_id=image_id, logs=logs)
 
 
+class SandboxError(ArchilError):
+    """A sandbox did not reach the state it was asked for (it failed to start, or to pause).
+
+    Attributes:
+        sandbox_id: the sandbox's id.
+        status: the state it was in instead.
+        exit_reason: why, when the control plane said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sandbox_id: str | None = None,
+        status: str | None = None,
+        exit_reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sandbox_id = sandbox_id
+        self.status = status
+        self.exit_reason = exit_reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_sandbox_error,
+            (type(self), self.message, self.sandbox_id, self.status, self.exit_reason),
+        )
+
+
+def _rebuild_sandbox_error(
+    cls: type[SandboxError], message: str, sid: str | None, status: str | None, reason: str | None
+) -> SandboxError:
+    return cls(message, sandbox_id=sid, status=status, exit_reason=reason)
+
+
+class ProcessError(ArchilError):
+    """The process protocol answered with an ``error`` event (or broke its own rules).
+
+    Attributes:
+        code: the error's machine-readable code (for example ``process_not_found``).
+        process_id: the process concerned, when known.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, process_id: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.process_id = process_id
+
+    def __str__(self) -> str:
+        return f"{self.message} (code={self.code})" if self.code else self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_process_error, (type(self), self.message, self.code, self.process_id))
+
+
+def _rebuild_process_error(
+    cls: type[ProcessError], message: str, code: str | None, pid: str | None
+) -> ProcessError:
+    return cls(message, code=code, process_id=pid)
+
+
 class RemoteError(ArchilError):
     """A remote function raised an exception that could not be rebuilt locally.
 
@@ -250,7 +328,7 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
-    422: BadRequestError,
+    422: UnprocessableEntityError,
     429: RateLimitError,
 }
 
@@ -263,6 +341,8 @@ def error_for_status(
     request_id: str | None = None,
     method: str | None = None,
     url: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> APIStatusError:
     """Build the exception that matches an HTTP error status."""
     cls: type[APIStatusError]
@@ -277,4 +357,6 @@ def error_for_status(
         request_id=request_id,
         method=method,
         url=url,
+        body=body,
+        headers=headers,
     )

@@ -329,8 +329,32 @@ class MountResponse(_Response):
     authorization_type: str | None = None
 
 
+class DiskMetrics(_Response):
+    """Usage metrics of a disk, formatted by the control plane."""
+
+    data_transfer: str | None = None
+    requests: str | None = None
+    avg_response_time: str | None = None
+
+
+class ConnectedClient(_Response):
+    """A client that has the disk mounted."""
+
+    id: str | None = None
+    ip_address: str | None = None
+    connected_at: datetime | None = None
+
+
+class RootAttrs(_Response):
+    """POSIX attributes of a disk's root directory."""
+
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None
+
+
 class Disk(_Response):
-    """A disk."""
+    """A disk (the control plane's ``DiskResponse``)."""
 
     id: str
     name: str
@@ -339,11 +363,19 @@ class Disk(_Response):
     provider: str | None = None
     region: str | None = None
     created_at: datetime | None = None
+    sandbox_disk: bool = False
+    fs_handler_status: str | None = None
     last_accessed: datetime | None = None
-    data_size: int | None = None
+    active_data_bytes: int | None = None
+    total_data_bytes: int | None = None
     monthly_usage: str | None = None
     mounts: list[MountResponse] = Field(default_factory=list)
+    metrics: DiskMetrics | None = None
+    connected_clients: list[ConnectedClient] = Field(default_factory=list)
     authorized_users: list[AuthorizedUser] = Field(default_factory=list)
+    allowed_ips: list[str] | None = None
+    capabilities: list[str] | None = None
+    root_attrs: RootAttrs | None = None
 
     @property
     def disk_id(self) -> str:
@@ -647,3 +679,373 @@ class ObjectListing(_Response):
     common_prefixes: list[str] = Field(default_factory=list)
     is_truncated: bool = False
     next_continuation_token: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Sandboxes (the live API's compute half: snake_case on the wire)
+# ---------------------------------------------------------------------------
+
+SANDBOX_DISK_PATH = "/mnt/archil"
+"""Where a sandbox's sole disk mount lands when it has no ``path``."""
+
+SandboxState = Literal[
+    "pending",
+    "running",
+    "pausing",
+    "paused",
+    "stopping",
+    "stopped",
+    "exited",
+    "failed",
+    "deleting",
+    "deleted",
+]
+SANDBOX_INACTIVE_STATES: frozenset[str] = frozenset(
+    {"paused", "stopped", "exited", "failed", "deleting", "deleted"}
+)
+"""States in which a sandbox runs nothing."""
+
+SANDBOX_DELETABLE_STATES: frozenset[str] = frozenset({"stopped", "exited", "failed"})
+"""States from which ``DELETE /api/sandboxes/{sid}`` is accepted."""
+
+SandboxImageStatus = Literal["building", "ready", "failed"]
+SandboxImageFailure = Literal["invalid_source", "interrupted"]
+
+MAX_TTL_SECONDS = 86_400
+DEFAULT_SANDBOX_MEM_MIB = 2048
+DEFAULT_IDLE_TTL_SECONDS = 1800
+
+_SANDBOX_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_RESERVED_GUEST_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var",
+)
+
+
+def validate_sandbox_id(value: str, field: str = "sandbox_id") -> str:
+    """Return ``value`` if it can name a sandbox in a URL path, else raise ``ValueError``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    if not _CONTAINER_ID_RE.match(value):
+        raise ValueError(f"{field} {value!r} is not a valid sandbox id (a UUID)")
+    return value
+
+
+def validate_guest_path(value: str, field: str = "path") -> str:
+    """An absolute directory inside a sandbox for a disk mount: no ``..``, not a system directory."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty absolute path")
+    if not value.startswith("/"):
+        raise ValueError(f"{field} {value!r} must be an absolute path (start with '/')")
+    if "\x00" in value or "\n" in value:
+        raise ValueError(f"{field} {value!r} contains a forbidden character")
+    if any(p in ("..", ".") for p in value.split("/")):
+        raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    norm = posixpath.normpath(value)
+    if norm == "/":
+        raise ValueError(f"{field} must not be '/'")
+    for root in _RESERVED_GUEST_DIRS:
+        if norm == root or norm.startswith(root + "/"):
+            raise ValueError(f"{field} {value!r} is reserved ({root} is a guest system directory)")
+    return norm
+
+
+def _check_port(port: int, field: str) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"{field}: port {port!r} is out of range (1-65535)")
+    return port
+
+
+class _SnakeRequest(BaseModel):
+    """A sandbox-API request body: snake_case on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body to send, secrets revealed, unset optional fields omitted."""
+        return self.model_dump(mode="json", exclude_none=True, context={"reveal": True})
+
+
+class _SnakeResponse(BaseModel):
+    """A sandbox-API response body: unknown fields are kept, not fatal."""
+
+    model_config = ConfigDict(extra="allow", hide_input_in_errors=True)
+
+
+class SandboxMount(_SnakeRequest):
+    """A disk mounted inside a sandbox on every boot.
+
+    ``path`` is the absolute guest directory; omit it only for a sole mount,
+    which lands at ``/mnt/archil``. ``subdirectory`` exposes a part of the disk
+    instead of its root. A plain mount is exclusive (``queue_ms`` bounds the
+    wait for it); ``read_only`` and ``conditional`` mounts allow other writers.
+    """
+
+    disk_id: str
+    path: str | None = None
+    subdirectory: str | None = None
+    read_only: bool = False
+    conditional: bool = False
+    queue_ms: int | None = Field(default=None, ge=0, le=3_600_000)
+
+    @field_validator("disk_id")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        return validate_disk_id(v)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return None if v is None else validate_guest_path(v)
+
+    @field_validator("subdirectory")
+    @classmethod
+    def _sub(cls, v: str | None) -> str | None:
+        return None if v is None else validate_relative_path(v, "subdirectory")
+
+    @model_validator(mode="after")
+    def _queue(self) -> SandboxMount:
+        if self.queue_ms is not None and (self.read_only or self.conditional):
+            raise ValueError("queue_ms is not allowed with read_only or conditional")
+        return self
+
+
+def check_sandbox_mounts(mounts: list[SandboxMount]) -> list[SandboxMount]:
+    """Mounts with their paths resolved: a sole mount defaults to ``/mnt/archil``; paths and disks unique."""
+    if len(mounts) > 1:
+        for i, m in enumerate(mounts):
+            if m.path is None:
+                raise ValueError(f"mounts[{i}].path is required when more than one disk is mounted")
+    seen_paths: dict[str, int] = {}
+    seen_disks: dict[str, int] = {}
+    out: list[SandboxMount] = []
+    for i, m in enumerate(mounts):
+        path = m.path or SANDBOX_DISK_PATH
+        if path in seen_paths:
+            raise ValueError(f"mounts[{i}].path: mounts[{seen_paths[path]}] is already at {path}")
+        for other, j in seen_paths.items():
+            if path.startswith(other + "/") or other.startswith(path + "/"):
+                raise ValueError(f"mounts[{i}].path: {path} overlaps mounts[{j}] at {other}")
+        if m.disk_id in seen_disks:
+            raise ValueError(
+                f"mounts[{i}].disk_id: disk {m.disk_id!r} is already mounted "
+                f"(mounts[{seen_disks[m.disk_id]}]); a disk can be mounted once per sandbox"
+            )
+        seen_paths[path] = i
+        seen_disks[m.disk_id] = i
+        out.append(m if m.path == path else m.model_copy(update={"path": path}))
+    return out
+
+
+class CreateSandboxRequest(_SnakeRequest):
+    """``POST /api/sandboxes``.
+
+    ``kernel_variant`` is an archil extension (the live API has no kernel
+    variants): a control plane that does not offer it rejects the field.
+    """
+
+    name: str | None = None
+    vcpu_count: int = Field(default=1, ge=VCPU_MIN, le=VCPU_MAX)
+    mem_size_mib: int = Field(default=DEFAULT_SANDBOX_MEM_MIB, ge=MEM_MIN_MIB, le=MEM_MAX_MIB)
+    base_image: str | None = Field(default=None, min_length=1, max_length=512)
+    image_id: str | None = Field(default=None, min_length=1, max_length=128)
+    ports: list[int] | None = Field(default=None, max_length=32)
+    enable_service_ingress: bool = False
+    env: dict[str, str] | None = None
+    network: dict[str, Any] | None = None
+    mounts: list[SandboxMount] | None = Field(default=None, max_length=16)
+    max_ttl_seconds: int = Field(default=MAX_TTL_SECONDS, ge=1, le=MAX_TTL_SECONDS)
+    idle_ttl_seconds: int = Field(default=DEFAULT_IDLE_TTL_SECONDS, ge=0, le=MAX_TTL_SECONDS)
+    max_concurrent_execs: int | None = Field(default=None, ge=1, le=1024)
+    kernel_variant: KernelVariant | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _SANDBOX_NAME_RE.match(v):
+            raise ValueError(
+                f"name {v!r} is not a valid sandbox name "
+                "(1-63 letters, digits, '-', '_' or '.', starting with a letter or digit)"
+            )
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            for p in v:
+                _check_port(p, "ports")
+            if len(set(v)) != len(v):
+                raise ValueError("ports must not repeat")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            for k, val in v.items():
+                if not _ENV_KEY_RE.match(k):
+                    raise ValueError(f"env name {k!r} is not a valid environment variable name")
+                if "\x00" in val:
+                    raise ValueError(f"env {k}: the value contains a NUL byte")
+        return v
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, v: list[SandboxMount] | None) -> list[SandboxMount] | None:
+        return None if v is None else check_sandbox_mounts(v)
+
+    @model_validator(mode="after")
+    def _image(self) -> CreateSandboxRequest:
+        if self.base_image is not None and self.image_id is not None:
+            raise ValueError("base_image and image_id are mutually exclusive: give one")
+        return self
+
+    def __repr_args__(self) -> Any:
+        # Environment values may hold secrets: show the names only.
+        for name, value in super().__repr_args__():
+            if name == "env" and isinstance(value, dict):
+                yield name, sorted(value)
+            else:
+                yield name, value
+
+
+class StartSandboxRequest(_SnakeRequest):
+    """``POST /api/sandboxes/{sid}/start``: optionally replace the disk mounts."""
+
+    mounts: list[SandboxMount] | None = Field(default=None, max_length=16)
+
+    @field_validator("mounts")
+    @classmethod
+    def _mounts(cls, v: list[SandboxMount] | None) -> list[SandboxMount] | None:
+        return None if v is None else check_sandbox_mounts(v)
+
+
+class ForkSandboxRequest(_SnakeRequest):
+    """``POST /api/sandboxes/{sid}/fork``: a new sandbox from a checkpoint of this one."""
+
+    name: str | None = None
+    checkpoint: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return CreateSandboxRequest._name(v)  # type: ignore[operator]
+
+
+class SandboxTimeoutRequest(_SnakeRequest):
+    """``POST /api/sandboxes/{sid}/timeout``: move the deadline and/or change the idle TTL."""
+
+    timeout: int | None = Field(default=None, ge=1, le=MAX_TTL_SECONDS)
+    idle_ttl_seconds: int | None = Field(default=None, ge=0, le=MAX_TTL_SECONDS)
+
+    @model_validator(mode="after")
+    def _some(self) -> SandboxTimeoutRequest:
+        if self.timeout is None and self.idle_ttl_seconds is None:
+            raise ValueError("give timeout, idle_ttl_seconds or both")
+        return self
+
+
+class SandboxEndpoint(_SnakeResponse):
+    """A port of a sandbox and the hostname it is reachable at."""
+
+    port: int
+    hostname: str
+
+
+class SandboxPort(SandboxEndpoint):
+    """An explicitly exposed port of a sandbox."""
+
+
+class SandboxData(_SnakeResponse):
+    """A sandbox record, as the control plane reports it."""
+
+    sandbox_id: str
+    name: str
+    status: SandboxState
+    vcpu_count: int
+    mem_size_mib: int
+    max_ttl_seconds: int
+    idle_ttl_seconds: int = 0
+    max_concurrent_execs: int
+    base_image: str = ""
+    created_at: datetime
+    last_active_at: datetime
+    image_digest: str | None = None
+    platform: Literal["amd64", "arm64"] | None = None
+    endpoints: list[SandboxEndpoint] = Field(default_factory=list)
+    enable_service_ingress: bool = False
+    mounts: list[SandboxMount] = Field(default_factory=list)
+    running_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_reason: str | None = None
+    checkpoint: str | None = None
+    kernel_variant: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The sandbox's id (alias of ``sandbox_id``)."""
+        return self.sandbox_id
+
+
+class SandboxConnection(_SnakeResponse):
+    """A short-lived WebSocket URL for the process protocol of one sandbox."""
+
+    url: str
+    expires_at: datetime
+
+
+class RegistryAuth(_SnakeRequest):
+    """Credentials for a private registry; sent with a build and never stored."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password: SecretStr
+
+    @field_serializer("password")
+    def _ser_password(self, value: SecretStr, info: Any) -> str | SecretStr | None:
+        return _reveal(value, info)
+
+
+class BuildImageRequest(_SnakeRequest):
+    """``POST /api/images``: build a sandbox image from an OCI reference."""
+
+    source: str = Field(min_length=1, max_length=512)
+    registry_auth: RegistryAuth | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v != v.strip() or any(c.isspace() for c in v) or "\x00" in v:
+            raise ValueError(f"source {v!r} is not an image reference (no spaces allowed)")
+        return v
+
+
+class SandboxImage(_SnakeResponse):
+    """A sandbox image built from an OCI reference: ``status`` is building, ready or failed.
+
+    ``failure_message`` is an archil extension: a sentence saying why a build failed.
+    """
+
+    image_id: str
+    source: str
+    private: bool = False
+    status: SandboxImageStatus
+    created_at: datetime
+    updated_at: datetime
+    digest: str | None = None
+    canonical_source: str | None = None
+    failure_reason: SandboxImageFailure | None = None
+    failure_message: str | None = None

@@ -307,8 +307,27 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
         message = response.reason_phrase or f"HTTP {status}"
     method, url = _request_info(response)
     return error_for_status(
-        status, message, code=code, request_id=request_id, method=method, url=url
+        status,
+        message,
+        code=code,
+        request_id=request_id,
+        method=method,
+        url=url,
+        body=_body_of(body, ctype),
+        headers={k.lower(): v for k, v in headers.items()},
     )
+
+
+def _body_of(raw: bytes, ctype: str) -> Any:
+    """An error answer's body for :attr:`APIError.body`: decoded JSON, else text (capped)."""
+    if not raw:
+        return None
+    if "json" in ctype or raw.lstrip()[:1] in (b"{", b"["):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+    return raw[: _MAX_ERROR_TEXT * 16].decode("utf-8", "replace")
 
 
 def _text(value: Any) -> str | None:

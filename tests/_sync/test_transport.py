@@ -23,6 +23,7 @@ from archil._errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    UnprocessableEntityError,
 )
 from archil._models import ArchilMount
 from archil._sync.client import Archil
@@ -75,7 +76,7 @@ def test_other_4xx_is_not_retried(
         (403, PermissionDeniedError),
         (404, NotFoundError),
         (409, ConflictError),
-        (422, BadRequestError),
+        (422, UnprocessableEntityError),
         (429, RateLimitError),
         (500, InternalServerError),
         (502, InternalServerError),
