@@ -1,0 +1,1 @@
+"""The local control plane's routes, one module per resource (mirroring ``archil._async.resources``)."""
