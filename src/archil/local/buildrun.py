@@ -44,10 +44,12 @@ __all__ = [
     "BUILDER_VERSION",
     "DEFAULT_PATH",
     "GUEST_PREFIX",
+    "VISIBLE_HOST_DIRS",
     "BuildError",
     "BuildInterrupted",
     "apt_shim",
     "build_layer",
+    "resolve_python",
 ]
 
 BUILDER_VERSION = "1"
