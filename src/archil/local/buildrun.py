@@ -23,7 +23,8 @@ only what the image adds to this machine's userland:
   command of that name) and installs nothing, exiting 100 with the missing ones listed;
   ``update``, ``clean``, ``autoclean`` and ``autoremove`` do nothing and succeed.
 
-Nothing is downloaded; a build takes about a second.
+Nothing is downloaded, and pip's files are hard-linked where the filesystem allows: a
+build takes well under a second.
 """
 
 from __future__ import annotations
@@ -252,14 +253,36 @@ def _relocate(venv: Path, layer: Path) -> None:
                 continue
             data = path.read_bytes()
             if old in data:
+                # A new file, not a rewrite: the old one may be a hard link.
                 data = data.replace(old, new)
-                path.write_bytes(data)
+                tmp = path.with_name(f".{path.name}.relocate")
+                tmp.write_bytes(data)
+                shutil.copymode(path, tmp)
+                os.replace(tmp, path)
             if os.fsencode(layer) in data:
                 raise BuildError(f"{path.name} names the build directory and cannot be moved")
 
 
 def _site_packages(venv: Path, python: hostenv.HostPython) -> Path:
     return venv / "lib" / f"python{python.version}" / "site-packages"
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """Hard-link ``src`` at ``dst`` (a copy across filesystems).
+
+    pip never rewrites an installed file in place (it removes and writes anew), so a
+    sandbox's ``pip install -U pip`` leaves the host's files alone, and inside a sandbox
+    the layer is a read-only lower layer anyway.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
 
 
 def _install_pip(venv: Path, python: hostenv.HostPython, log: Log) -> str:
@@ -278,9 +301,9 @@ def _install_pip(venv: Path, python: hostenv.HostPython, log: Log) -> str:
                 whl.extractall(site)
         else:
             assert source.package is not None
-            shutil.copytree(source.package, site / "pip", symlinks=True)
+            _copy_tree(source.package, site / "pip")
             if source.dist_info is not None:
-                shutil.copytree(source.dist_info, site / source.dist_info.name, symlinks=True)
+                _copy_tree(source.dist_info, site / source.dist_info.name)
                 (site / source.dist_info.name / "RECORD").unlink(missing_ok=True)
                 (site / source.dist_info.name / "direct_url.json").unlink(missing_ok=True)
     except (OSError, zipfile.BadZipFile) as e:
