@@ -143,8 +143,10 @@ class ImageStore:
     """The images of one local control plane, kept under ``root`` (see the module docs)."""
 
     def __init__(self, root: Path) -> None:
-        self._root = Path(root)
-        self._root.mkdir(parents=True, exist_ok=True)
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        # Absolute and free of symlinks: layers and host_path are handed on as host paths.
+        self._root = root.resolve()
         self._mu = threading.Lock()
         self._builds: dict[str, _Build] = {}
         self._stop = threading.Event()
