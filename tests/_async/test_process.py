@@ -158,6 +158,19 @@ async def test_the_reconnect_budget_runs_out(
     assert process.result is None
 
 
+async def test_a_connection_that_stayed_up_a_minute_resets_the_budget(
+    box: AsyncSandbox, sandbox_server: FakeSandboxServer, clock: FakeClock
+) -> None:
+    """A quiet process whose socket drops now and then is not given up on."""
+    sandbox_server.reset(Plan(chunks=FIVE, drop_after=[1, 0, 0, 0, 0, 0]))
+    ticks = iter(range(0, 10_000, 61))
+    box._transport.clock = lambda: float(next(ticks))
+    result = await box.exec("count")
+    assert result.stdout == "one\nthree\nfive\n"
+    assert len(sandbox_server.connections) == 7
+    assert clock.sleeps == [0.5] * 6
+
+
 async def test_refused_upgrades_are_retried_then_raised(
     box: AsyncSandbox, sandbox_server: FakeSandboxServer, clock: FakeClock
 ) -> None:

@@ -99,12 +99,12 @@ def generated_name() -> str:
 
 def _mount_list(
     mounts: Sequence[SandboxMount | Mapping[str, Any]] | None,
-) -> builtins.list[SandboxMount | dict[str, Any]] | None:
+) -> builtins.list[Any] | None:
     if mounts is None:
         return None
     if isinstance(mounts, (SandboxMount, Mapping, str, bytes)):
         raise ValueError("mounts must be a list of SandboxMount (or dicts)")
-    return [m if isinstance(m, SandboxMount) else dict(m) for m in mounts]
+    return [dict(m) if isinstance(m, Mapping) else m for m in mounts]
 
 
 def _long_poll(transport: AsyncTransport, timeout: float | None, wait: bool) -> TimeoutArg:
