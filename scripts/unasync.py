@@ -89,6 +89,9 @@ REPLACEMENTS: dict[str, str] = {
     "aiter_lines": "iter_lines",
     "aiter_raw": "iter_raw",
     "aiter_text": "iter_text",
+    # httpx-ws
+    "aconnect_ws": "connect_ws",
+    "AsyncWebSocketSession": "WebSocketSession",
     # tenacity
     "AsyncRetrying": "Retrying",
     # builtins and typing
@@ -103,6 +106,8 @@ REPLACEMENTS: dict[str, str] = {
     "aiter_file": "iter_file",
     "awrite_file": "write_file",
     "AwaitableMixin": "BlockingMixin",
+    "aenter_detached": "enter_detached",
+    "ADetached": "Detached",
     # archil's classes
     "AsyncArchil": "Archil",
     "AsyncTransport": "Transport",
@@ -114,6 +119,9 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncImages": "Images",
     "AsyncObjects": "Objects",
     "AsyncTokens": "Tokens",
+    "AsyncSandboxes": "Sandboxes",
+    "AsyncSandbox": "Sandbox",
+    "AsyncProcess": "Process",
     "AsyncCallRunner": "CallRunner",
 }
 

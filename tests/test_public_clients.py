@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 
 import httpx
@@ -11,10 +14,17 @@ import respx
 
 import archil
 import archil.aio
+import fake_sandbox_server
 from archil._async.client import AsyncArchil
 from archil._async.pagers import AsyncCursorPager
+from archil._async.resources.sandboxes import AsyncProcess, AsyncSandbox, AsyncSandboxes
 from archil._client import Archil
 from archil._sync.pagers import CursorPager
+from archil._sync.resources.sandboxes import Process, Sandbox, Sandboxes
+from fake_sandbox_server import SANDBOX_ID, FakeSandboxServer, Plan
+
+_fake_sandbox_server = fake_sandbox_server._fake_sandbox_server
+sandbox_server = fake_sandbox_server.sandbox_server
 
 BASE = "http://127.0.0.1:8932"
 KEY = "key-public-client-test"
@@ -63,6 +73,76 @@ def test_exports() -> None:
     assert archil.Archil is Archil
     assert archil.AsyncArchil is AsyncArchil
     assert archil.ArchilMount is archil.aio.ArchilMount
+
+
+def test_sandbox_exports() -> None:
+    assert archil.Sandbox is Sandbox
+    assert archil.aio.Sandbox is AsyncSandbox
+    assert archil.aio.AsyncSandbox is AsyncSandbox
+    assert archil.aio.AsyncSandboxes is AsyncSandboxes
+    assert archil.aio.AsyncProcess is AsyncProcess
+    for name in (
+        "SandboxData",
+        "SandboxMount",
+        "SandboxPort",
+        "SandboxImage",
+        "CreateSandboxRequest",
+        "ProcessOutput",
+        "ProcessResult",
+        "SandboxError",
+        "ProcessError",
+    ):
+        assert getattr(archil, name) is getattr(archil.aio, name)
+    client = Archil(api_key=KEY, base_url=BASE)
+    assert isinstance(client.sandboxes, Sandboxes)
+    assert isinstance(AsyncArchil(api_key=KEY, base_url=BASE).sandboxes, AsyncSandboxes)
+    assert Process.__name__ == "Process"
+
+
+def test_importing_archil_does_not_import_the_websocket_client() -> None:
+    code = "import sys, archil; archil.Archil; archil.aio; print('httpx_ws' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def test_processes_can_be_awaited_from_other_tasks(
+    sandbox_server: FakeSandboxServer,
+) -> None:
+    """A process opened in one task may be waited for, and closed, in others."""
+    sandbox_server.reset(Plan(chunks=[(1, b"a\n"), (1, b"b\n")]))
+    async with AsyncArchil(api_key=sandbox_server.api_key, base_url=sandbox_server.base_url) as c:
+        box = await c.sandboxes.get(SANDBOX_ID)
+        first, second, third = [await box.run("echo") for _ in range(3)]
+        results = await asyncio.gather(first.wait(), second.wait())
+        assert [r.stdout for r in results] == ["a\nb\n", "a\nb\n"]
+        assert (await asyncio.wait_for(third.wait(), 10)).ok
+        sandbox_server.reset(Plan(hold=True))
+        held = await box.run("sleep")
+        await asyncio.create_task(held.close())
+        sandbox_server.reset(Plan(hold=True))
+        killed = await box.run("sleep")
+        waiting = asyncio.create_task(killed.wait())
+        await box.kill(killed.id)
+        assert (await asyncio.wait_for(waiting, 10)).status == "cancelled"
+
+
+def test_an_open_blocking_process_does_not_keep_the_interpreter_alive(
+    sandbox_server: FakeSandboxServer,
+) -> None:
+    sandbox_server.reset(Plan(hold=True))
+    code = textwrap.dedent(
+        f"""
+        import archil
+        client = archil.Archil(api_key={sandbox_server.api_key!r}, base_url={sandbox_server.base_url!r})
+        process = client.sandboxes.get({SANDBOX_ID!r}).run("sleep 1000")
+        print("started", process.id, flush=True)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("started")
 
 
 async def test_awaiting_a_listing_gives_a_list(router: respx.MockRouter) -> None:

@@ -52,6 +52,15 @@ _EXPORTS: dict[str, str] = {
     "ExecTiming": "._models",
     "ObjectListing": "._models",
     "MountResponse": "._models",
+    # sandboxes
+    "Sandbox": "._sync.resources.sandboxes",
+    "SandboxData": "._models",
+    "SandboxMount": "._models",
+    "SandboxPort": "._models",
+    "SandboxImage": "._models",
+    "CreateSandboxRequest": "._models",
+    "ProcessOutput": "._process",
+    "ProcessResult": "._process",
     # configuration
     "ClientConfig": "._config",
     # errors
@@ -96,6 +105,7 @@ __all__ = [
     "ConflictError",
     "Container",
     "ContainerError",
+    "CreateSandboxRequest",
     "CreatedApiToken",
     "DirectoryEntry",
     "DirectoryListing",
@@ -117,9 +127,16 @@ __all__ = [
     "PermissionDeniedError",
     "PortMapping",
     "ProcessError",
+    "ProcessOutput",
+    "ProcessResult",
     "RateLimitError",
     "RemoteError",
+    "Sandbox",
+    "SandboxData",
     "SandboxError",
+    "SandboxImage",
+    "SandboxMount",
+    "SandboxPort",
     "UnprocessableEntityError",
     "Volume",
     "__version__",
@@ -159,6 +176,7 @@ if TYPE_CHECKING:
         AuthorizedUser,
         Container,
         CreatedApiToken,
+        CreateSandboxRequest,
         DirectoryEntry,
         DirectoryListing,
         Disk,
@@ -171,7 +189,13 @@ if TYPE_CHECKING:
         ObjectInfo,
         ObjectListing,
         PortMapping,
+        SandboxData,
+        SandboxImage,
+        SandboxMount,
+        SandboxPort,
     )
+    from ._process import ProcessOutput, ProcessResult
+    from ._sync.resources.sandboxes import Sandbox
     from .decl.app import App, Function, Job
     from .decl.image import Image
     from .decl.volume import Volume

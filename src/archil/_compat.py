@@ -4,25 +4,38 @@ Code in ``_async/`` must sleep, lock and fan out only through the ``a``-prefixed
 names here; the generator rewrites them to the blocking twins, so the
 generated ``_sync/`` code really waits (a bare ``await asyncio.sleep`` would
 turn into an un-awaited coroutine) and really runs work concurrently.
+
+``aenter_detached`` / ``enter_detached`` hold a context manager open beyond the
+call that entered it (a process's WebSocket stays open between calls).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "ADetached",
     "ALock",
+    "Detached",
     "Lock",
+    "aenter_detached",
     "agather_bounded",
     "asleep",
+    "enter_detached",
     "gather_bounded",
     "sleep",
 ]
+
+logger = logging.getLogger("archil")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,3 +119,149 @@ def gather_bounded(fn: Callable[[T], R], items: Iterable[T], limit: int) -> Iter
         for fut in futures:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ADetached(Generic[T]):
+    """An async context manager held open in a task of its own (see :func:`aenter_detached`).
+
+    ``value`` is what the context manager gave. Any task may use it and any task
+    may :meth:`aclose` it: context managers built on anyio task groups (such as
+    an httpx-ws session) must otherwise be exited by the very task that
+    entered them, which ``asyncio.gather``/``wait_for`` around a caller's code
+    would break. If the handle is garbage-collected unclosed, the context is
+    exited anyway.
+    """
+
+    def __init__(self, value: T, task: asyncio.Task[None], release: asyncio.Event) -> None:
+        self.value = value
+        self._task = task
+        self._release = release
+        loop = task.get_loop()
+        self._finalizer = weakref.finalize(self, _release_soon, loop, release)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` was called or the context ended by itself."""
+        return self._release.is_set() or self._task.done()
+
+    async def aclose(self) -> None:
+        """Exit the context (in its own task) and wait until it has exited.
+
+        Errors while exiting are logged at DEBUG and not raised: closing is best effort.
+        """
+        self._finalizer.detach()
+        self._release.set()
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise
+
+
+def _release_soon(loop: asyncio.AbstractEventLoop, release: asyncio.Event) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left to release
+        loop.call_soon_threadsafe(release.set)
+
+
+async def aenter_detached(cm: AbstractAsyncContextManager[T]) -> ADetached[T]:
+    """Enter ``cm`` in a new task that keeps it open until :meth:`ADetached.aclose`.
+
+    An error while entering is raised here, as ``async with cm`` would raise it.
+    """
+    loop = asyncio.get_running_loop()
+    entered: asyncio.Future[T] = loop.create_future()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        try:
+            async with cm as value:
+                if entered.done():  # the caller gave up while we were entering
+                    return
+                entered.set_result(value)
+                await release.wait()
+        except asyncio.CancelledError:
+            if not entered.done():
+                entered.cancel()
+        except BaseException as exc:
+            if not entered.done():
+                entered.set_exception(exc)
+            else:
+                logger.debug("closing a connection failed: %s", type(exc).__name__)
+
+    task = loop.create_task(hold())
+    try:
+        value = await entered
+    except BaseException:
+        release.set()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    return ADetached(value, task, release)
+
+
+class Detached(Generic[T]):
+    """A context manager held open beyond the call that entered it (see :func:`enter_detached`).
+
+    Open handles are closed when the interpreter shuts down, before it waits
+    for non-daemon threads: a blocking WebSocket session's reader threads
+    would otherwise keep a script from exiting.
+    """
+
+    def __init__(self, cm: AbstractContextManager[T]) -> None:
+        self._stack = contextlib.ExitStack()
+        self.value = self._stack.enter_context(cm)
+        self._closed = False
+        _track(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Exit the context. Errors while exiting are logged at DEBUG and not raised."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_detached.discard(self)
+        try:
+            self._stack.close()
+        except Exception as exc:
+            logger.debug("closing a connection failed: %s", type(exc).__name__)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+_open_detached: weakref.WeakSet[Detached[Any]] = weakref.WeakSet()
+_atexit_registered = False
+_atexit_lock = threading.Lock()
+
+
+def _track(handle: Detached[T]) -> None:
+    global _atexit_registered
+    _open_detached.add(handle)
+    if _atexit_registered:
+        return
+    with _atexit_lock:
+        if _atexit_registered:
+            return
+        _atexit_registered = True
+        # Runs before the interpreter joins non-daemon threads (atexit would be too late).
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            with contextlib.suppress(RuntimeError):  # already shutting down
+                register(_close_all_detached)
+
+
+def _close_all_detached() -> None:
+    for handle in list(_open_detached):
+        handle.close()
+
+
+def enter_detached(cm: AbstractContextManager[T]) -> Detached[T]:
+    """Enter ``cm`` and keep it open until :meth:`Detached.close`."""
+    return Detached(cm)

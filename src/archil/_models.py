@@ -763,6 +763,15 @@ def validate_guest_path(value: str, field: str = "path") -> str:
     return norm
 
 
+def _check_sandbox_name(v: str | None) -> str | None:
+    if v is not None and not _SANDBOX_NAME_RE.match(v):
+        raise ValueError(
+            f"name {v!r} is not a valid sandbox name "
+            "(1-63 letters, digits, '-', '_' or '.', starting with a letter or digit)"
+        )
+    return v
+
+
 def _check_port(port: int, field: str) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"{field}: port {port!r} is out of range (1-65535)")
@@ -875,12 +884,7 @@ class CreateSandboxRequest(_SnakeRequest):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _SANDBOX_NAME_RE.match(v):
-            raise ValueError(
-                f"name {v!r} is not a valid sandbox name "
-                "(1-63 letters, digits, '-', '_' or '.', starting with a letter or digit)"
-            )
-        return v
+        return _check_sandbox_name(v)
 
     @field_validator("ports")
     @classmethod
@@ -943,7 +947,7 @@ class ForkSandboxRequest(_SnakeRequest):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        return CreateSandboxRequest._name(v)  # type: ignore[operator]
+        return _check_sandbox_name(v)
 
 
 class SandboxTimeoutRequest(_SnakeRequest):
@@ -995,6 +999,19 @@ class SandboxData(_SnakeResponse):
     checkpoint: str | None = None
     kernel_variant: str | None = None
 
+    @field_validator("mounts", mode="before")
+    @classmethod
+    def _known_mount_fields(cls, v: Any) -> Any:
+        # SandboxMount is a request model (unknown fields rejected); a newer
+        # server's extra mount fields must not make the whole record unreadable.
+        if isinstance(v, list):
+            known = SandboxMount.model_fields
+            return [
+                {k: val for k, val in m.items() if k in known} if isinstance(m, dict) else m
+                for m in v
+            ]
+        return v
+
     @property
     def id(self) -> str:
         """The sandbox's id (alias of ``sandbox_id``)."""
@@ -1006,6 +1023,14 @@ class SandboxConnection(_SnakeResponse):
 
     url: str
     expires_at: datetime
+
+    def __repr_args__(self) -> Any:
+        # The URL's query carries a signed token for the sandbox: keep it out of reprs.
+        for name, value in super().__repr_args__():
+            if name == "url" and isinstance(value, str) and "?" in value:
+                yield name, value.split("?", 1)[0] + "?<token>"
+            else:
+                yield name, value
 
 
 class RegistryAuth(_SnakeRequest):
@@ -1047,5 +1072,6 @@ class SandboxImage(_SnakeResponse):
     updated_at: datetime
     digest: str | None = None
     canonical_source: str | None = None
-    failure_reason: SandboxImageFailure | None = None
+    # The known reasons are SandboxImageFailure; a newer one must not make a failed image unreadable.
+    failure_reason: SandboxImageFailure | str | None = None
     failure_message: str | None = None

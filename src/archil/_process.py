@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 __all__ = [
     "FRAME_HEADER",
     "MAX_FRAME_PAYLOAD",
+    "MAX_INPUT_FRAME",
     "STDERR",
     "STDOUT",
     "OutputCursor",
@@ -41,6 +43,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "event_message",
+    "input_frames",
     "kill_message",
     "parse_event",
     "resize_message",
@@ -52,6 +55,8 @@ STDERR = 2
 FRAME_HEADER = 9
 MAX_FRAME_PAYLOAD = 64 * 1024
 """The largest payload the local control plane puts in one output frame."""
+MAX_INPUT_FRAME = 1024 * 1024
+"""The largest standard-input payload a client sends in one binary frame."""
 
 ProcessStatus = Literal["running", "completed", "failed", "cancelled", "timed_out"]
 """``completed``: the process exited (any exit code); ``failed``: it could not run or was
@@ -59,6 +64,8 @@ killed by a signal it did not ask for; ``cancelled``: it was killed through the 
 ``timed_out``: its ``timeout_seconds`` ran out."""
 
 _FINAL_STATUSES = frozenset(get_args(ProcessStatus)) - {"running"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_TERMINAL_SIDE = 10_000
 _STREAM_NAMES: dict[int, Literal["stdout", "stderr"]] = {STDOUT: "stdout", STDERR: "stderr"}
 
 
@@ -178,11 +185,12 @@ class OutputCursor:
         status = event.get("status")
         if status not in _FINAL_STATUSES:
             raise ProtocolError(f"exit event with an unknown status {status!r}")
+        final = cast(ProcessStatus, status)
         code = event.get("exit_code")
         reason = event.get("exit_reason")
         return ProcessResult(
             process_id=process_id,
-            status=status,
+            status=final,
             exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
             exit_reason=reason if isinstance(reason, str) and reason else None,
             stdout=self.text(STDOUT),
@@ -211,24 +219,77 @@ def start_message(
     cwd: str | None = None,
     timeout_seconds: int | None = None,
 ) -> str:
-    """``start``: run ``command`` with ``/bin/sh -c`` (``terminal`` is False, True or ``(cols, rows)``)."""
+    """``start``: run ``command`` with ``/bin/sh -c`` (``terminal`` is False, True or ``(cols, rows)``).
+
+    Raises ``ValueError`` naming the bad argument (environment values are never
+    quoted in the message: they may hold secrets).
+    """
+    if not isinstance(command, str) or not command.strip():
+        raise ValueError("command must be a non-empty string")
+    if "\x00" in command:
+        raise ValueError("command must not contain a NUL byte")
     term: bool | dict[str, int]
     if isinstance(terminal, tuple):
+        if len(terminal) != 2:
+            raise ValueError("terminal must be False, True or a (cols, rows) pair")
         cols, rows = terminal
-        term = {"cols": int(cols), "rows": int(rows)}
+        term = {"cols": _side(cols, "terminal cols"), "rows": _side(rows, "terminal rows")}
+    elif isinstance(terminal, bool):
+        term = terminal
     else:
-        term = bool(terminal)
+        raise ValueError("terminal must be False, True or a (cols, rows) pair")
+    environment: dict[str, str] = {}
+    for name, value in (env or {}).items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ValueError(f"env name {name!r} is not a valid environment variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValueError(f"env {name}: the value must be a string without NUL bytes")
+        environment[name] = value
     message: dict[str, Any] = {
         "type": "start",
         "command": command,
         "terminal": term,
-        "env": dict(env or {}),
+        "env": environment,
     }
     if cwd is not None:
+        if not isinstance(cwd, str) or not cwd or "\x00" in cwd:
+            raise ValueError(f"cwd {cwd!r} is not a directory path")
         message["cwd"] = cwd
     if timeout_seconds is not None:
-        message["timeout_seconds"] = int(timeout_seconds)
+        if (
+            isinstance(timeout_seconds, bool)
+            or not isinstance(timeout_seconds, int)
+            or timeout_seconds < 1
+        ):
+            raise ValueError(
+                f"timeout_seconds must be a positive whole number of seconds, got {timeout_seconds!r}"
+            )
+        message["timeout_seconds"] = timeout_seconds
     return _dumps(message)
+
+
+def _side(value: object, field: str) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= _MAX_TERMINAL_SIDE
+    ):
+        raise ValueError(
+            f"{field} must be an integer from 1 to {_MAX_TERMINAL_SIDE}, got {value!r}"
+        )
+    return value
+
+
+def input_frames(data: bytes | bytearray | memoryview | str) -> Iterator[bytes]:
+    """Standard input as binary frames of at most :data:`MAX_INPUT_FRAME` bytes (text as UTF-8)."""
+    if isinstance(data, str):
+        payload = data.encode("utf-8")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        payload = bytes(data)
+    else:
+        raise TypeError(f"input must be bytes or str, not {type(data).__name__}")
+    for start in range(0, len(payload), MAX_INPUT_FRAME):
+        yield payload[start : start + MAX_INPUT_FRAME]
 
 
 def attach_message(process_id: str, offset: int = 0) -> str:
@@ -244,7 +305,12 @@ def kill_message(process_id: str) -> str:
 def resize_message(process_id: str, cols: int, rows: int) -> str:
     """``resize``: change a terminal process's window (answered by ``{"type": "resized"}``)."""
     return _dumps(
-        {"type": "resize", "process_id": process_id, "cols": int(cols), "rows": int(rows)}
+        {
+            "type": "resize",
+            "process_id": process_id,
+            "cols": _side(cols, "cols"),
+            "rows": _side(rows, "rows"),
+        }
     )
 
 

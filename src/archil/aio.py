@@ -6,6 +6,8 @@ methods, each awaited::
     async with archil.aio.Archil() as client:
         disk = await client.disks.get("dsk-0123456789abcdef")
         disks = await client.disks.list()
+        sandbox = await client.sandboxes.create(mounts=[{"disk_id": disk.id}])
+        result = await sandbox.exec("ls /mnt/archil")
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from ._async.resources import (
     AsyncImages,
     AsyncObjectPager,
     AsyncObjects,
+    AsyncProcess,
+    AsyncSandbox,
+    AsyncSandboxes,
     AsyncTokens,
 )
 from ._config import ClientConfig
@@ -36,8 +41,10 @@ from ._errors import (
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
+    ProcessError,
     RateLimitError,
     RemoteError,
+    SandboxError,
 )
 from ._models import (
     AdditionalMount,
@@ -46,6 +53,7 @@ from ._models import (
     AuthorizedUser,
     Container,
     CreatedApiToken,
+    CreateSandboxRequest,
     DirectoryEntry,
     DirectoryListing,
     Disk,
@@ -58,12 +66,19 @@ from ._models import (
     ObjectInfo,
     ObjectListing,
     PortMapping,
+    SandboxData,
+    SandboxImage,
+    SandboxMount,
+    SandboxPort,
 )
 from ._pagination import Page
+from ._process import ProcessOutput, ProcessResult
 from ._wire import RequestOptions
 
 Archil = AsyncArchil
 """The async client (``archil.aio.Archil`` is :class:`AsyncArchil`)."""
+Sandbox = AsyncSandbox
+"""The async sandbox handle (``archil.aio.Sandbox`` is :class:`AsyncSandbox`)."""
 
 __all__ = [
     "APIConnectionError",
@@ -83,6 +98,9 @@ __all__ = [
     "AsyncObjectPager",
     "AsyncObjects",
     "AsyncPager",
+    "AsyncProcess",
+    "AsyncSandbox",
+    "AsyncSandboxes",
     "AsyncTokens",
     "AuthenticationError",
     "AuthorizedUser",
@@ -92,6 +110,7 @@ __all__ = [
     "ConflictError",
     "Container",
     "ContainerError",
+    "CreateSandboxRequest",
     "CreatedApiToken",
     "DirectoryEntry",
     "DirectoryListing",
@@ -110,7 +129,16 @@ __all__ = [
     "Page",
     "PermissionDeniedError",
     "PortMapping",
+    "ProcessError",
+    "ProcessOutput",
+    "ProcessResult",
     "RateLimitError",
     "RemoteError",
     "RequestOptions",
+    "Sandbox",
+    "SandboxData",
+    "SandboxError",
+    "SandboxImage",
+    "SandboxMount",
+    "SandboxPort",
 ]

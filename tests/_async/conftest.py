@@ -6,8 +6,19 @@ import pytest
 import respx
 
 from archil._async.client import AsyncArchil
+from archil._async.resources.sandboxes import AsyncSandbox
 
 from .helpers import BASE, FakeClock, make_client
+
+# isort: split
+# (tests/fake_sandbox_server.py lies outside the generated trees, so isort may class it
+# either way depending on the checkout: it keeps a block of its own.)
+import fake_sandbox_server
+from fake_sandbox_server import SANDBOX_ID, FakeSandboxServer
+
+# The fake sandbox server's fixtures (a session-wide server, reset for each test).
+_fake_sandbox_server = fake_sandbox_server._fake_sandbox_server
+sandbox_server = fake_sandbox_server.sandbox_server
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +43,16 @@ async def client(router: respx.MockRouter, clock: FakeClock) -> AsyncIterator[As
     c = make_client(clock)
     yield c
     await c.aclose()
+
+
+@pytest.fixture
+async def box(
+    sandbox_server: FakeSandboxServer,
+    clock: FakeClock,
+) -> AsyncIterator[AsyncSandbox]:
+    """The fake server's sandbox, through a client of it that never sleeps."""
+    c = make_client(clock, api_key=sandbox_server.api_key, base_url=sandbox_server.base_url)
+    try:
+        yield await c.sandboxes.get(SANDBOX_ID)
+    finally:
+        await c.aclose()

@@ -15,6 +15,9 @@ OBJ = BASE + "/s3"
 API_KEY = "key-super-secret-0123456789"
 DISK = "dsk-0123456789abcdef"
 CNTR = "cntr-0123456789abcdef"
+SID = "0b7c1f0e-5d2a-4e8b-9c3f-7a6d5e4c3b2a"
+CHILD = "1c8d2a1f-6e3b-4f9c-8d4a-8b7e6f5d4c3b"
+IMG = "img-0123456789abcdef"
 
 
 def ok(data: Any = None, status: int = 200, cursor: str | None = None) -> httpx.Response:
@@ -41,6 +44,39 @@ def disk_json(disk_id: str = DISK, name: str = "data", **extra: Any) -> dict[str
 
 def container_json(status: str = "running", **extra: Any) -> dict[str, Any]:
     return {"containerId": CNTR, "status": status, **extra}
+
+
+def sandbox_json(
+    status: str = "running", sandbox_id: str = SID, name: str = "box", **extra: Any
+) -> dict[str, Any]:
+    """A sandbox record as the live API sends it (snake_case)."""
+    return {
+        "sandbox_id": sandbox_id,
+        "name": name,
+        "status": status,
+        "vcpu_count": 1,
+        "mem_size_mib": 2048,
+        "max_ttl_seconds": 86400,
+        "idle_ttl_seconds": 1800,
+        "max_concurrent_execs": 8,
+        "base_image": "python:3.11-slim",
+        "created_at": "2026-01-01T00:00:00Z",
+        "last_active_at": "2026-01-01T00:00:00Z",
+        **extra,
+    }
+
+
+def image_json(status: str = "building", **extra: Any) -> dict[str, Any]:
+    """A sandbox image record (snake_case)."""
+    return {
+        "image_id": IMG,
+        "source": "docker.io/library/python:3.11-slim",
+        "private": False,
+        "status": status,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        **extra,
+    }
 
 
 class FakeClock:

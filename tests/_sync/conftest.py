@@ -8,8 +8,19 @@ import pytest
 import respx
 
 from archil._sync.client import Archil
+from archil._sync.resources.sandboxes import Sandbox
 
 from .helpers import BASE, FakeClock, make_client
+
+# isort: split
+# (tests/fake_sandbox_server.py lies outside the generated trees, so isort may class it
+# either way depending on the checkout: it keeps a block of its own.)
+import fake_sandbox_server
+from fake_sandbox_server import SANDBOX_ID, FakeSandboxServer
+
+# The fake sandbox server's fixtures (a session-wide server, reset for each test).
+_fake_sandbox_server = fake_sandbox_server._fake_sandbox_server
+sandbox_server = fake_sandbox_server.sandbox_server
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +45,16 @@ def client(router: respx.MockRouter, clock: FakeClock) -> Iterator[Archil]:
     c = make_client(clock)
     yield c
     c.close()
+
+
+@pytest.fixture
+def box(
+    sandbox_server: FakeSandboxServer,
+    clock: FakeClock,
+) -> Iterator[Sandbox]:
+    """The fake server's sandbox, through a client of it that never sleeps."""
+    c = make_client(clock, api_key=sandbox_server.api_key, base_url=sandbox_server.base_url)
+    try:
+        yield c.sandboxes.get(SANDBOX_ID)
+    finally:
+        c.close()

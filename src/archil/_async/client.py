@@ -13,7 +13,14 @@ from .._models import ExecMount, ExecRequest, ExecResult
 from .._retry import EXEC_RETRY_STATUSES
 from .._wire import parse_model
 from ._transport import AsyncTransport, HTTPPool
-from .resources import AsyncContainers, AsyncDisks, AsyncImages, AsyncObjects, AsyncTokens
+from .resources import (
+    AsyncContainers,
+    AsyncDisks,
+    AsyncImages,
+    AsyncObjects,
+    AsyncSandboxes,
+    AsyncTokens,
+)
 
 __all__ = ["AsyncArchil"]
 
@@ -35,8 +42,9 @@ class AsyncArchil:
         containers: create, inspect, wait for, stream the logs of, stop and delete containers.
         disks: create, list, inspect, share and delete disks, and run commands on them.
         tokens: list, create and revoke API keys.
-        images: build container images from Dockerfiles.
+        images: build sandbox images from OCI references (and container images from Dockerfiles).
         objects: read and write files on a disk through the object gateway.
+        sandboxes: create, list and find sandboxes, and run processes in them.
     """
 
     containers: AsyncContainers
@@ -44,6 +52,7 @@ class AsyncArchil:
     tokens: AsyncTokens
     images: AsyncImages
     objects: AsyncObjects
+    sandboxes: AsyncSandboxes
 
     def __init__(
         self,
@@ -71,6 +80,7 @@ class AsyncArchil:
         self.tokens = AsyncTokens(transport)
         self.images = AsyncImages(transport)
         self.objects = AsyncObjects(transport)
+        self.sandboxes = AsyncSandboxes(transport)
 
     @classmethod
     def _from_transport(cls, transport: AsyncTransport) -> Self:

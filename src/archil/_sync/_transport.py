@@ -9,15 +9,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import Retrying
 
 from .._compat import Lock, sleep
 from .._config import ClientConfig, _check_retries, _check_timeout
+from .._errors import APIConnectionError, APIStatusError, error_for_status
 from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
 from .._wire import Envelope, decode_envelope, error_from_response, map_transport_error, user_agent
+
+if TYPE_CHECKING:
+    from httpx_ws import WebSocketSession
 
 __all__ = ["HTTPPool", "Transport"]
 
@@ -231,7 +235,102 @@ class Transport:
         finally:
             response.close()
 
+    @contextmanager
+    def websocket(self, url: str, *, timeout: TimeoutArg = None) -> Iterator[WebSocketSession]:
+        """Open a WebSocket to ``url`` on the pooled client and close it on exit.
+
+        The URL carries its own token, so no ``Authorization`` header is sent.
+        A refused upgrade raises the :class:`APIStatusError` of its status, a
+        network failure :class:`APIConnectionError` / :class:`APITimeoutError`.
+        Nothing is retried here. ``timeout`` bounds the handshake only: reads
+        on the open socket wait as long as it takes (keepalive pings notice a
+        dead peer).
+        """
+        from httpx_ws import WebSocketSession, connect_ws
+
+        redact_socket_urls()
+        http = self.pool.get()
+        connecting = connect_ws(
+            url,
+            http,
+            session_class=WebSocketSession,
+            headers={"User-Agent": user_agent()},
+            timeout=self.timeout(timeout),
+        )
+        try:
+            with connecting as session:
+                yield session
+        except Exception as exc:
+            mapped = websocket_failure(exc, url)
+            if mapped is exc:
+                raise
+            if isinstance(mapped, APIConnectionError):
+                raise mapped from exc
+            raise mapped from None
+
     def close(self) -> None:
         """Close the connection pool, unless it is borrowed from another client."""
         if self.owns_pool:
             self.pool.close()
+
+
+class _RedactSocketQueries(logging.Filter):
+    """Drops the query (a signed token) of WebSocket URLs from httpx's request log lines."""
+
+    archil_socket_redaction = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_socket_url(a) for a in args):
+            record.args = tuple(_socket_url(a) or a for a in args)
+        return True
+
+
+def _socket_url(value: object) -> str | None:
+    """A WebSocket URL with a query, as text without it; ``None`` for anything else."""
+    if isinstance(value, httpx.URL) and value.scheme in ("ws", "wss") and value.query:
+        return str(value.copy_with(query=None)) + "?<token>"
+    return None
+
+
+def redact_socket_urls() -> None:
+    """Keep process-connection tokens out of the ``httpx`` logger's INFO lines (idempotent)."""
+    httpx_logger = logging.getLogger("httpx")
+    if not any(getattr(f, "archil_socket_redaction", False) for f in httpx_logger.filters):
+        httpx_logger.addFilter(_RedactSocketQueries())
+
+
+def websocket_failure(exc: BaseException, url: str) -> BaseException:
+    """The exception to raise for a WebSocket failure: an archil error, or ``exc`` itself.
+
+    An exception group holding a single exception is unwrapped first (a
+    coroutine session runs a task group, which wraps what its body raised).
+    """
+    while type(exc).__name__ in ("ExceptionGroup", "BaseExceptionGroup"):
+        inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
+        if len(inner) != 1:
+            break
+        exc = inner[0]
+    name = type(exc).__name__
+    where = url.split("?", 1)[0]
+    if name == "WebSocketUpgradeError":
+        response: httpx.Response = getattr(exc, "response")  # noqa: B009
+        return _upgrade_error(response, where)
+    if isinstance(exc, httpx.RequestError):
+        return map_transport_error(exc)
+    if name in ("WebSocketNetworkError", "WebSocketDisconnect"):
+        return APIConnectionError(f"the WebSocket connection broke ({where})", url=where)
+    return exc
+
+
+def _upgrade_error(response: httpx.Response, url: str) -> APIStatusError:
+    status = response.status_code
+    message = f"the WebSocket upgrade was refused: HTTP {status} {response.reason_phrase}".rstrip()
+    return error_for_status(
+        status,
+        message,
+        request_id=response.headers.get("x-request-id"),
+        method="GET",
+        url=url,
+        headers={k.lower(): v for k, v in response.headers.items()},
+    )

@@ -15,7 +15,14 @@ from .._models import ExecMount, ExecRequest, ExecResult
 from .._retry import EXEC_RETRY_STATUSES
 from .._wire import parse_model
 from ._transport import HTTPPool, Transport
-from .resources import Containers, Disks, Images, Objects, Tokens
+from .resources import (
+    Containers,
+    Disks,
+    Images,
+    Objects,
+    Sandboxes,
+    Tokens,
+)
 
 __all__ = ["Archil"]
 
@@ -37,8 +44,9 @@ class Archil:
         containers: create, inspect, wait for, stream the logs of, stop and delete containers.
         disks: create, list, inspect, share and delete disks, and run commands on them.
         tokens: list, create and revoke API keys.
-        images: build container images from Dockerfiles.
+        images: build sandbox images from OCI references (and container images from Dockerfiles).
         objects: read and write files on a disk through the object gateway.
+        sandboxes: create, list and find sandboxes, and run processes in them.
     """
 
     containers: Containers
@@ -46,6 +54,7 @@ class Archil:
     tokens: Tokens
     images: Images
     objects: Objects
+    sandboxes: Sandboxes
 
     def __init__(
         self,
@@ -73,6 +82,7 @@ class Archil:
         self.tokens = Tokens(transport)
         self.images = Images(transport)
         self.objects = Objects(transport)
+        self.sandboxes = Sandboxes(transport)
 
     @classmethod
     def _from_transport(cls, transport: Transport) -> Self:
