@@ -388,6 +388,11 @@ class Cgroups:
         return None if h is None else f"v{h.version}"
 
     @property
+    def freezer_version(self) -> str | None:
+        """``"v1"`` or ``"v2"``: the freezer's hierarchy, or None without a freezer."""
+        return None if self._freezer is None else f"v{self._freezer.version}"
+
+    @property
     def bases(self) -> tuple[Path, ...]:
         """The base directories in use (one per hierarchy)."""
         return tuple(dict.fromkeys(h.base for h in (self._memory, self._freezer) if h))
@@ -466,19 +471,25 @@ class Cgroups:
     def cleanup_stale(self, older_than: float = 60.0) -> None:
         """Remove empty sandbox cgroups, older than ``older_than`` seconds, of a crashed run."""
         now = time.time()
+        by_name: dict[str, list[Path]] = {}
         for base in self.bases:
             try:
-                entries = [p for p in base.iterdir() if p.is_dir()]
+                for p in base.iterdir():
+                    if p.is_dir():
+                        by_name.setdefault(p.name, []).append(p)
             except OSError:
                 continue
-            for entry in entries:
-                try:
-                    if now - entry.stat().st_mtime < older_than:
-                        continue
-                except OSError:
+        # A sandbox is stale only when it is empty in every hierarchy (its agent may be in
+        # the memory cgroup while its freezer cgroup is still empty).
+        for dirs in by_name.values():
+            try:
+                if any(now - d.stat().st_mtime < older_than for d in dirs):
                     continue
-                if not _pids_of(entry):
-                    _remove_tree(entry)
+            except OSError:
+                continue
+            if not any(_pids_of(d) for d in dirs):
+                for d in dirs:
+                    _remove_tree(d)
 
     def close(self) -> None:
         """Remove the base directories when nothing is left in them."""
