@@ -73,7 +73,7 @@ def test_create_writes_the_limit(cgroups: Cgroups, sandbox: SandboxCgroup) -> No
         assert (top / "memory.max").read_text().strip() == str(64 << 20)
         assert (top / "agent").is_dir() and (top / "procs").is_dir()
     assert sandbox.limit_mib == 64
-    assert all(p.exists() for p in (*sandbox.agent_procs, *sandbox.user_procs))
+    assert all(p.exists() for p in (*sandbox.agent_join, *sandbox.user_join))
     with pytest.raises(ValueError, match="invalid cgroup name"):
         cgroups.create("../x", 64)
 
@@ -82,7 +82,7 @@ def test_oom_kills_are_counted(cgroups: Cgroups, sandbox: SandboxCgroup) -> None
     if not cgroups.memory_limit:
         pytest.skip("no memory controller")
     assert sandbox.oom_kills() == 0
-    proc = start_in(sandbox.agent_procs, "python3 -c 'b = bytearray(256 << 20)'")
+    proc = start_in(sandbox.agent_join, "python3 -c 'b = bytearray(256 << 20)'")
     assert proc.wait(30) == -signal.SIGKILL
     assert sandbox.oom_kills() >= 1
 
@@ -92,7 +92,7 @@ def test_freeze_and_thaw(cgroups: Cgroups, sandbox: SandboxCgroup, tmp_path: Pat
         pytest.skip("no freezer")
     counter = tmp_path / "n"
     loop = f"sh -c 'i=0; while :; do i=$((i+1)); echo $i > {counter}; sleep 0.01; done'"
-    proc = start_in((*sandbox.agent_procs, *sandbox.user_procs), loop)
+    proc = start_in((*sandbox.agent_join, *sandbox.user_join), loop)
     try:
         assert wait_for(lambda: counter.exists() and counter.read_text().strip() not in ("", "1"))
         assert proc.pid in sandbox.pids()
@@ -110,7 +110,7 @@ def test_freeze_and_thaw(cgroups: Cgroups, sandbox: SandboxCgroup, tmp_path: Pat
 
 
 def test_remove_kills_only_its_own_processes(sandbox: SandboxCgroup) -> None:
-    procs = sandbox.agent_procs or sandbox.user_procs
+    procs = sandbox.agent_join or sandbox.user_join
     inside = start_in(procs, "sleep 1000")
     outside = subprocess.Popen(["sleep", "1000"])
     try:
@@ -131,7 +131,7 @@ def test_cleanup_stale_removes_only_old_empty_cgroups(cgroups: Cgroups) -> None:
     old = cgroups.create(f"stale-{uuid.uuid4().hex[:8]}", 32)
     new = cgroups.create(f"fresh-{uuid.uuid4().hex[:8]}", 32)
     busy = cgroups.create(f"busy-{uuid.uuid4().hex[:8]}", 32)
-    proc = start_in(busy.agent_procs or busy.user_procs, "sleep 1000")
+    proc = start_in(busy.agent_join or busy.user_join, "sleep 1000")
     try:
         assert wait_for(lambda: proc.pid in busy.pids())
         past = time.time() - 3600
@@ -150,7 +150,7 @@ def test_cleanup_stale_removes_only_old_empty_cgroups(cgroups: Cgroups) -> None:
 
 def test_freezing_without_a_freezer_fails_clearly(cgroups: Cgroups) -> None:
     sc = SandboxCgroup(
-        "x", (), memory=None, freezer=None, agent_procs=(), user_procs=(), limit_mib=None
+        "x", (), memory=None, freezer=None, agent_join=(), user_join=(), limit_mib=None
     )
     assert not sc.can_freeze and sc.oom_kills() == 0
     with pytest.raises(CgroupError, match="no freezer"):

@@ -709,8 +709,7 @@ def test_server_death_takes_every_sandbox_with_it(tmp_path: Path, ns_rt: Runtime
         f"""
         import time
         from pathlib import Path
-        from archil.local.cgroups import Cgroups
-from archil.local.layers import LayerStore
+        from archil.local.layers import LayerStore
         from archil.local.sandbox_runtime import Runtime
         from archil.local.spec import ImageEnv, MountSpec, ProcessSpec, SandboxSpec
         rt = Runtime(Path({str(tmp_path / "rt")!r}))

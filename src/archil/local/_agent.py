@@ -449,8 +449,9 @@ class Agent:
             raise OSError(e.errno, f"cannot change to the directory {cwd}: {e.strerror}") from None
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 1 << 20)
+        # execve resets handled signals; ignored ones (SIGPIPE, SIGXFSZ, SIGINT...) stay so.
         for sig in signal.valid_signals():
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            if signal.getsignal(sig) == signal.SIG_IGN:
                 with contextlib.suppress(OSError, ValueError):
                     signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -568,9 +569,10 @@ class Agent:
                     self.finish()
 
     def finish(self) -> NoReturn:
-        """Kill what is left, report the exits that can still be reported, and exit."""
-        self._signal_set(self._mine, signal.SIGKILL)
-        self._reap()
+        """Kill what is left and exit (as PID 1, the kernel kills the rest of the namespace)."""
+        if not self.namespace:
+            self._signal_set(self._mine, signal.SIGKILL)
+            self._reap()
         os._exit(0)
 
 

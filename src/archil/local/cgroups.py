@@ -18,9 +18,13 @@ On a hybrid machine (v1 controllers, plus the v2 hierarchy at ``/sys/fs/cgroup/u
 without controllers) the memory limit comes from v1 and the freezer from v1's freezer
 hierarchy when it is mounted, else from v2's ``cgroup.freeze``.
 
-A sandbox's processes join by writing ``0`` to the ``cgroup.procs`` files listed in
-:attr:`SandboxCgroup.agent_procs` and :attr:`SandboxCgroup.user_procs` (the runtime
-opens them and hands the descriptors over, so joining works after ``pivot_root``).
+A sandbox's processes join by writing ``0`` to the files listed in
+:attr:`SandboxCgroup.agent_join` and :attr:`SandboxCgroup.user_join` (the runtime
+opens them and hands the descriptors over, so joining works after ``pivot_root``). In
+v1 these are the ``tasks`` files: the processes that join are single-threaded, and
+moving one thread skips the global ``cgroup_threadgroup_rwsem`` whose write side costs
+an RCU grace period (5-15 ms) for a whole process moved through ``cgroup.procs``. v2
+has no such shortcut across cgroups (``favordynmods`` on the hierarchy removes the cost).
 
 Detection (:meth:`Cgroups.detect`) happens once, with a ``reason`` for what is missing.
 Empty cgroups left by a crashed run are removed by :meth:`Cgroups.cleanup_stale`; a cgroup
@@ -206,17 +210,17 @@ class SandboxCgroup:
         *,
         memory: tuple[Path, int] | None,
         freezer: tuple[Path, int] | None,
-        agent_procs: tuple[Path, ...],
-        user_procs: tuple[Path, ...],
+        agent_join: tuple[Path, ...],
+        user_join: tuple[Path, ...],
         limit_mib: int | None,
     ) -> None:
         self.name = name
         self.dirs = dirs
         """The top cgroup directory of this sandbox in each hierarchy it uses."""
-        self.agent_procs = agent_procs
-        """``cgroup.procs`` files the sandbox's helper joins (its agent and processes inherit)."""
-        self.user_procs = user_procs
-        """``cgroup.procs`` files every user process joins before it runs."""
+        self.agent_join = agent_join
+        """Files the sandbox's helper writes ``0`` to (its agent and processes inherit them)."""
+        self.user_join = user_join
+        """Files every user process writes ``0`` to before it runs."""
         self.limit_mib = limit_mib
         """The memory limit, or None where there is none."""
         self._memory = memory
@@ -434,7 +438,7 @@ class Cgroups:
                 _write(top / "memory.limit_in_bytes", limit)
                 with contextlib.suppress(OSError):
                     _write(top / "memory.memsw.limit_in_bytes", limit)
-                agent.append(top / "cgroup.procs")
+                agent.append(top / "tasks")
             else:
                 _write(top / "memory.max", limit)
                 with contextlib.suppress(OSError):
@@ -453,7 +457,7 @@ class Cgroups:
                 procs = v2_top / "procs"
                 procs.mkdir(exist_ok=True)
                 freezer = (procs, 2)
-            user.append(freezer[0] / "cgroup.procs")
+            user.append(freezer[0] / ("tasks" if freezer[1] == 1 else "cgroup.procs"))
         elif v2_top is not None:
             procs = v2_top / "procs"
             procs.mkdir(exist_ok=True)
@@ -463,8 +467,8 @@ class Cgroups:
             tuple(created),
             memory=memory,
             freezer=freezer,
-            agent_procs=tuple(agent),
-            user_procs=tuple(user),
+            agent_join=tuple(agent),
+            user_join=tuple(user),
             limit_mib=mem_mib if memory is not None else None,
         )
 

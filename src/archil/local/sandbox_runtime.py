@@ -550,7 +550,8 @@ class RunningProcess:
         on_exit: Callable[[ExitInfo], None],
     ) -> None:
         self.pid = 0
-        """The host pid (set once the process has started)."""
+        """The host pid; 0 for a process that ended before its pid could be translated
+        (the kernel translates it when the agent's report is read, and not once it is reaped)."""
         self.id = pid_id
         self.spec = spec
         self._env = env
@@ -892,9 +893,11 @@ class Environment:
         finally:
             for fd in child:
                 os.close(fd)
-        if not proc.spawned.wait(_SPAWN_TIMEOUT) or proc.spawn_error or not proc.pid:
+        if not proc.spawned.wait(_SPAWN_TIMEOUT):
+            proc.spawn_error = "the sandbox's agent did not answer"
+        if proc.spawn_error:
             self._forget(proc)
-            raise SpawnError(proc.spawn_error or "the sandbox ended before the process started")
+            raise SpawnError(proc.spawn_error)
         proc._arm_timeout()
         return proc
 
@@ -1010,7 +1013,7 @@ class Environment:
             self._boot_event.set()
         elif kind == "spawned" and proc is not None:
             ns_pid = int(msg["pid"])
-            proc.pid = sender if msg.get("cred") and sender else self._host_pid(ns_pid)
+            proc.pid = (sender or 0) if msg.get("cred") else self._host_pid(ns_pid)
             proc.spawned.set()
         elif kind == "spawn_failed" and proc is not None:
             proc.spawn_error = str(msg.get("message"))
@@ -1096,10 +1099,15 @@ class Environment:
         reason = self._end_reason()
         with self._lock:
             procs = list(self._procs.values())
+        started = []
         for p in procs:
-            p.spawned.set()
-            p._lost("the sandbox stopped" if reason is None else f"the sandbox ended: {reason}")
-        for p in procs:
+            if p.spawned.is_set() and not p.spawn_error:
+                started.append(p)
+                p._lost("the sandbox stopped" if reason is None else f"the sandbox ended: {reason}")
+            elif not p.spawned.is_set():
+                p.spawn_error = "the sandbox ended before the process started"
+                p.spawned.set()
+        for p in started:
             p.done.wait(2.0)
         for fd in (self._helper_fd, self._init_fd, self._ns_fd):
             if fd is not None:
@@ -1464,8 +1472,8 @@ class Runtime:
         res: _Resources,
     ) -> tuple[dict[str, Any], list[int]]:
         """The helper's configuration and the cgroup files it is handed (opened here)."""
-        agent_files = res.cgroup.agent_procs if res.cgroup is not None else ()
-        user_files = res.cgroup.user_procs if res.cgroup is not None else ()
+        agent_files = res.cgroup.agent_join if res.cgroup is not None else ()
+        user_files = res.cgroup.user_join if res.cgroup is not None else ()
         fds: list[int] = []
         try:
             for path in (*agent_files, *user_files):
