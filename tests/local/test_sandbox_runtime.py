@@ -829,8 +829,10 @@ def test_process_mode_stop_and_cancel_leave_nothing(hp: Harness) -> None:
     assert wait_for(lambda: marker_pids(env.sandbox_id) == others)
     hp.start(env, TREE)
     assert wait_for(lambda: len(marker_pids(env.sandbox_id)) == 10)
+    init, helper = env.init_pid, ppid_of(env.init_pid)
     env.stop(0.3)
     assert not marker_pids(env.sandbox_id)
+    assert not pid_alive(init) and not pid_alive(helper)
     assert hp.ends[env.sandbox_id] == [None]
 
 

@@ -410,7 +410,7 @@ class Agent:
         except OSError as e:
             for fd in fds:
                 os.close(fd)
-            send(self.sock, {"type": "spawn_failed", "id": pid_id, "message": str(e)})
+            send(self.sock, {"type": "spawn_failed", "id": pid_id, "message": describe(e)})
             return
         if pid == 0:
             try:

@@ -657,6 +657,14 @@ class RunningProcess:
                 self._streams -= 1
             self._maybe_finish()
 
+    def _abandon(self) -> None:
+        """The process did not start: let go of its descriptors, never call ``on_exit``."""
+        with self._lock:
+            self._delivered = True
+        if self._stdin is not None:
+            self._stdin.close()
+        self._env._forget(self)
+
     def _arm_timeout(self) -> None:
         t = self.spec.timeout_seconds
         if t is None or t <= 0:
@@ -888,15 +896,14 @@ class Environment:
         try:
             _send(self._sock, self._send_lock, msg, child)
         except (OSError, ValueError) as e:
-            self._forget(proc)
-            raise SpawnError(f"cannot reach the sandbox's agent: {e}") from e
+            proc.spawn_error = f"cannot reach the sandbox's agent: {e}"
         finally:
             for fd in child:
                 os.close(fd)
-        if not proc.spawned.wait(_SPAWN_TIMEOUT):
+        if not proc.spawn_error and not proc.spawned.wait(_SPAWN_TIMEOUT):
             proc.spawn_error = "the sandbox's agent did not answer"
         if proc.spawn_error:
-            self._forget(proc)
+            proc._abandon()
             raise SpawnError(proc.spawn_error)
         proc._arm_timeout()
         return proc
@@ -967,14 +974,18 @@ class Environment:
         self._reader.start()
         try:
             zygote.create(self.token, config, [self._agent_end.fileno(), *cgroup_fds])
+        except (OSError, ValueError) as e:
+            raise BootError(f"cannot reach the sandbox zygote: {e}") from e
         finally:
             self._agent_end.close()
 
     def _wait_boot(self, timeout: float) -> None:
         """Block until the agent is ready; raise :class:`BootError` otherwise."""
         if self._boot_event.wait(timeout) and self._ready and self.init_pid:
-            self._booted = True
-            return
+            with self._lock:
+                if not self._ended.is_set():
+                    self._booted = True
+                    return
         error = self._boot_error
         if error is None:
             if self._ended.is_set():
@@ -1030,9 +1041,12 @@ class Environment:
 
     def _on_init(self, init_pid: int, helper_pid: int | None) -> None:
         """The helper reported the agent's pid: hold both (and the PID namespace) by fd."""
+        # The kernel names the sender (SO_PASSCRED); each pid is checked to be the child
+        # of the one before it (zygote -> helper -> init) before it is held by a pidfd.
         if helper_pid is not None:
             self._helper_fd = _pidfd(helper_pid, self._zygote.pid)
-        self._init_fd = _pidfd(init_pid, helper_pid)
+        if self._helper_fd is not None:
+            self._init_fd = _pidfd(init_pid, helper_pid)
         if self._init_fd is None:
             self._boot_error = "the sandbox's init exited at once"
             self._boot_event.set()
@@ -1092,7 +1106,9 @@ class Environment:
         """The socket closed: the helper and the agent are gone. Clean up, report."""
         if self._init_status is None and not self._zygote.dead.is_set():
             self._helper_ended.wait(0.5)
-        self._ended.set()
+        with self._lock:
+            self._ended.set()
+            booted = self._booted
         self._boot_event.set()
         self._hard_kill()
         _proc.sweep(self._leftovers, quiet_scans=1 if self._ns_link else 2)
@@ -1117,7 +1133,7 @@ class Environment:
         self._res.release()
         self._runtime._forget(self)
         try:
-            if self._booted:
+            if booted:
                 self._on_end(reason)
         except Exception:
             logger.exception("on_end of sandbox %s failed", self.sandbox_id)
