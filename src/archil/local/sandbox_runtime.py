@@ -46,7 +46,6 @@ import os
 import posixpath
 import queue
 import re
-import select
 import shutil
 import signal
 import socket
@@ -57,7 +56,7 @@ import termios
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,57 +303,7 @@ def mount_plan(
     return plan
 
 
-# -- small helpers -------------------------------------------------------------------------
-
-
-def _status_field(pid: int, name: str) -> str | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
-class _CpuPool:
-    """Hands out CPUs for affinity, least-loaded first."""
-
-    def __init__(self) -> None:
-        try:
-            self.cpus = sorted(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            self.cpus = []
-        self._load = dict.fromkeys(self.cpus, 0)
-        self._rr = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> list[int]:
-        with self._lock:
-            if not self.cpus:
-                return []
-            n = max(1, min(n, len(self.cpus)))
-            k = self._rr % len(self.cpus)
-            order = self.cpus[k:] + self.cpus[:k]
-            self._rr += n
-            chosen = sorted(order, key=lambda c: self._load[c])[:n]
-            for c in chosen:
-                self._load[c] += 1
-            return sorted(chosen)
-
-    def give(self, cpus: Iterable[int]) -> None:
-        with self._lock:
-            for c in cpus:
-                if c in self._load:
-                    self._load[c] = max(0, self._load[c] - 1)
+# -- messages --------------------------------------------------------------------------------
 
 
 def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, int | None]:
@@ -498,46 +447,6 @@ class _Zygote:
 # -- processes --------------------------------------------------------------------------------
 
 
-class _SharedFd:
-    """A descriptor used by several threads: closed once the last user has let go of it."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._refs = 0
-        self._closing = False
-        self._lock = threading.Lock()
-
-    def acquire(self) -> int | None:
-        """The descriptor (call :meth:`release` after use), or None once closing."""
-        with self._lock:
-            if self._closing or self._fd < 0:
-                return None
-            self._refs += 1
-            return self._fd
-
-    def release(self) -> None:
-        """Let go of the descriptor."""
-        with self._lock:
-            self._refs -= 1
-            fd = self._take()
-        if fd >= 0:
-            os.close(fd)
-
-    def close(self) -> None:
-        """Close now, or when the last user releases it."""
-        with self._lock:
-            self._closing = True
-            fd = self._take()
-        if fd >= 0:
-            os.close(fd)
-
-    def _take(self) -> int:
-        if self._closing and self._refs == 0 and self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            return fd
-        return -1
-
-
 class RunningProcess:
     """A process started by :meth:`Environment.spawn`."""
 
@@ -558,7 +467,7 @@ class RunningProcess:
         self._on_output = on_output
         self._on_exit = on_exit
         self._lock = threading.Lock()
-        self._stdin: _SharedFd | None = None
+        self._stdin: _proc.SharedFd | None = None
         self._streams = 0
         self._exit: ExitInfo | None = None
         self._delivered = False
@@ -566,8 +475,8 @@ class RunningProcess:
         self._timed_out = False
         self._timers: list[threading.Timer] = []
         self._oom_base = 0
-        self.spawned = threading.Event()
-        self.spawn_error: str | None = None
+        self._spawned = threading.Event()
+        self._spawn_error: str | None = None
         self.done = threading.Event()
         """Set once ``on_exit`` has been called."""
 
@@ -623,7 +532,7 @@ class RunningProcess:
 
     def _attach(self, stdin: int, outputs: list[tuple[int, int]]) -> None:
         """Take the server ends: ``stdin`` (a pipe, or the pty master) and the outputs."""
-        self._stdin = _SharedFd(stdin)
+        self._stdin = _proc.SharedFd(stdin)
         self._streams = len(outputs)
         for fd, stream in outputs:
             name = f"archil-out{stream}-{self._env.sandbox_id[:20]}-{self.id}"
@@ -701,7 +610,7 @@ class RunningProcess:
             limit = self._env.memory_limit_mib
             return ExitInfo("failed", 128 + signal.SIGKILL, f"out of memory (limit {limit} MiB)")
         if sig is not None:
-            return ExitInfo("failed", 128 + sig, f"killed by signal {_signal_name(sig)}")
+            return ExitInfo("failed", 128 + sig, f"killed by signal {_proc.signal_name(sig)}")
         return ExitInfo("completed", code if code is not None else 0, None)
 
     def _exited(self, code: int | None, sig: int | None) -> None:
@@ -751,25 +660,6 @@ class RunningProcess:
 
 
 # -- environments ---------------------------------------------------------------------------
-
-
-def _pidfd(pid: int, parent: int | None) -> int | None:
-    """A pidfd for ``pid`` when it is alive and (if given) a child of ``parent``."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    ppid = _status_field(pid, "PPid")
-    if (parent is not None and ppid != str(parent)) or not _pidfd_alive(fd):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _pidfd_alive(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return not poller.poll(0)
 
 
 class _Resources:
@@ -896,15 +786,15 @@ class Environment:
         try:
             _send(self._sock, self._send_lock, msg, child)
         except (OSError, ValueError) as e:
-            proc.spawn_error = f"cannot reach the sandbox's agent: {e}"
+            proc._spawn_error = f"cannot reach the sandbox's agent: {e}"
         finally:
             for fd in child:
                 os.close(fd)
-        if not proc.spawn_error and not proc.spawned.wait(_SPAWN_TIMEOUT):
-            proc.spawn_error = "the sandbox's agent did not answer"
-        if proc.spawn_error:
+        if not proc._spawn_error and not proc._spawned.wait(_SPAWN_TIMEOUT):
+            proc._spawn_error = "the sandbox's agent did not answer"
+        if proc._spawn_error:
             proc._abandon()
-            raise SpawnError(proc.spawn_error)
+            raise SpawnError(proc._spawn_error)
         proc._arm_timeout()
         return proc
 
@@ -1025,10 +915,10 @@ class Environment:
         elif kind == "spawned" and proc is not None:
             ns_pid = int(msg["pid"])
             proc.pid = (sender or 0) if msg.get("cred") else self._host_pid(ns_pid)
-            proc.spawned.set()
+            proc._spawned.set()
         elif kind == "spawn_failed" and proc is not None:
-            proc.spawn_error = str(msg.get("message"))
-            proc.spawned.set()
+            proc._spawn_error = str(msg.get("message"))
+            proc._spawned.set()
         elif kind == "exited" and proc is not None:
             proc._exited(msg.get("code"), msg.get("signal"))
         elif kind == "ended":
@@ -1044,9 +934,9 @@ class Environment:
         # The kernel names the sender (SO_PASSCRED); each pid is checked to be the child
         # of the one before it (zygote -> helper -> init) before it is held by a pidfd.
         if helper_pid is not None:
-            self._helper_fd = _pidfd(helper_pid, self._zygote.pid)
+            self._helper_fd = _proc.pidfd_of_child(helper_pid, self._zygote.pid)
         if self._helper_fd is not None:
-            self._init_fd = _pidfd(init_pid, helper_pid)
+            self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
         if self._init_fd is None:
             self._boot_error = "the sandbox's init exited at once"
             self._boot_event.set()
@@ -1066,7 +956,7 @@ class Environment:
             self._boot_event.set()
 
     def _init_alive(self) -> bool:
-        return self._init_fd is not None and _pidfd_alive(self._init_fd)
+        return self._init_fd is not None and _proc.pidfd_alive(self._init_fd)
 
     def _host_pid(self, ns_pid: int) -> int:
         """The host pid of a child of the agent known by its pid in the sandbox."""
@@ -1078,7 +968,7 @@ class Environment:
         except OSError:
             return 0
         for child in children:
-            ns = (_status_field(child, "NSpid") or "").split()
+            ns = (_proc.status_field(child, "NSpid") or "").split()
             if ns and ns[-1] == str(ns_pid):
                 return child
         return 0
@@ -1097,7 +987,7 @@ class Environment:
         if sig is not None:
             if sig == signal.SIGKILL and self._oom_kills() > 0:
                 return f"out of memory (limit {self.memory_limit_mib} MiB)"
-            return f"the sandbox's init was killed by signal {_signal_name(sig)}"
+            return f"the sandbox's init was killed by signal {_proc.signal_name(sig)}"
         if code == 125 and self._boot_error:
             return self._boot_error
         return f"the sandbox's init exited with status {code}"
@@ -1117,12 +1007,12 @@ class Environment:
             procs = list(self._procs.values())
         started = []
         for p in procs:
-            if p.spawned.is_set() and not p.spawn_error:
+            if p._spawned.is_set() and not p._spawn_error:
                 started.append(p)
                 p._lost("the sandbox stopped" if reason is None else f"the sandbox ended: {reason}")
-            elif not p.spawned.is_set():
-                p.spawn_error = "the sandbox ended before the process started"
-                p.spawned.set()
+            elif not p._spawned.is_set():
+                p._spawn_error = "the sandbox ended before the process started"
+                p._spawned.set()
         for p in started:
             p.done.wait(2.0)
         for fd in (self._helper_fd, self._init_fd, self._ns_fd):
@@ -1318,7 +1208,7 @@ class Runtime:
         self._ns_error: str | None = None
         self._userns = False
         self._cgroups = Cgroups.disabled("not detected yet")
-        self._cpus = _CpuPool()
+        self._cpus = _proc.CpuPool()
         self._spawner: _Spawner | None = None
         self._zygote: _Zygote | None = None
         self._zygote_lock = threading.Lock()
