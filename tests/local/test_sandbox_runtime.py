@@ -10,10 +10,12 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -847,3 +849,77 @@ def test_freeze_without_a_freezer_cgroup(tmp_path: Path, h: Harness) -> None:
         _check_freeze(h, h.boot(rt))
     finally:
         rt.shutdown(grace=0.5)
+
+
+def test_process_mode_terminal_stdin_and_timeout(hp: Harness) -> None:
+    env = hp.boot()
+    tty = hp.start(env, "tty; stty size; read x; echo got $x", terminal=(90, 20))
+    assert wait_for(lambda: b"20 90" in tty.out())
+    tty.handle.write(b"line\n")
+    assert tty.wait().status == "completed"
+    assert tty.text().splitlines()[0].startswith("/dev/pts/") and "got line" in tty.text()
+    cat = hp.start(env, "cat")
+    cat.handle.write(b"\x00\xffdata")
+    cat.handle.close_stdin()
+    assert cat.wait().exit_code == 0 and cat.out() == b"\x00\xffdata"
+    info = hp.run(env, "sleep 30", timeout_seconds=1).wait()
+    assert info == ExitInfo("timed_out", None, "timed out after 1 s")
+
+
+UNPRIVILEGED = """
+import sys, threading
+sys.path.insert(0, {src!r})
+from pathlib import Path
+from archil.local.layers import LayerStore
+from archil.local.sandbox_runtime import Runtime
+from archil.local.spec import ImageEnv, MountSpec, ProcessSpec, SandboxSpec
+base = Path({base!r})
+rt = Runtime(base / "rt")
+print("isolation", rt.capabilities["isolation"], rt.capabilities["user_namespace"])
+spec = SandboxSpec(sandbox_id="unpriv", hostname="ubox", root=LayerStore(base / "l").new_session("u"),
+                   image=ImageEnv(image_id="h", source="h"),
+                   mounts=(MountSpec(base / "disk", "/mnt/archil"), MountSpec(base / "ro", "/ro", True)))
+env = rt.boot(spec, on_end=lambda r: None)
+out, done = [], threading.Event()
+env.spawn(ProcessSpec(command="id -u; cat /proc/self/uid_map; echo hi > /mnt/archil/f; "
+                      "echo x > /ro/y; echo z > /etc/archil-unpriv && cat /etc/archil-unpriv"),
+          on_output=lambda s, d: out.append(d), on_exit=lambda i: done.set())
+done.wait(10)
+print(b"".join(out).decode())
+env.stop(1.0)
+rt.shutdown()
+"""
+
+
+def test_unprivileged_user_namespace(ns_rt: Runtime) -> None:
+    """The runtime run by an ordinary user: a user namespace maps it to root inside."""
+    python = next(
+        (p for p in ("/usr/bin/python3.11", "/usr/bin/python3") if os.path.exists(p)), None
+    )
+    if os.geteuid() != 0 or python is None or not os.path.exists("/usr/bin/setpriv"):
+        pytest.skip("needs root, setpriv and a system Python to switch to an ordinary user")
+    base = Path(tempfile.mkdtemp(prefix="archil-unpriv-"))
+    try:
+        for d in ("disk", "ro"):
+            (base / d).mkdir()
+        os.chmod(base, 0o777)
+        os.chown(base / "disk", 65534, 65534)
+        src = str(Path(__file__).resolve().parents[2] / "src")
+        script = UNPRIVILEGED.format(src=src, base=str(base))
+        argv = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        proc = subprocess.run(
+            [*argv, python, "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
+        )
+        if "isolation process" in proc.stdout:
+            pytest.skip(f"unprivileged user namespaces do not work here: {proc.stdout}")
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.split()
+        assert lines[:3] == ["isolation", "namespace", "True"]
+        assert lines[3:7] == ["0", "0", "65534", "1"]
+        assert "Read-only file system" in proc.stdout
+        assert lines[-1] == "z"
+        assert (base / "disk" / "f").read_text() == "hi\n"
+        assert not (base / "ro" / "y").exists()
+        assert not Path("/etc/archil-unpriv").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
