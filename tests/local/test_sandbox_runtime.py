@@ -923,3 +923,43 @@ def test_unprivileged_user_namespace(ns_rt: Runtime) -> None:
         assert not Path("/etc/archil-unpriv").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def children_of(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except OSError:
+        return set()
+
+
+def test_a_sandbox_is_prepared_ahead_and_cleaned_up(tmp_path: Path, h: Harness) -> None:
+    rt = Runtime(tmp_path / "rt")
+    try:
+        env = h.boot(rt)
+        zygote = rt.zygote_pid
+        assert zygote is not None
+        helper = ppid_of(env.init_pid)
+        assert wait_for(lambda: len(children_of(zygote)) == 2), "one in use, one prepared"
+        (spare,) = children_of(zygote) - {helper}
+        assert wait_for(lambda: len(children_of(spare)) == 1), "the prepared agent waits"
+        (spare_agent,) = children_of(spare)
+        # A prepared sandbox that died is replaced, not handed out, whether its death is
+        # seen before the boot or only once the boot request goes unanswered.
+        os.kill(spare_agent, signal.SIGKILL)
+
+        def spare_agents() -> set[int]:
+            in_use = {ppid_of(e.init_pid) for e in h.envs if e.alive}
+            return {a for c in children_of(zygote) - in_use for a in children_of(c)}
+
+        for _ in range(4):
+            again = h.boot(rt)
+            assert h.run(again, "echo ok").text() == "ok\n"
+            assert wait_for(lambda: bool(spare_agents()))
+            for agent in spare_agents():
+                os.kill(agent, signal.SIGKILL)
+        everything = {zygote, *children_of(zygote)}
+        everything |= {p for c in children_of(zygote) for p in children_of(c)}
+    finally:
+        rt.shutdown(grace=0.5)
+    assert wait_for(lambda: not any(pid_alive(p) for p in everything), 5)

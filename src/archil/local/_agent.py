@@ -7,15 +7,16 @@ Processes
 ---------
 - **zygote** (one per runtime): forks a helper **C** for each ``create`` request that
   arrives on its socket, reaps the helpers and reports their end.
-- **C** (host PID namespace): sets ``PR_SET_PDEATHSIG``, joins the sandbox's cgroups and
-  CPUs, ``unshare``\\ s the mount, PID and UTS namespaces (and the user namespace when
-  asked, mapping uid and gid 0 to its own), makes every mount private, forks **P**, reports
-  P's pid, waits for it and exits with its status.
-- **P** (the agent; PID 1 of the sandbox): mounts the sandbox's root from the plan it was
-  given, mounts ``/proc``, ``pivot_root``\\ s into it, sets the hostname, reports ``ready``
-  (or ``error`` and exits 125), then spawns processes on request, reaps every child,
-  orphans included, and reports the exits. In process mode (no namespaces) P mounts
-  nothing and is a child subreaper instead.
+- **C** (host PID namespace): sets ``PR_SET_PDEATHSIG``, ``unshare``\\ s the mount, PID
+  and UTS namespaces (and the user namespace when asked, mapping uid and gid 0 to its own),
+  makes every mount private, forks **P**, reports P's pid, waits for it and exits with its
+  status.
+- **P** (the agent; PID 1 of the sandbox): waits for ``boot`` (so that the runtime can
+  prepare a sandbox before it is asked for one), joins the sandbox's cgroups and CPUs,
+  mounts the root from the plan it was given, mounts ``/proc``, ``pivot_root``\\ s into it,
+  sets the hostname, reports ``ready`` (or ``error`` and exits 125), then spawns processes
+  on request, reaps every child, orphans included, and reports the exits. In process mode
+  (no namespaces) P mounts nothing and is a child subreaper instead.
 
 The death of the server kills the zygote (its ``PDEATHSIG``), whose death kills every C,
 whose death kills its P, whose death (PID 1) makes the kernel kill the whole sandbox.
@@ -25,13 +26,9 @@ Messages
 JSON objects, one per ``SOCK_SEQPACKET`` message; file descriptors ride along as
 ``SCM_RIGHTS``.
 
-Runtime to zygote (zygote socket): ``create`` {``id``, ``config``} with fds
-``[sandbox socket, *agent cgroup files, *user cgroup files]``, where ``config`` is
-{``namespace``: bool, ``userns``: bool, ``hostname``, ``root`` (host directory of the new
-root), ``plan`` (mounts, below), ``cpus`` (list or null), ``agent_cgroups``: n,
-``user_cgroups``: m, ``marker`` ("NAME=value" in every process of a process-mode sandbox)}.
-Zygote to runtime: ``ready`` {``pid``} once, ``ended`` {``id``, ``pid``, ``code``,
-``signal``} for each helper it reaps.
+Runtime to zygote (zygote socket): ``create`` {``id``, ``config``: {``namespace``: bool,
+``userns``: bool}} with fds ``[sandbox socket]``. Zygote to runtime: ``ready`` {``pid``}
+once, ``ended`` {``id``, ``pid``, ``code``, ``signal``} for each helper it reaps.
 
 Sandbox socket, helper and agent to runtime: ``init`` {``pid``: P's host pid} from C;
 ``ready`` or ``error`` {``message``} from P; ``spawned`` {``id``, ``pid``, ``cred``} (with
@@ -40,12 +37,16 @@ receiver's namespace); ``spawn_failed`` {``id``, ``message``}; ``exited`` {``id`
 ``code``, ``signal``} (one of them null); ``ended`` {``code``, ``signal``} from C when P is
 gone; ``protocol_error`` {``message``}.
 
-Runtime to agent: ``spawn`` {``id``, ``argv``, ``env``, ``cwd``, ``tty``: bool, ``marker``
+Runtime to agent: ``boot`` {``config``: {``hostname``, ``root`` (host directory of the new
+root), ``plan`` (mounts, below), ``cpus`` (list or null), ``agent_cgroups``: n, ``marker``
+("NAME=value" in every process of a process-mode sandbox, or null)}} with fds
+``[*n cgroup files the agent joins, *cgroup files each user process joins]``, once;
+``spawn`` {``id``, ``argv``, ``env``, ``cwd``, ``tty``: bool, ``marker``
 ("NAME=value" or null)} with fds ``[stdin, stdout, stderr]`` or ``[tty slave]``;
 ``signal`` {``id``, ``signal``, ``tree``: bool}; ``signal_all`` {``signal``};
 ``freeze`` / ``thaw`` (SIGSTOP / SIGCONT to every process but the agent, for machines
-without a freezer cgroup; answered ``frozen`` / ``thawed``); ``shutdown`` {``grace``}: SIGTERM to everything, SIGKILL to
-what is left after ``grace`` seconds, then exit.
+without a freezer cgroup; answered ``frozen`` / ``thawed``); ``shutdown`` {``grace``}:
+SIGTERM to everything, SIGKILL to what is left after ``grace`` seconds, then exit.
 
 A mount plan is a list of {``kind``, ``target`` (a path inside the sandbox, resolved
 without leaving the new root), ``what`` (for error messages), ...}: ``overlay``
@@ -592,17 +593,31 @@ def _enter_namespaces(cfg: Msg) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)
 
 
-def _agent_main(sock: socket.socket, cfg: Msg, user_cgroups: list[int], alive_r: int) -> None:
-    """P: set up the sandbox, report ``ready``, serve."""
+def _setup(sock: socket.socket, cfg: Msg, fds: list[int]) -> Agent:
+    """P, on ``boot``: cgroups, CPUs, the root filesystem and hostname (or subreaping)."""
+    n_agent = int(cfg.get("agent_cgroups", 0))
+    for fd in fds[:n_agent]:
+        os.write(fd, b"0")
+        os.close(fd)
+    if cfg.get("cpus"):
+        os.sched_setaffinity(0, [int(c) for c in cfg["cpus"]])
+    if cfg["namespace"]:
+        build_root(str(cfg["root"]), list(cfg["plan"]))
+        socket.sethostname(str(cfg["hostname"]))
+    else:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return Agent(sock, cfg, fds[n_agent:])
+
+
+def _agent_main(sock: socket.socket, cfg: Msg, alive_r: int) -> None:
+    """P: wait for ``boot``, set the sandbox up, report ``ready`` (or ``error``), serve."""
     _die_with_parent(alive_fd=alive_r)
     os.close(alive_r)
+    msg, fds = recv(sock)
+    if msg is None or msg.get("type") != "boot":
+        os._exit(0)  # a prepared sandbox that was not used
     try:
-        if cfg["namespace"]:
-            build_root(str(cfg["root"]), list(cfg["plan"]))
-            socket.sethostname(str(cfg["hostname"]))
-        else:
-            prctl(PR_SET_CHILD_SUBREAPER, 1)
-        agent = Agent(sock, cfg, user_cgroups)
+        agent = _setup(sock, {**cfg, **dict(msg["config"])}, fds)
     except Exception as e:
         send(sock, {"type": "error", "message": describe(e)})
         os._exit(125)
@@ -611,19 +626,14 @@ def _agent_main(sock: socket.socket, cfg: Msg, user_cgroups: list[int], alive_r:
 
 
 def _helper_main(cfg: Msg, fds: list[int], zygote: int) -> None:
-    """C: cgroups, CPUs, namespaces; fork P (PID 1 of the sandbox), wait for it."""
+    """C: namespaces, then fork P (PID 1 of the sandbox) and wait for it."""
     _die_with_parent(parent=zygote)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sock = socket.socket(fileno=fds[0])
-    n_agent = int(cfg.get("agent_cgroups", 0))
-    agent_cgroups, user_cgroups = fds[1 : 1 + n_agent], fds[1 + n_agent :]
+    for fd in fds[1:]:
+        os.close(fd)
     try:
-        for fd in agent_cgroups:
-            os.write(fd, b"0")
-            os.close(fd)
-        if cfg.get("cpus"):
-            os.sched_setaffinity(0, [int(c) for c in cfg["cpus"]])
         with contextlib.suppress(OSError):
             _write_all("/proc/self/oom_score_adj", "-1000")
         if cfg["namespace"]:
@@ -636,12 +646,10 @@ def _helper_main(cfg: Msg, fds: list[int], zygote: int) -> None:
     if pid == 0:
         os.close(alive_w)
         try:
-            _agent_main(sock, cfg, user_cgroups, alive_r)
+            _agent_main(sock, cfg, alive_r)
         finally:
             os._exit(125)
     os.close(alive_r)
-    for fd in user_cgroups:
-        os.close(fd)
     send(sock, {"type": "init", "pid": pid})
     while True:
         try:

@@ -126,6 +126,10 @@ class SpawnError(RuntimeError):
     """A process could not be started in a sandbox."""
 
 
+class _PreparedGone(BootError):
+    """A sandbox prepared ahead ended before it could take its configuration."""
+
+
 # -- validation ------------------------------------------------------------------------------
 
 
@@ -670,42 +674,44 @@ class _Resources:
         self.cpus = cpus
         self.cgroup = cgroup
         self.rootdir: Path | None = None
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        if self.cgroup is not None:
-            self.cgroup.remove()
-            self.cgroup = None
-        if self.cpus:
-            self.runtime._cpus.give(self.cpus)
-            self.cpus = []
-        if self.rootdir is not None:
+        """Remove the cgroups and the mountpoint directory, give the CPUs back (once)."""
+        with self._lock:
+            cgroup, self.cgroup = self.cgroup, None
+            cpus, self.cpus = self.cpus, []
+            rootdir, self.rootdir = self.rootdir, None
+        if cgroup is not None:
+            cgroup.remove()
+        if cpus:
+            self.runtime._cpus.give(cpus)
+        if rootdir is not None:
             with contextlib.suppress(OSError):
-                self.rootdir.rmdir()
-            self.rootdir = None
+                rootdir.rmdir()
 
 
 class Environment:
-    """One booted sandbox (from :meth:`Runtime.boot`)."""
+    """One booted sandbox (from :meth:`Runtime.boot`).
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        spec: SandboxSpec,
-        token: str,
-        *,
-        namespace: bool,
-        resources: _Resources,
-        on_end: Callable[[str | None], None],
-    ) -> None:
-        self.sandbox_id = spec.sandbox_id
+    The runtime prepares one ahead of time (its helper forked, its namespaces made, its
+    agent waiting): :meth:`Runtime.boot` then only sends it the sandbox's configuration.
+    """
+
+    spec: SandboxSpec
+    """What it was booted from."""
+
+    def __init__(self, runtime: Runtime, *, namespace: bool, userns: bool) -> None:
+        self.sandbox_id = ""
         self.isolation = "namespace" if namespace else "process"
         self.init_pid = 0
         """The host pid of the sandbox's PID 1 (its agent)."""
-        self.spec = spec
-        self.token = token
+        self.token = ""
+        self._userns = userns
         self._runtime = runtime
-        self._res = resources
-        self._on_end = on_end
+        self._res = _Resources(runtime, [], None)
+        self._on_end: Callable[[str | None], None] = lambda _reason: None
+        self._archil_env: dict[str, str] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._procs: dict[str, RunningProcess] = {}
@@ -713,11 +719,14 @@ class Environment:
         self._sock, self._agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._reader: threading.Thread | None = None
+        self._zygote: _Zygote | None = None
         self._helper_fd: int | None = None
         self._init_fd: int | None = None
         self._ns_fd: int | None = None
         self._ns_link: str | None = None
         self._ready = False
+        self._boot_sent = False
+        self._setup_failed = False
         self._booted = False
         self._boot_error: str | None = None
         self._boot_event = threading.Event()
@@ -728,7 +737,6 @@ class Environment:
         self._frozen = False
         self._ended = threading.Event()
         self._finished = threading.Event()
-        self._archil_env = _archil_env(spec, namespace, token)
 
     # -- public API
 
@@ -856,18 +864,49 @@ class Environment:
 
     # -- boot
 
-    def _start(self, zygote: _Zygote, config: dict[str, Any], cgroup_fds: list[int]) -> None:
-        """Hand the create request to the zygote and start reading the sandbox's socket."""
+    def _prepare(self, zygote: _Zygote) -> None:
+        """Have the zygote fork this sandbox's helper; its agent then waits for ``boot``."""
         self._zygote = zygote
-        name = f"archil-sbx-{self.sandbox_id[:24]}"
-        self._reader = threading.Thread(target=self._read_loop, name=name, daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, name="archil-sbx", daemon=True)
         self._reader.start()
+        config = {"namespace": self.isolation == "namespace", "userns": self._userns}
         try:
-            zygote.create(self.token, config, [self._agent_end.fileno(), *cgroup_fds])
+            zygote.create(uuid.uuid4().hex, config, [self._agent_end.fileno()])
         except (OSError, ValueError) as e:
+            self._discard()
             raise BootError(f"cannot reach the sandbox zygote: {e}") from e
         finally:
             self._agent_end.close()
+
+    def _send_boot(
+        self,
+        spec: SandboxSpec,
+        token: str,
+        res: _Resources,
+        on_end: Callable[[str | None], None],
+        config: dict[str, Any],
+        fds: list[int],
+    ) -> None:
+        """Make this prepared sandbox ``spec`` (it owns ``res`` from here on)."""
+        self.spec, self.sandbox_id, self.token = spec, spec.sandbox_id, token
+        self._res, self._on_end = res, on_end
+        self._archil_env = _archil_env(spec, self.isolation == "namespace", token)
+        if self._reader is not None:
+            self._reader.name = f"archil-sbx-{spec.sandbox_id[:24]}"
+        self._boot_sent = True
+        try:
+            _send(self._sock, self._send_lock, {"type": "boot", "config": config}, fds)
+        except (OSError, ValueError) as e:
+            self._boot_error = f"the prepared sandbox is gone: {e}"
+            self._boot_event.set()
+
+    def _discard(self) -> None:
+        """End a prepared sandbox that will not be booted."""
+        with self._lock:
+            self._stopping = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._hard_kill()
 
     def _wait_boot(self, timeout: float) -> None:
         """Block until the agent is ready; raise :class:`BootError` otherwise."""
@@ -882,10 +921,11 @@ class Environment:
                 error = self._end_reason() or "the sandbox ended while booting"
             else:
                 error = f"the sandbox did not start within {timeout:g} s"
+        gone = self._ended.is_set() and not self._setup_failed
         self._stopping = True
         self._hard_kill()
         self._wait_finished(5.0)
-        raise BootError(error)
+        raise (_PreparedGone if gone else BootError)(error)
 
     def _read_loop(self) -> None:
         try:
@@ -911,6 +951,7 @@ class Environment:
                 self._boot_event.set()
         elif kind == "error":
             self._boot_error = str(msg.get("message"))
+            self._setup_failed = self._boot_sent
             self._boot_event.set()
         elif kind == "spawned" and proc is not None:
             ns_pid = int(msg["pid"])
@@ -933,7 +974,7 @@ class Environment:
         """The helper reported the agent's pid: hold both (and the PID namespace) by fd."""
         # The kernel names the sender (SO_PASSCRED); each pid is checked to be the child
         # of the one before it (zygote -> helper -> init) before it is held by a pidfd.
-        if helper_pid is not None:
+        if helper_pid is not None and self._zygote is not None:
             self._helper_fd = _proc.pidfd_of_child(helper_pid, self._zygote.pid)
         if self._helper_fd is not None:
             self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
@@ -954,6 +995,15 @@ class Environment:
         self.init_pid = init_pid
         if self._ready:
             self._boot_event.set()
+
+    @property
+    def _usable(self) -> bool:
+        """A prepared sandbox that can still be booted."""
+        return not self._ended.is_set() and not self._stopping and not self._zygote_dead
+
+    @property
+    def _zygote_dead(self) -> bool:
+        return self._zygote is None or self._zygote.dead.is_set()
 
     def _init_alive(self) -> bool:
         return self._init_fd is not None and _proc.pidfd_alive(self._init_fd)
@@ -980,7 +1030,7 @@ class Environment:
             return None
         status = self._init_status
         if status is None:
-            if self._zygote.dead.is_set():
+            if self._zygote_dead:
                 return "the runtime's zygote process died"
             return "the sandbox's helper process died"
         code, sig = status
@@ -994,7 +1044,7 @@ class Environment:
 
     def _finalize(self) -> None:
         """The socket closed: the helper and the agent are gone. Clean up, report."""
-        if self._init_status is None and not self._zygote.dead.is_set():
+        if self._init_status is None and not self._zygote_dead:
             self._helper_ended.wait(0.5)
         with self._lock:
             self._ended.set()
@@ -1214,6 +1264,7 @@ class Runtime:
         self._zygote_lock = threading.Lock()
         self._lock = threading.Lock()
         self._envs: dict[str, Environment] = {}
+        self._prepared: Environment | None = None
         self._closed = False
 
     # -- capabilities
@@ -1330,34 +1381,93 @@ class Runtime:
     ) -> Environment:
         validate_sandbox_spec(spec)
         token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
-        rootdir = self._root / "roots" / token
         plan = []
         if namespace:
             plan = mount_plan(spec, ensure_skeleton(self._root), self._root, userns=userns)
-        with self._lock:
-            if self._closed:
-                raise BootError("the runtime is shut down")
-        cpus = self._cpus.take(spec.vcpu_count)
-        res = _Resources(self, cpus, self._make_cgroup(token, spec) if cg else None)
+        try:
+            env = self._boot_once(spec, on_end, token, plan, (namespace, userns, cg), prepared=True)
+        except _PreparedGone:
+            # The sandbox prepared ahead died (say, with its zygote): once more, from scratch.
+            env = self._boot_once(
+                spec, on_end, token, plan, (namespace, userns, cg), prepared=False
+            )
+        self._prepare_next(namespace, userns)
+        return env
+
+    def _boot_once(
+        self,
+        spec: SandboxSpec,
+        on_end: Callable[[str | None], None],
+        token: str,
+        plan: list[dict[str, Any]],
+        kind: tuple[bool, bool, bool],
+        *,
+        prepared: bool,
+    ) -> Environment:
+        """One attempt: ``kind`` is (namespace, user namespace, cgroups)."""
+        namespace, userns, cg = kind
+        env = self._take_prepared(namespace, userns, fresh=not prepared)
+        res = _Resources(self, self._cpus.take(spec.vcpu_count), None)
         fds: list[int] = []
         try:
-            rootdir.mkdir()
-            res.rootdir = rootdir
-            config, fds = self._config(spec, token, namespace, userns, plan, res)
-            env = Environment(self, spec, token, namespace=namespace, resources=res, on_end=on_end)
+            res.cgroup = self._make_cgroup(token, spec) if cg else None
+            res.rootdir = self._root / "roots" / token
+            res.rootdir.mkdir()
+            config, fds = self._config(spec, token, namespace, plan, res)
             with self._lock:
+                if self._closed:
+                    raise BootError("the runtime is shut down")
                 self._envs[token] = env
-            env._start(self._get_zygote(), config, fds)
         except BaseException:
             res.release()
-            with self._lock:
-                self._envs.pop(token, None)
+            env._discard()
             raise
+        try:
+            env._send_boot(spec, token, res, on_end, config, fds)
         finally:
             for fd in fds:
                 os.close(fd)
-        env._wait_boot(_BOOT_TIMEOUT)
+        try:
+            env._wait_boot(_BOOT_TIMEOUT)
+        except _PreparedGone as e:
+            if not prepared:
+                raise BootError(str(e)) from None
+            raise
         return env
+
+    def _take_prepared(self, namespace: bool, userns: bool, *, fresh: bool) -> Environment:
+        """The prepared sandbox when it is of this kind and still there, else a new one."""
+        with self._lock:
+            if self._closed:
+                raise BootError("the runtime is shut down")
+            env, self._prepared = self._prepared, None
+        kind = "namespace" if namespace else "process"
+        usable = env is not None and (env.isolation, env._userns) == (kind, userns) and env._usable
+        if env is not None and usable and not fresh:
+            return env
+        if env is not None:
+            env._discard()
+        env = Environment(self, namespace=namespace, userns=userns)
+        env._prepare(self._get_zygote())
+        return env
+
+    def _prepare_next(self, namespace: bool, userns: bool) -> None:
+        """Prepare the next sandbox now, so that the next boot finds it waiting."""
+        with self._lock:
+            if self._closed or self._prepared is not None:
+                return
+        try:
+            env = Environment(self, namespace=namespace, userns=userns)
+            env._prepare(self._get_zygote())
+        except BootError as e:
+            logger.debug("cannot prepare a sandbox ahead: %s", e)
+            return
+        with self._lock:
+            keep = not self._closed and self._prepared is None
+            if keep:
+                self._prepared = env
+        if not keep:
+            env._discard()
 
     def _make_cgroup(self, token: str, spec: SandboxSpec) -> SandboxCgroup | None:
         if not (self._cgroups.memory_limit or self._cgroups.freezer):
@@ -1373,11 +1483,10 @@ class Runtime:
         spec: SandboxSpec,
         token: str,
         namespace: bool,
-        userns: bool,
         plan: list[dict[str, Any]],
         res: _Resources,
     ) -> tuple[dict[str, Any], list[int]]:
-        """The helper's configuration and the cgroup files it is handed (opened here)."""
+        """The agent's ``boot`` configuration and the cgroup files it is handed (opened here)."""
         agent_files = res.cgroup.agent_join if res.cgroup is not None else ()
         user_files = res.cgroup.user_join if res.cgroup is not None else ()
         fds: list[int] = []
@@ -1389,14 +1498,11 @@ class Runtime:
                 os.close(fd)
             raise BootError(f"cannot open {e.filename}: {e.strerror}") from e
         config = {
-            "namespace": namespace,
-            "userns": userns,
             "hostname": spec.hostname,
             "root": str(res.rootdir),
             "plan": plan,
             "cpus": res.cpus or None,
             "agent_cgroups": len(agent_files),
-            "user_cgroups": len(user_files),
             "marker": None if namespace else f"ARCHIL_SANDBOX_TOKEN={token}",
         }
         return config, fds
@@ -1443,6 +1549,9 @@ class Runtime:
         with self._lock:
             self._closed = True
             envs = list(self._envs.values())
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared._discard()
         threads = [
             threading.Thread(target=e.stop, args=(grace,), name=f"archil-stop-{e.sandbox_id}")
             for e in envs
