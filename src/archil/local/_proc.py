@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -11,14 +12,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
+    "CpuPool",
+    "SharedFd",
     "alive",
     "child_of",
     "kill_pids",
     "make_preexec",
+    "pidfd_alive",
+    "pidfd_of_child",
     "pids_in_group",
     "pids_in_pid_namespace",
     "pids_with_env_marker",
     "pump",
+    "signal_name",
+    "status_field",
     "sweep",
 ]
 
@@ -233,3 +240,117 @@ def pump(fd: int, on_chunk: Callable[[str], None], *, max_chunk: int = 64 * 1024
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def status_field(pid: int, name: str) -> str | None:
+    """The value of ``name`` in ``/proc/<pid>/status`` (``PPid``, ``NSpid``...), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def signal_name(sig: int) -> str:
+    """``SIGKILL`` for 9, and so on."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class CpuPool:
+    """Hands out CPUs for affinity, least-loaded first."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = []
+        self._load = dict.fromkeys(self.cpus, 0)
+        self._rr = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> list[int]:
+        """``n`` CPUs (capped at the CPUs available) for one user; give them back later."""
+        with self._lock:
+            if not self.cpus:
+                return []
+            n = max(1, min(n, len(self.cpus)))
+            k = self._rr % len(self.cpus)
+            order = self.cpus[k:] + self.cpus[:k]
+            self._rr += n
+            chosen = sorted(order, key=lambda c: self._load[c])[:n]
+            for c in chosen:
+                self._load[c] += 1
+            return sorted(chosen)
+
+    def give(self, cpus: Iterable[int]) -> None:
+        """Return CPUs obtained from :meth:`take`."""
+        with self._lock:
+            for c in cpus:
+                if c in self._load:
+                    self._load[c] = max(0, self._load[c] - 1)
+
+
+class SharedFd:
+    """A descriptor used by several threads: closed once the last user has let go of it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._refs = 0
+        self._closing = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> int | None:
+        """The descriptor (call :meth:`release` after use), or None once closing."""
+        with self._lock:
+            if self._closing or self._fd < 0:
+                return None
+            self._refs += 1
+            return self._fd
+
+    def release(self) -> None:
+        """Let go of the descriptor."""
+        with self._lock:
+            self._refs -= 1
+            fd = self._take()
+        if fd >= 0:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close now, or when the last user releases it."""
+        with self._lock:
+            self._closing = True
+            fd = self._take()
+        if fd >= 0:
+            os.close(fd)
+
+    def _take(self) -> int:
+        if self._closing and self._refs == 0 and self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            return fd
+        return -1
+
+
+def pidfd_of_child(pid: int, parent: int | None) -> int | None:
+    """A pidfd for ``pid`` when it is alive and (if given) a child of ``parent``."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    ppid = status_field(pid, "PPid")
+    if (parent is not None and ppid != str(parent)) or not pidfd_alive(fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+def pidfd_alive(fd: int) -> bool:
+    """True while the process of a pidfd has not exited."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return not poller.poll(0)

@@ -1,0 +1,1578 @@
+"""Boot sandboxes and run processes in them (the local control plane's runtime engine).
+
+A sandbox is a set of Linux namespaces (mount, PID, UTS; user where not root) with a
+private root filesystem, booted by a warm helper and served by an agent that is PID 1
+of its PID namespace (see :mod:`archil.local._agent` for the processes and the protocol).
+
+Root filesystem
+---------------
+``/`` is an overlay of the session's ``upper/rootfs`` over each committed layer's
+``rootfs``, the image's layer and a shared skeleton (empty mountpoint directories and the
+host's merged-usr symlinks such as ``bin -> usr/bin``). ``/usr``, ``/etc``, ``/var`` and
+``/opt`` (and any of ``/bin``, ``/lib``... that is a real directory on the host) each get
+their own overlay: the session's ``upper/<dir>`` over the layers' ``<dir>``, the image
+layer's ``<dir>`` and the host's ``/<dir>``. So a sandbox sees the host's userland, may
+write anywhere, and its writes stay in its session. ``/dev`` is the host's (with a private
+``/dev/shm``), ``/sys`` a read-only bind, ``/proc`` the sandbox's own. The image's binds
+are mounted read-only at their paths; each :class:`MountSpec` at its target
+(``read_only`` ones refuse writes with ``EROFS``). Everything else of the host, this
+runtime's directory included, is not there.
+
+Process mode
+------------
+Where namespaces do not work (or with ``namespaces=False``), the same helper and agent
+run processes directly on the host: the disk is at ``ARCHIL_DISK_PATH`` (the host
+directory), read-only mounts are not enforced, and every process carries
+``ARCHIL_SANDBOX_TOKEN`` so that stopping a sandbox finds all of its descendants.
+
+Every process gets ``ARCHIL_SANDBOX_ID``, ``ARCHIL_ISOLATION`` (``namespace`` or
+``process``), ``ARCHIL_DISK_PATH`` when a mount targets ``/mnt/archil``,
+``ARCHIL_MOUNT_COUNT`` and ``ARCHIL_MOUNT_<N>``/``ARCHIL_MOUNT_<N>_PATH`` for the other
+mounts, and ``ARCHIL_PROCESS_TOKEN`` (how a process's tree is found when it is
+signalled).
+
+Kills are scoped: to the sandbox's PID namespace (held open by a descriptor), its cgroups,
+its marker, and to its helper and init through pidfds; nothing else is ever signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import posixpath
+import queue
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from archil.local import _proc
+from archil.local.cgroups import CgroupError, Cgroups, SandboxCgroup
+from archil.local.spec import (
+    GUEST_DISK_PATH,
+    ExitInfo,
+    ImageEnv,
+    MountSpec,
+    ProcessSpec,
+    RootSpec,
+    SandboxSpec,
+)
+
+__all__ = [
+    "BASE_PATH",
+    "BootError",
+    "Environment",
+    "RunningProcess",
+    "Runtime",
+    "SpawnError",
+]
+
+logger = logging.getLogger("archil")
+
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The ``PATH`` every process starts from."""
+
+_AGENT = Path(__file__).with_name("_agent.py")
+_MAX_MSG = 1 << 18
+_BOOT_TIMEOUT = 30.0
+_SPAWN_TIMEOUT = 15.0
+_TIMEOUT_GRACE = 2.0
+_DRAIN_GRACE = 0.2
+_SYSTEM_DIRS = ("usr", "etc", "var", "opt")
+_MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_SKELETON_DIRS = (
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    "root",
+    "home",
+    "mnt",
+    "mnt/archil",
+    "run",
+    "srv",
+    "usr",
+    "etc",
+    "var",
+    "opt",
+    "media",
+    "boot",
+)
+_RESERVED = ("/proc", "/dev", "/sys")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
+_ENV_RE = re.compile(r"^[^=\0]+$")
+
+
+class BootError(RuntimeError):
+    """A sandbox could not be booted; the message names what failed."""
+
+
+class SpawnError(RuntimeError):
+    """A process could not be started in a sandbox."""
+
+
+class _PreparedGone(BootError):
+    """A sandbox prepared ahead ended before it could take its configuration."""
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _check_env(field: str, env: dict[str, str]) -> None:
+    for k, v in env.items():
+        if not isinstance(k, str) or not _ENV_RE.match(k):
+            raise ValueError(f"{field}: invalid environment variable name {k!r}")
+        if not isinstance(v, str) or "\0" in v:
+            raise ValueError(f"{field}: invalid value for {k}")
+
+
+def _check_guest_path(field: str, path: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise ValueError(f"{field} must be an absolute path, not {path!r}")
+    if ".." in path.split("/"):
+        raise ValueError(f"{field} must not contain '..': {path!r}")
+    norm = posixpath.normpath(path)
+    if norm == "/":
+        raise ValueError(f"{field} must be below /")
+    return norm
+
+
+def _check_host_dir(field: str, path: Path, *, overlay: bool = False) -> None:
+    if not os.path.isabs(path):
+        raise BootError(f"{field} must be an absolute path, not {str(path)!r}")
+    if overlay and any(c in str(path) for c in ",:\\"):
+        raise BootError(f"{field} {path} contains ',', ':' or '\\', which overlayfs cannot take")
+    if not os.path.isdir(path):
+        raise BootError(f"{field} {path} does not exist or is not a directory")
+
+
+def validate_sandbox_spec(spec: SandboxSpec) -> None:
+    """Reject a malformed :class:`SandboxSpec` (``ValueError``) or missing directories
+    (:class:`BootError`), naming the field, before anything is started."""
+    if not isinstance(spec.sandbox_id, str) or not _ID_RE.match(spec.sandbox_id):
+        raise ValueError(f"sandbox_id: invalid id {spec.sandbox_id!r}")
+    if not _HOST_RE.match(spec.hostname or ""):
+        raise ValueError(f"hostname: invalid hostname {spec.hostname!r}")
+    if not isinstance(spec.vcpu_count, int) or spec.vcpu_count < 1:
+        raise ValueError(f"vcpu_count must be at least 1, not {spec.vcpu_count!r}")
+    if not isinstance(spec.mem_size_mib, int) or spec.mem_size_mib < 16:
+        raise ValueError(f"mem_size_mib must be at least 16, not {spec.mem_size_mib!r}")
+    _check_env("env", spec.env)
+    _check_env("image.env", spec.image.env)
+    seen: set[str] = set()
+    for i, m in enumerate(spec.mounts):
+        target = _check_guest_path(f"mounts[{i}].target", m.target)
+        if any(target == r or target.startswith(r + "/") for r in _RESERVED):
+            raise ValueError(f"mounts[{i}].target {target} is reserved for the system")
+        if target in seen:
+            raise ValueError(f"mounts[{i}].target: two mounts at {target}")
+        seen.add(target)
+    for i, b in enumerate(spec.image.binds):
+        _check_guest_path(f"image.binds[{i}]", str(b))
+        if not os.path.exists(b):
+            raise BootError(f"image.binds[{i}] {b} does not exist")
+    for i, m in enumerate(spec.mounts):
+        _check_host_dir(f"mounts[{i}].source", m.source)
+    _check_host_dir("root.upper", spec.root.upper, overlay=True)
+    _check_host_dir("root.work", spec.root.work, overlay=True)
+    if os.stat(spec.root.upper).st_dev != os.stat(spec.root.work).st_dev:
+        raise BootError("root.upper and root.work must be on one filesystem")
+    for i, lower in enumerate(spec.root.lowers):
+        _check_host_dir(f"root.lowers[{i}]", lower, overlay=True)
+    if spec.image.layer is not None:
+        _check_host_dir("image.layer", spec.image.layer, overlay=True)
+
+
+# -- the root filesystem -------------------------------------------------------------------
+
+
+def ensure_skeleton(root: Path) -> Path:
+    """The shared skeleton under ``root`` (created once): mountpoints and merged-usr links."""
+    skel = root / "skeleton"
+    if skel.is_dir():
+        return skel
+    tmp = root / f".skeleton-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    for d in _SKELETON_DIRS:
+        (tmp / d).mkdir(mode=0o755, exist_ok=True)
+    os.chmod(tmp / "tmp", 0o1777)
+    os.chmod(tmp / "root", 0o700)
+    for name in _MERGED_USR:
+        host = Path("/") / name
+        if host.is_symlink():
+            os.symlink(os.readlink(host), tmp / name)
+        elif host.is_dir():
+            (tmp / name).mkdir(mode=0o755)
+    try:
+        os.rename(tmp, skel)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not skel.is_dir():
+            raise
+    return skel
+
+
+def _host_dirs() -> list[str]:
+    """Host directories that get an overlay of their own (``usr``, ``etc``, ...)."""
+    out = [d for d in _SYSTEM_DIRS if os.path.isdir(f"/{d}") and not os.path.islink(f"/{d}")]
+    out += [d for d in _MERGED_USR if os.path.isdir(f"/{d}") and not os.path.islink(f"/{d}")]
+    return out
+
+
+def _overlay(
+    target: str, lower: list[str], upper: Path, work: Path, userns: bool
+) -> dict[str, Any]:
+    upper.mkdir(mode=0o755, exist_ok=True)
+    work.mkdir(mode=0o700, exist_ok=True)
+    options = ["userxattr"] if userns else []
+    data = ",".join(
+        ["lowerdir=" + ":".join(lower), f"upperdir={upper}", f"workdir={work}", *options]
+    )
+    limit = os.sysconf("SC_PAGE_SIZE") - 1
+    if len(data.encode()) > limit:
+        raise BootError(
+            f"cannot mount {target}: the overlay options for {len(lower)} layers are "
+            f"{len(data.encode())} bytes, more than the kernel's limit of {limit}; "
+            "commit fewer layers or use shorter paths"
+        )
+    return {
+        "kind": "overlay",
+        "target": target,
+        "lower": lower,
+        "upper": str(upper),
+        "work": str(work),
+        "options": options,
+        "what": f"cannot mount {target}",
+    }
+
+
+def _hidden_paths(spec: SandboxSpec, runtime_root: Path, visible: list[str]) -> list[str]:
+    """Host directories of the control plane that would show through an overlaid host dir."""
+    cands = {runtime_root, spec.root.upper.parent.parent, spec.root.work.parent.parent}
+    cands |= {lower.parent for lower in spec.root.lowers}
+    cands |= {m.source.parent for m in spec.mounts}
+    out: set[str] = set()
+    for c in cands:
+        real = os.path.realpath(c)
+        if any(real.startswith(f"/{d}/") for d in visible):
+            out.add(real)
+    # A hidden directory inside another hidden one adds nothing.
+    return sorted(p for p in out if not any(p.startswith(q + "/") for q in out))
+
+
+def mount_plan(
+    spec: SandboxSpec, skeleton: Path, runtime_root: Path, *, userns: bool
+) -> list[dict[str, Any]]:
+    """The mounts that make a sandbox's root, in order (see the module documentation)."""
+    upper, work, layers = Path(spec.root.upper), Path(spec.root.work), spec.root.lowers
+    image = spec.image.layer
+    lower = [str(p / "rootfs") for p in layers if (p / "rootfs").is_dir()]
+    lower += [str(image)] if image is not None else []
+    plan = [_overlay("/", [*lower, str(skeleton)], upper / "rootfs", work / "rootfs", userns)]
+    visible = _host_dirs()
+    for d in visible:
+        lower = [str(p / d) for p in layers if (p / d).is_dir()]
+        lower += [str(image / d)] if image is not None and (image / d).is_dir() else []
+        plan.append(_overlay(f"/{d}", [*lower, f"/{d}"], upper / d, work / d, userns))
+    plan += [
+        {"kind": "bind", "source": "/dev", "target": "/dev", "recursive": True},
+        {"kind": "tmpfs", "target": "/dev/shm", "data": "mode=1777"},
+        {"kind": "bind", "source": "/sys", "target": "/sys", "recursive": userns},
+        {"kind": "proc", "target": "/proc"},
+    ]
+    plan[-2]["readonly"] = True
+    for h in _hidden_paths(spec, runtime_root, visible):
+        plan.append({"kind": "tmpfs", "target": h, "data": "mode=0755,size=64k"})
+    binds = [(str(b), str(b), True) for b in spec.image.binds]
+    binds += [(str(m.source), posixpath.normpath(m.target), m.read_only) for m in spec.mounts]
+    for source, target, ro in sorted(binds, key=lambda b: b[1].count("/")):
+        plan.append({"kind": "bind", "source": source, "target": target, "readonly": ro})
+    for op in plan:
+        op.setdefault("what", f"cannot mount {op['target']}")
+    return plan
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, int | None]:
+    """One message from a helper or agent and the sender pid the kernel attached."""
+    try:
+        data, anc, _flags, _ = sock.recvmsg(_MAX_MSG, socket.CMSG_SPACE(12))
+    except (ConnectionResetError, OSError):
+        return None, None
+    if not data:
+        return None, None
+    pid = None
+    for level, kind, value in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(value) >= 12:
+            pid = struct.unpack("3i", value[:12])[0]
+    try:
+        msg = json.loads(data)
+    except ValueError:
+        return {"type": "invalid"}, pid
+    return (msg if isinstance(msg, dict) else {"type": "invalid"}), pid
+
+
+def _send(sock: socket.socket, lock: threading.Lock, msg: dict[str, Any], fds: list[int]) -> None:
+    data = json.dumps(msg).encode()
+    if len(data) > _MAX_MSG:
+        raise ValueError(f"the request is too large ({len(data)} bytes)")
+    with lock:
+        if fds:
+            socket.send_fds(sock, [data], fds)
+        else:
+            sock.send(data)
+
+
+# -- the zygote -------------------------------------------------------------------------------
+
+
+class _Spawner:
+    """One long-lived thread that starts zygotes: ``PR_SET_PDEATHSIG`` follows the thread
+    that forked, so a short-lived one would take the zygote with it when it ends."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="archil-spawner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._queue.get()()
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(argv, **kwargs)`` on the spawner thread."""
+        done = threading.Event()
+        result: list[subprocess.Popen[bytes] | BaseException] = []
+
+        def job() -> None:
+            try:
+                result.append(subprocess.Popen(argv, **kwargs))
+            except BaseException as e:
+                result.append(e)
+            done.set()
+
+        self._queue.put(job)
+        done.wait()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+
+class _Zygote:
+    """The runtime's end of one zygote process."""
+
+    def __init__(
+        self,
+        spawner: _Spawner,
+        log_path: Path,
+        on_ended: Callable[[str, int | None, int | None], None],
+    ) -> None:
+        self._on_ended = on_ended
+        self._lock = threading.Lock()
+        self.dead = threading.Event()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        argv = [sys.executable, "-S", "-I", str(_AGENT), "zygote", str(theirs.fileno())]
+        argv.append(str(os.getpid()))
+        try:
+            with open(log_path, "ab") as log:
+                self.proc = spawner.popen(
+                    argv,
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    cwd="/",
+                    env={"PATH": BASE_PATH, "LANG": "C.UTF-8"},
+                )
+        finally:
+            theirs.close()
+        ours.settimeout(10.0)
+        msg, _ = _recv(ours)
+        ours.settimeout(None)
+        if msg is None or msg.get("type") != "ready":
+            self.proc.kill()
+            self.proc.wait()
+            ours.close()
+            raise BootError(f"the sandbox zygote did not start (see {log_path})")
+        self.pid = self.proc.pid
+        threading.Thread(target=self._read, name="archil-zygote", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            msg, _ = _recv(self.sock)
+            if msg is None:
+                break
+            if msg.get("type") == "ended":
+                self._on_ended(str(msg.get("id")), msg.get("code"), msg.get("signal"))
+            elif msg.get("type") == "protocol_error":
+                logger.warning("sandbox zygote: %s", msg.get("message"))
+        self.sock.close()
+        self.dead.set()
+
+    @property
+    def alive(self) -> bool:
+        """False once the zygote has exited."""
+        return not self.dead.is_set() and self.proc.poll() is None
+
+    def create(self, token: str, config: dict[str, Any], fds: list[int]) -> None:
+        """Ask for a new sandbox helper."""
+        _send(self.sock, self._lock, {"type": "create", "id": token, "config": config}, fds)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the zygote (every helper it forked dies with it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.dead.wait(timeout)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class RunningProcess:
+    """A process started by :meth:`Environment.spawn`."""
+
+    def __init__(
+        self,
+        env: Environment,
+        pid_id: str,
+        spec: ProcessSpec,
+        on_output: Callable[[int, bytes], None],
+        on_exit: Callable[[ExitInfo], None],
+    ) -> None:
+        self.pid = 0
+        """The host pid; 0 for a process that ended before its pid could be translated
+        (the kernel translates it when the agent's report is read, and not once it is reaped)."""
+        self.id = pid_id
+        self.spec = spec
+        self._env = env
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._stdin: _proc.SharedFd | None = None
+        self._streams = 0
+        self._exit: ExitInfo | None = None
+        self._delivered = False
+        self._cancelled = False
+        self._timed_out = False
+        self._timers: list[threading.Timer] = []
+        self._oom_base = 0
+        self._spawned = threading.Event()
+        self._spawn_error: str | None = None
+        self.done = threading.Event()
+        """Set once ``on_exit`` has been called."""
+
+    # -- control
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process and its descendants (within its sandbox)."""
+        self._env._request({"type": "signal", "id": self.id, "signal": int(sig), "tree": True})
+
+    def cancel(self) -> None:
+        """Kill the process and its descendants; it ends ``cancelled``."""
+        with self._lock:
+            if self._exit is not None:
+                return
+            self._cancelled = True
+        self.signal(signal.SIGKILL)
+
+    def write(self, data: bytes) -> None:
+        """Write to the process's standard input (blocks while the pipe is full).
+
+        Raises ``BrokenPipeError`` once the input is closed or the process has ended.
+        """
+        fd = self._stdin.acquire() if self._stdin is not None else None
+        if fd is None:
+            raise BrokenPipeError(errno.EPIPE, "the standard input of the process is closed")
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        finally:
+            self._stdin.release()  # type: ignore[union-attr]
+
+    def close_stdin(self) -> None:
+        """Close the standard input (on a terminal: send end-of-file, ^D)."""
+        if self.spec.terminal:
+            with contextlib.suppress(OSError):
+                self.write(b"\x04")
+        elif self._stdin is not None:
+            self._stdin.close()
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the terminal's window size (terminal processes only)."""
+        fd = self._stdin.acquire() if self.spec.terminal and self._stdin is not None else None
+        if fd is None:
+            raise ValueError("the process has no open terminal")
+        try:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        finally:
+            self._stdin.release()  # type: ignore[union-attr]
+
+    # -- plumbing
+
+    def _attach(self, stdin: int, outputs: list[tuple[int, int]]) -> None:
+        """Take the server ends: ``stdin`` (a pipe, or the pty master) and the outputs."""
+        self._stdin = _proc.SharedFd(stdin)
+        self._streams = len(outputs)
+        for fd, stream in outputs:
+            name = f"archil-out{stream}-{self._env.sandbox_id[:20]}-{self.id}"
+            threading.Thread(target=self._pump, args=(fd, stream), name=name, daemon=True).start()
+
+    def _pump(self, fd: int, stream: int) -> None:
+        shared = self._stdin if self.spec.terminal else None
+        if shared is not None and shared.acquire() is None:
+            shared = None
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break  # EIO: a terminal whose every slave end is closed
+                if not data:
+                    break
+                if not self._delivered:
+                    try:
+                        self._on_output(stream, data)
+                    except Exception:
+                        logger.exception("on_output of process %s failed", self.id)
+        finally:
+            if shared is not None:
+                shared.release()
+            elif not self.spec.terminal:
+                os.close(fd)
+            with self._lock:
+                self._streams -= 1
+            self._maybe_finish()
+
+    def _abandon(self) -> None:
+        """The process did not start: let go of its descriptors, never call ``on_exit``."""
+        with self._lock:
+            self._delivered = True
+        if self._stdin is not None:
+            self._stdin.close()
+        self._env._forget(self)
+
+    def _arm_timeout(self) -> None:
+        t = self.spec.timeout_seconds
+        if t is None or t <= 0:
+            return
+        self._timer(float(t), self._on_timeout)
+
+    def _timer(self, delay: float, fn: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, fn)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _on_timeout(self) -> None:
+        with self._lock:
+            if self._exit is not None or self._cancelled:
+                return
+            self._timed_out = True
+        with contextlib.suppress(SpawnError):
+            self.signal(signal.SIGTERM)
+        self._timer(_TIMEOUT_GRACE, self._kill_after_timeout)
+
+    def _kill_after_timeout(self) -> None:
+        if self._exit is None:
+            with contextlib.suppress(SpawnError):
+                self.signal(signal.SIGKILL)
+
+    def _classify(self, code: int | None, sig: int | None) -> ExitInfo:
+        if self._cancelled:
+            return ExitInfo("cancelled", None, "cancelled")
+        if self._timed_out:
+            return ExitInfo("timed_out", None, f"timed out after {self.spec.timeout_seconds} s")
+        killed = sig == signal.SIGKILL or code == 128 + signal.SIGKILL
+        if killed and self._env._oom_kills() > self._oom_base:
+            limit = self._env.memory_limit_mib
+            return ExitInfo("failed", 128 + signal.SIGKILL, f"out of memory (limit {limit} MiB)")
+        if sig is not None:
+            return ExitInfo("failed", 128 + sig, f"killed by signal {_proc.signal_name(sig)}")
+        return ExitInfo("completed", code if code is not None else 0, None)
+
+    def _exited(self, code: int | None, sig: int | None) -> None:
+        """The agent reported the exit (on the environment's reader thread)."""
+        self._set_exit(self._classify(code, sig))
+
+    def _lost(self, reason: str) -> None:
+        """The sandbox ended before the process's exit was reported."""
+        if self._cancelled or self._timed_out:
+            self._set_exit(self._classify(None, signal.SIGKILL))
+        else:
+            self._set_exit(ExitInfo("failed", None, reason))
+
+    def _set_exit(self, info: ExitInfo) -> None:
+        with self._lock:
+            if self._exit is not None:
+                return
+            self._exit = info
+        for t in self._timers:
+            t.cancel()
+        grace = threading.Timer(_DRAIN_GRACE, self._deliver)
+        grace.daemon = True
+        grace.start()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        with self._lock:
+            ready = self._exit is not None and self._streams <= 0
+        if ready:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            if self._delivered or self._exit is None:
+                return
+            self._delivered = True
+            info = self._exit
+        if self._stdin is not None:
+            self._stdin.close()
+        try:
+            self._on_exit(info)
+        except Exception:
+            logger.exception("on_exit of process %s failed", self.id)
+        finally:
+            self._env._forget(self)
+            self.done.set()
+
+
+# -- environments ---------------------------------------------------------------------------
+
+
+class _Resources:
+    """What a sandbox holds on the host, released once when it ends."""
+
+    def __init__(self, runtime: Runtime, cpus: list[int], cgroup: SandboxCgroup | None) -> None:
+        self.runtime = runtime
+        self.cpus = cpus
+        self.cgroup = cgroup
+        self.rootdir: Path | None = None
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Remove the cgroups and the mountpoint directory, give the CPUs back (once)."""
+        with self._lock:
+            cgroup, self.cgroup = self.cgroup, None
+            cpus, self.cpus = self.cpus, []
+            rootdir, self.rootdir = self.rootdir, None
+        if cgroup is not None:
+            cgroup.remove()
+        if cpus:
+            self.runtime._cpus.give(cpus)
+        if rootdir is not None:
+            with contextlib.suppress(OSError):
+                rootdir.rmdir()
+
+
+class Environment:
+    """One booted sandbox (from :meth:`Runtime.boot`).
+
+    The runtime prepares one ahead of time (its helper forked, its namespaces made, its
+    agent waiting): :meth:`Runtime.boot` then only sends it the sandbox's configuration.
+    """
+
+    spec: SandboxSpec
+    """What it was booted from."""
+
+    def __init__(self, runtime: Runtime, *, namespace: bool, userns: bool) -> None:
+        self.sandbox_id = ""
+        self.isolation = "namespace" if namespace else "process"
+        self.init_pid = 0
+        """The host pid of the sandbox's PID 1 (its agent)."""
+        self.token = ""
+        self._userns = userns
+        self._runtime = runtime
+        self._res = _Resources(runtime, [], None)
+        self._on_end: Callable[[str | None], None] = lambda _reason: None
+        self._archil_env: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._procs: dict[str, RunningProcess] = {}
+        self._seq = 0
+        self._sock, self._agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._reader: threading.Thread | None = None
+        self._zygote: _Zygote | None = None
+        self._helper_fd: int | None = None
+        self._init_fd: int | None = None
+        self._ns_fd: int | None = None
+        self._ns_link: str | None = None
+        self._ready = False
+        self._boot_sent = False
+        self._setup_failed = False
+        self._booted = False
+        self._boot_error: str | None = None
+        self._boot_event = threading.Event()
+        self._acks: dict[str, threading.Event] = {}
+        self._init_status: tuple[int | None, int | None] | None = None
+        self._helper_ended = threading.Event()
+        self._stopping = False
+        self._frozen = False
+        self._ended = threading.Event()
+        self._finished = threading.Event()
+
+    # -- public API
+
+    @property
+    def alive(self) -> bool:
+        """True from boot until the sandbox is gone."""
+        return self._booted and not self._ended.is_set()
+
+    @property
+    def memory_limit_mib(self) -> int | None:
+        """The memory limit in force, or None."""
+        cg = self._res.cgroup
+        return cg.limit_mib if cg is not None else None
+
+    def spawn(
+        self,
+        spec: ProcessSpec,
+        *,
+        on_output: Callable[[int, bytes], None],
+        on_exit: Callable[[ExitInfo], None],
+    ) -> RunningProcess:
+        """Start ``spec``; raises :class:`SpawnError` when it cannot start.
+
+        ``on_output(stream, data)`` comes from pump threads, in order per stream;
+        ``on_exit(info)`` exactly once, after the exit and the end of the output (it may
+        run before this method returns, for a process that ends at once). A process that
+        fails to start raises and never calls ``on_exit``.
+        """
+        _check_env("env", spec.env)
+        cwd = self._cwd(spec)
+        with self._lock:
+            if not self.alive or self._stopping:
+                raise SpawnError("the sandbox is not running")
+            if self._frozen:
+                raise SpawnError("the sandbox is paused")
+            self._seq += 1
+            proc = RunningProcess(self, f"p{self._seq}", spec, on_output, on_exit)
+            self._procs[proc.id] = proc
+        proc._oom_base = self._oom_kills()
+        env = self._process_env(spec, proc.id)
+        msg: dict[str, Any] = {
+            "type": "spawn",
+            "id": proc.id,
+            "argv": ["/bin/sh", "-c", spec.command],
+            "env": env,
+            "cwd": cwd,
+            "tty": spec.terminal is not None,
+            "marker": f"ARCHIL_PROCESS_TOKEN={env['ARCHIL_PROCESS_TOKEN']}",
+        }
+        try:
+            child = self._process_fds(proc, spec)
+        except OSError as e:
+            self._forget(proc)
+            raise SpawnError(f"cannot create the process's pipes: {e.strerror}") from e
+        try:
+            _send(self._sock, self._send_lock, msg, child)
+        except (OSError, ValueError) as e:
+            proc._spawn_error = f"cannot reach the sandbox's agent: {e}"
+        finally:
+            for fd in child:
+                os.close(fd)
+        if not proc._spawn_error and not proc._spawned.wait(_SPAWN_TIMEOUT):
+            proc._spawn_error = "the sandbox's agent did not answer"
+        if proc._spawn_error:
+            proc._abandon()
+            raise SpawnError(proc._spawn_error)
+        proc._arm_timeout()
+        return proc
+
+    def freeze(self) -> None:
+        """Pause every user process (the freezer cgroup, else SIGSTOP through the agent)."""
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        """Resume what :meth:`freeze` paused."""
+        self._set_frozen(False)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every process, SIGKILL what is left after ``grace`` seconds (default: the
+        runtime's ``stop_grace``); returns once nothing of the sandbox is left and ``on_end``
+        has run (at once when called from one of this sandbox's callbacks)."""
+        grace = self._runtime.stop_grace if grace is None else max(0.0, grace)
+        with self._lock:
+            if self._finished.is_set():
+                return
+            self._stopping = True
+        self._unfreeze_for_stop()
+        try:
+            _send(self._sock, self._send_lock, {"type": "shutdown", "grace": grace}, [])
+        except (OSError, ValueError):
+            self._hard_kill()
+        if threading.current_thread() is self._reader:
+            threading.Thread(target=self._enforce_stop, args=(grace,), daemon=True).start()
+            return
+        self._enforce_stop(grace)
+
+    def kill(self) -> None:
+        """Kill every process of the sandbox at once; returns once it is gone."""
+        with self._lock:
+            if self._finished.is_set():
+                return
+            self._stopping = True
+        self._hard_kill()
+        if threading.current_thread() is not self._reader:
+            self._wait_finished(self._runtime.stop_grace)
+
+    # -- internals used by RunningProcess
+
+    def _request(self, msg: dict[str, Any]) -> None:
+        if self._ended.is_set():
+            return
+        try:
+            _send(self._sock, self._send_lock, msg, [])
+        except (OSError, ValueError) as e:
+            raise SpawnError(f"cannot reach the sandbox's agent: {e}") from e
+
+    def _forget(self, proc: RunningProcess) -> None:
+        with self._lock:
+            if self._procs.get(proc.id) is proc:
+                del self._procs[proc.id]
+
+    def _oom_kills(self) -> int:
+        cg = self._res.cgroup
+        return cg.oom_kills() if cg is not None else 0
+
+    # -- boot
+
+    def _prepare(self, zygote: _Zygote) -> None:
+        """Have the zygote fork this sandbox's helper; its agent then waits for ``boot``."""
+        self._zygote = zygote
+        self._reader = threading.Thread(target=self._read_loop, name="archil-sbx", daemon=True)
+        self._reader.start()
+        config = {"namespace": self.isolation == "namespace", "userns": self._userns}
+        try:
+            zygote.create(uuid.uuid4().hex, config, [self._agent_end.fileno()])
+        except (OSError, ValueError) as e:
+            self._discard()
+            raise BootError(f"cannot reach the sandbox zygote: {e}") from e
+        finally:
+            self._agent_end.close()
+
+    def _send_boot(
+        self,
+        spec: SandboxSpec,
+        token: str,
+        res: _Resources,
+        on_end: Callable[[str | None], None],
+        config: dict[str, Any],
+        fds: list[int],
+    ) -> None:
+        """Make this prepared sandbox ``spec`` (it owns ``res`` from here on)."""
+        self.spec, self.sandbox_id, self.token = spec, spec.sandbox_id, token
+        self._res, self._on_end = res, on_end
+        self._archil_env = _archil_env(spec, self.isolation == "namespace", token)
+        if self._reader is not None:
+            self._reader.name = f"archil-sbx-{spec.sandbox_id[:24]}"
+        self._boot_sent = True
+        try:
+            _send(self._sock, self._send_lock, {"type": "boot", "config": config}, fds)
+        except (OSError, ValueError) as e:
+            self._boot_error = f"the prepared sandbox is gone: {e}"
+            self._boot_event.set()
+
+    def _discard(self) -> None:
+        """End a prepared sandbox that will not be booted."""
+        with self._lock:
+            self._stopping = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._hard_kill()
+
+    def _wait_boot(self, timeout: float) -> None:
+        """Block until the agent is ready; raise :class:`BootError` otherwise."""
+        if self._boot_event.wait(timeout) and self._ready and self.init_pid:
+            with self._lock:
+                if not self._ended.is_set():
+                    self._booted = True
+                    return
+        error = self._boot_error
+        if error is None:
+            if self._ended.is_set():
+                error = self._end_reason() or "the sandbox ended while booting"
+            else:
+                error = f"the sandbox did not start within {timeout:g} s"
+        gone = self._ended.is_set() and not self._setup_failed
+        self._stopping = True
+        self._hard_kill()
+        self._wait_finished(5.0)
+        raise (_PreparedGone if gone else BootError)(error)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                msg, pid = _recv(self._sock)
+                if msg is None:
+                    break
+                try:
+                    self._dispatch(msg, pid)
+                except Exception:
+                    logger.exception("sandbox %s: bad message %r", self.sandbox_id, msg)
+        finally:
+            self._finalize()
+
+    def _dispatch(self, msg: dict[str, Any], sender: int | None) -> None:
+        kind = msg.get("type")
+        proc = self._procs.get(str(msg.get("id")))
+        if kind == "init":
+            self._on_init(int(msg["pid"]), sender)
+        elif kind == "ready":
+            self._ready = True
+            if self.init_pid:
+                self._boot_event.set()
+        elif kind == "error":
+            self._boot_error = str(msg.get("message"))
+            self._setup_failed = self._boot_sent
+            self._boot_event.set()
+        elif kind == "spawned" and proc is not None:
+            ns_pid = int(msg["pid"])
+            proc.pid = (sender or 0) if msg.get("cred") else self._host_pid(ns_pid)
+            proc._spawned.set()
+        elif kind == "spawn_failed" and proc is not None:
+            proc._spawn_error = str(msg.get("message"))
+            proc._spawned.set()
+        elif kind == "exited" and proc is not None:
+            proc._exited(msg.get("code"), msg.get("signal"))
+        elif kind == "ended":
+            self._init_status = (msg.get("code"), msg.get("signal"))
+            self._helper_ended.set()
+        elif kind in ("frozen", "thawed") and kind in self._acks:
+            self._acks[kind].set()
+        elif kind == "protocol_error":
+            logger.warning("sandbox %s agent: %s", self.sandbox_id, msg.get("message"))
+
+    def _on_init(self, init_pid: int, helper_pid: int | None) -> None:
+        """The helper reported the agent's pid: hold both (and the PID namespace) by fd."""
+        # The kernel names the sender (SO_PASSCRED); each pid is checked to be the child
+        # of the one before it (zygote -> helper -> init) before it is held by a pidfd.
+        if helper_pid is not None and self._zygote is not None:
+            self._helper_fd = _proc.pidfd_of_child(helper_pid, self._zygote.pid)
+        if self._helper_fd is not None:
+            self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
+        if self._init_fd is None:
+            self._boot_error = "the sandbox's init exited at once"
+            self._boot_event.set()
+            return
+        if self.isolation == "namespace":
+            try:
+                fd = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            link = os.readlink(f"/proc/self/fd/{fd}") if fd >= 0 else None
+            if fd >= 0 and (link == os.readlink("/proc/self/ns/pid") or not self._init_alive()):
+                os.close(fd)
+                fd, link = -1, None
+            self._ns_fd, self._ns_link = (fd, link) if fd >= 0 else (None, None)
+        self.init_pid = init_pid
+        if self._ready:
+            self._boot_event.set()
+
+    @property
+    def _usable(self) -> bool:
+        """A prepared sandbox that can still be booted."""
+        return not self._ended.is_set() and not self._stopping and not self._zygote_dead
+
+    @property
+    def _zygote_dead(self) -> bool:
+        return self._zygote is None or self._zygote.dead.is_set()
+
+    def _init_alive(self) -> bool:
+        return self._init_fd is not None and _proc.pidfd_alive(self._init_fd)
+
+    def _host_pid(self, ns_pid: int) -> int:
+        """The host pid of a child of the agent known by its pid in the sandbox."""
+        if self.isolation == "process" or not self.init_pid:
+            return ns_pid
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+        except OSError:
+            return 0
+        for child in children:
+            ns = (_proc.status_field(child, "NSpid") or "").split()
+            if ns and ns[-1] == str(ns_pid):
+                return child
+        return 0
+
+    # -- the end
+
+    def _end_reason(self) -> str | None:
+        if self._stopping:
+            return None
+        status = self._init_status
+        if status is None:
+            if self._zygote_dead:
+                return "the runtime's zygote process died"
+            return "the sandbox's helper process died"
+        code, sig = status
+        if sig is not None:
+            if sig == signal.SIGKILL and self._oom_kills() > 0:
+                return f"out of memory (limit {self.memory_limit_mib} MiB)"
+            return f"the sandbox's init was killed by signal {_proc.signal_name(sig)}"
+        if code == 125 and self._boot_error:
+            return self._boot_error
+        return f"the sandbox's init exited with status {code}"
+
+    def _finalize(self) -> None:
+        """The socket closed: the helper and the agent are gone. Clean up, report."""
+        if self._init_status is None and not self._zygote_dead:
+            self._helper_ended.wait(0.5)
+        with self._lock:
+            self._ended.set()
+            booted = self._booted
+        self._boot_event.set()
+        self._hard_kill()
+        _proc.sweep(self._leftovers, quiet_scans=1 if self._ns_link else 2)
+        reason = self._end_reason()
+        with self._lock:
+            procs = list(self._procs.values())
+        started = []
+        for p in procs:
+            if p._spawned.is_set() and not p._spawn_error:
+                started.append(p)
+                p._lost("the sandbox stopped" if reason is None else f"the sandbox ended: {reason}")
+            elif not p._spawned.is_set():
+                p._spawn_error = "the sandbox ended before the process started"
+                p._spawned.set()
+        for p in started:
+            p.done.wait(2.0)
+        for fd in (self._helper_fd, self._init_fd, self._ns_fd):
+            if fd is not None:
+                os.close(fd)
+        self._helper_fd = self._init_fd = self._ns_fd = None
+        self._sock.close()
+        self._res.release()
+        self._runtime._forget(self)
+        try:
+            if booted:
+                self._on_end(reason)
+        except Exception:
+            logger.exception("on_end of sandbox %s failed", self.sandbox_id)
+        finally:
+            self._finished.set()
+
+    def _leftovers(self) -> set[int]:
+        """Processes of this sandbox that are still there (by namespace, cgroup, marker)."""
+        pids: set[int] = set()
+        if self._ns_link is not None:
+            pids |= _proc.pids_in_pid_namespace(self._ns_link)
+        if self._res.cgroup is not None:
+            pids |= self._res.cgroup.pids()
+        if self.isolation == "process":
+            pids |= _proc.pids_with_env_marker("ARCHIL_SANDBOX_TOKEN", self.token)
+        pids.discard(os.getpid())
+        if self._zygote is not None:
+            pids.discard(self._zygote.pid)
+        return pids
+
+    def _hard_kill(self) -> None:
+        """SIGKILL the agent and its helper (by pidfd) and whatever else is left."""
+        if self.isolation == "process" and not self._ended.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                _send(self._sock, self._send_lock, {"type": "signal_all", "signal": 9}, [])
+        for fd in (self._init_fd, self._helper_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+        _proc.kill_pids(self._leftovers(), signal.SIGKILL)
+        self._unfreeze_for_stop()
+
+    def _unfreeze_for_stop(self) -> None:
+        cg = self._res.cgroup
+        if self._frozen and cg is not None and cg.can_freeze:
+            with contextlib.suppress(CgroupError):
+                cg.thaw()
+        self._frozen = False
+
+    def _enforce_stop(self, grace: float) -> None:
+        if not self._ended.wait(grace + 2.0):
+            logger.warning("sandbox %s did not stop in %g s: killing it", self.sandbox_id, grace)
+            self._hard_kill()
+        self._wait_finished(10.0)
+
+    def _wait_finished(self, timeout: float) -> None:
+        if not self._finished.wait(timeout):
+            logger.warning("sandbox %s: still cleaning up after %g s", self.sandbox_id, timeout)
+
+    # -- pause
+
+    def _set_frozen(self, frozen: bool) -> None:
+        with self._lock:
+            if not self.alive or self._stopping:
+                raise SpawnError("the sandbox is not running")
+            if self._frozen == frozen:
+                return
+        cg = self._res.cgroup
+        if cg is not None and cg.can_freeze:
+            try:
+                cg.freeze() if frozen else cg.thaw()
+            except CgroupError as e:
+                raise SpawnError(str(e)) from e
+        else:
+            ack = "frozen" if frozen else "thawed"
+            self._acks[ack] = event = threading.Event()
+            self._request({"type": "freeze" if frozen else "thaw"})
+            if not event.wait(5.0):
+                raise SpawnError(f"the sandbox's agent did not report {ack}")
+        self._frozen = frozen
+
+    # -- process set-up
+
+    def _cwd(self, spec: ProcessSpec) -> str:
+        has_disk = any(posixpath.normpath(m.target) == GUEST_DISK_PATH for m in self.spec.mounts)
+        cwd = spec.cwd or (GUEST_DISK_PATH if has_disk else "/")
+        if not cwd.startswith("/"):
+            raise SpawnError(f"cwd must be an absolute path, not {cwd!r}")
+        if self.isolation == "process":
+            cwd = _to_host(self.spec, cwd)
+        return cwd
+
+    def _process_env(self, spec: ProcessSpec, pid_id: str) -> dict[str, str]:
+        env = {"PATH": BASE_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        if spec.terminal is not None:
+            env["TERM"] = "xterm-256color"
+        env.update(self.spec.image.env)
+        if self.isolation == "process" and self.spec.image.host_path:
+            parts = [*self.spec.image.host_path, *env["PATH"].split(":")]
+            env["PATH"] = ":".join(dict.fromkeys(p for p in parts if p))
+        env.update(self.spec.env)
+        env.update(spec.env)
+        env.update(self._archil_env)
+        env["ARCHIL_PROCESS_TOKEN"] = f"{self.token}.{pid_id}"
+        return env
+
+    def _process_fds(self, proc: RunningProcess, spec: ProcessSpec) -> list[int]:
+        """Create the process's pipes (or pty); give ``proc`` the server ends, return the rest."""
+        if spec.terminal is not None:
+            master, slave = os.openpty()
+            cols, rows = spec.terminal
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            proc._attach(master, [(master, 1)])
+            return [slave]
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        in_r, in_w, out_r, out_w, err_r, err_w = fds
+        proc._attach(in_w, [(out_r, 1), (err_r, 2)])
+        return [in_r, out_w, err_w]
+
+
+def _to_host(spec: SandboxSpec, guest: str) -> str:
+    """A guest path under a mount target, as the host path of the mount's source."""
+    best = None
+    for m in spec.mounts:
+        t = posixpath.normpath(m.target)
+        if (guest == t or guest.startswith(t + "/")) and (best is None or len(t) > len(best[0])):
+            best = (t, str(m.source))
+    if best is None:
+        return guest
+    return best[1] + guest[len(best[0]) :]
+
+
+def _archil_env(spec: SandboxSpec, namespace: bool, token: str) -> dict[str, str]:
+    env = {"ARCHIL_SANDBOX_ID": spec.sandbox_id}
+    env["ARCHIL_ISOLATION"] = "namespace" if namespace else "process"
+    others = [m for m in spec.mounts if posixpath.normpath(m.target) != GUEST_DISK_PATH]
+    disk = next((m for m in spec.mounts if posixpath.normpath(m.target) == GUEST_DISK_PATH), None)
+    if disk is not None:
+        env["ARCHIL_DISK_PATH"] = GUEST_DISK_PATH if namespace else str(disk.source)
+    env["ARCHIL_MOUNT_COUNT"] = str(len(others))
+    for i, m in enumerate(others):
+        target = posixpath.normpath(m.target)
+        env[f"ARCHIL_MOUNT_{i}"] = target if namespace else str(m.source)
+        env[f"ARCHIL_MOUNT_{i}_PATH"] = target
+    if not namespace:
+        env["ARCHIL_SANDBOX_TOKEN"] = token
+    return env
+
+
+# -- the runtime ------------------------------------------------------------------------------
+
+_probe_cache: dict[tuple[bool, str], str | None] = {}
+_probe_lock = threading.Lock()
+
+
+class Runtime:
+    """Boots sandboxes on this machine (see the module documentation).
+
+    ``root`` is a private working directory (skeleton, mountpoints, the zygote's log).
+    ``namespaces`` forces namespace mode on (a boot fails where it does not work) or off
+    (process mode); None detects. ``user_namespace`` forces a user namespace on or off
+    (None: only when not root). ``cgroups=False`` disables memory limits and the freezer
+    cgroup. ``stop_grace`` is the default SIGTERM-to-SIGKILL delay of
+    :meth:`Environment.stop`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        namespaces: bool | None = None,
+        user_namespace: bool | None = None,
+        cgroups: bool | None = None,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self._root = Path(root).resolve()
+        self._root.mkdir(parents=True, exist_ok=True)
+        (self._root / "roots").mkdir(exist_ok=True)
+        self.stop_grace = stop_grace
+        self._ns_pref = namespaces
+        self._userns_pref = user_namespace
+        self._cg_pref = cgroups
+        self._caps: dict[str, Any] | None = None
+        self._caps_lock = threading.Lock()
+        self._ns_error: str | None = None
+        self._userns = False
+        self._cgroups = Cgroups.disabled("not detected yet")
+        self._cpus = _proc.CpuPool()
+        self._spawner: _Spawner | None = None
+        self._zygote: _Zygote | None = None
+        self._zygote_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._envs: dict[str, Environment] = {}
+        self._prepared: Environment | None = None
+        self._closed = False
+
+    # -- capabilities
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """What this machine lets the runtime enforce, detected once.
+
+        Keys: ``namespaces``, ``user_namespace``, ``memory_limit``, ``freezer``,
+        ``cpu_affinity``, ``cgroup`` (``"v1"``, ``"v2"`` or None), ``isolation``
+        (``"namespace"`` or ``"process"``) and ``reason`` (what is missing and why, or None).
+        """
+        with self._caps_lock:
+            if self._caps is None:
+                self._caps = self._detect()
+            return dict(self._caps)
+
+    def _detect(self) -> dict[str, Any]:
+        reasons: list[str] = []
+        if self._cg_pref is False:
+            self._cgroups = Cgroups.disabled("cgroups are disabled by configuration")
+        else:
+            self._cgroups = Cgroups.detect()
+            self._cgroups.cleanup_stale()
+        if self._cgroups.reason:
+            reasons.append(self._cgroups.reason)
+        caps: dict[str, Any] = {
+            "namespaces": False,
+            "user_namespace": False,
+            "memory_limit": self._cgroups.memory_limit,
+            "freezer": self._cgroups.freezer,
+            "cpu_affinity": bool(self._cpus.cpus),
+            "cgroup": self._cgroups.version,
+            "isolation": "process",
+            "reason": None,
+        }
+        if not self._cpus.cpus:
+            reasons.append("CPU affinity is not available")
+        if self._ns_pref is False:
+            err: str | None = "namespaces are disabled by configuration"
+        else:
+            userns = self._userns_pref if self._userns_pref is not None else os.geteuid() != 0
+            err = self._probe(userns)
+            if err is None:
+                self._userns = userns
+                caps.update(namespaces=True, user_namespace=userns, isolation="namespace")
+            else:
+                err = f"Linux namespaces are not available ({err})"
+        if err is not None:
+            self._ns_error = err
+            reasons.append(err)
+            reasons.append("read-only mounts are not enforced")
+            if self._ns_pref is not True:
+                logger.warning(
+                    "archil local runtime: %s; sandboxes run as plain processes (the disk is "
+                    "at $ARCHIL_DISK_PATH, read-only mounts are not enforced)",
+                    err,
+                )
+        caps["reason"] = "; ".join(reasons) or None
+        return caps
+
+    def _probe(self, userns: bool) -> str | None:
+        """Boot a minimal sandbox once per process; None when it works, else why not."""
+        key = (userns, sys.executable)
+        with _probe_lock:
+            if key in _probe_cache:
+                return _probe_cache[key]
+            probe = self._root / f"probe-{uuid.uuid4().hex[:8]}"
+            try:
+                for d in ("upper", "work", "src"):
+                    (probe / d).mkdir(parents=True)
+                spec = SandboxSpec(
+                    sandbox_id="probe",
+                    hostname="probe",
+                    root=RootSpec(upper=probe / "upper", work=probe / "work"),
+                    image=ImageEnv(image_id="host", source="host"),
+                    mounts=(MountSpec(probe / "src", GUEST_DISK_PATH, read_only=True),),
+                )
+                env = self._boot(spec, lambda _r: None, namespace=True, userns=userns, cg=False)
+                env.stop(0.0)
+                result: str | None = None
+            except (BootError, OSError) as e:
+                result = str(e)
+            finally:
+                _rmtree(probe)
+            _probe_cache[key] = result
+            return result
+
+    # -- booting
+
+    def boot(self, spec: SandboxSpec, *, on_end: Callable[[str | None], None]) -> Environment:
+        """Boot a sandbox; returns once its agent is ready.
+
+        Raises ``ValueError`` for a malformed spec and :class:`BootError` (naming what
+        failed) when it cannot boot. ``on_end(reason)`` is called once when the sandbox is
+        gone: ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill`
+        or :meth:`shutdown`, else why it ended (its init died, out of memory...).
+        """
+        validate_sandbox_spec(spec)
+        caps = self.capabilities
+        if self._ns_pref is True and not caps["namespaces"]:
+            raise BootError(self._ns_error or "Linux namespaces are not available")
+        namespace = caps["isolation"] == "namespace"
+        return self._boot(spec, on_end, namespace=namespace, userns=self._userns, cg=True)
+
+    def _boot(
+        self,
+        spec: SandboxSpec,
+        on_end: Callable[[str | None], None],
+        *,
+        namespace: bool,
+        userns: bool,
+        cg: bool,
+    ) -> Environment:
+        validate_sandbox_spec(spec)
+        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
+        plan = []
+        if namespace:
+            plan = mount_plan(spec, ensure_skeleton(self._root), self._root, userns=userns)
+        try:
+            env = self._boot_once(spec, on_end, token, plan, (namespace, userns, cg), prepared=True)
+        except _PreparedGone:
+            # The sandbox prepared ahead died (say, with its zygote): once more, from scratch.
+            env = self._boot_once(
+                spec, on_end, token, plan, (namespace, userns, cg), prepared=False
+            )
+        self._prepare_next(namespace, userns)
+        return env
+
+    def _boot_once(
+        self,
+        spec: SandboxSpec,
+        on_end: Callable[[str | None], None],
+        token: str,
+        plan: list[dict[str, Any]],
+        kind: tuple[bool, bool, bool],
+        *,
+        prepared: bool,
+    ) -> Environment:
+        """One attempt: ``kind`` is (namespace, user namespace, cgroups)."""
+        namespace, userns, cg = kind
+        env = self._take_prepared(namespace, userns, fresh=not prepared)
+        res = _Resources(self, self._cpus.take(spec.vcpu_count), None)
+        fds: list[int] = []
+        try:
+            res.cgroup = self._make_cgroup(token, spec) if cg else None
+            res.rootdir = self._root / "roots" / token
+            res.rootdir.mkdir()
+            config, fds = self._config(spec, token, namespace, plan, res)
+            with self._lock:
+                if self._closed:
+                    raise BootError("the runtime is shut down")
+                self._envs[token] = env
+        except BaseException:
+            res.release()
+            env._discard()
+            raise
+        try:
+            env._send_boot(spec, token, res, on_end, config, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            env._wait_boot(_BOOT_TIMEOUT)
+        except _PreparedGone as e:
+            if not prepared:
+                raise BootError(str(e)) from None
+            raise
+        return env
+
+    def _take_prepared(self, namespace: bool, userns: bool, *, fresh: bool) -> Environment:
+        """The prepared sandbox when it is of this kind and still there, else a new one."""
+        with self._lock:
+            if self._closed:
+                raise BootError("the runtime is shut down")
+            env, self._prepared = self._prepared, None
+        kind = "namespace" if namespace else "process"
+        usable = env is not None and (env.isolation, env._userns) == (kind, userns) and env._usable
+        if env is not None and usable and not fresh:
+            return env
+        if env is not None:
+            env._discard()
+        env = Environment(self, namespace=namespace, userns=userns)
+        env._prepare(self._get_zygote())
+        return env
+
+    def _prepare_next(self, namespace: bool, userns: bool) -> None:
+        """Prepare the next sandbox now, so that the next boot finds it waiting."""
+        with self._lock:
+            if self._closed or self._prepared is not None:
+                return
+        try:
+            env = Environment(self, namespace=namespace, userns=userns)
+            env._prepare(self._get_zygote())
+        except BootError as e:
+            logger.debug("cannot prepare a sandbox ahead: %s", e)
+            return
+        with self._lock:
+            keep = not self._closed and self._prepared is None
+            if keep:
+                self._prepared = env
+        if not keep:
+            env._discard()
+
+    def _make_cgroup(self, token: str, spec: SandboxSpec) -> SandboxCgroup | None:
+        if not (self._cgroups.memory_limit or self._cgroups.freezer):
+            return None
+        try:
+            return self._cgroups.create(token, spec.mem_size_mib)
+        except CgroupError as e:
+            logger.warning("sandbox %s runs without cgroups: %s", spec.sandbox_id, e)
+            return None
+
+    def _config(
+        self,
+        spec: SandboxSpec,
+        token: str,
+        namespace: bool,
+        plan: list[dict[str, Any]],
+        res: _Resources,
+    ) -> tuple[dict[str, Any], list[int]]:
+        """The agent's ``boot`` configuration and the cgroup files it is handed (opened here)."""
+        agent_files = res.cgroup.agent_join if res.cgroup is not None else ()
+        user_files = res.cgroup.user_join if res.cgroup is not None else ()
+        fds: list[int] = []
+        try:
+            for path in (*agent_files, *user_files):
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            raise BootError(f"cannot open {e.filename}: {e.strerror}") from e
+        config = {
+            "hostname": spec.hostname,
+            "root": str(res.rootdir),
+            "plan": plan,
+            "cpus": res.cpus or None,
+            "agent_cgroups": len(agent_files),
+            "marker": None if namespace else f"ARCHIL_SANDBOX_TOKEN={token}",
+        }
+        return config, fds
+
+    def _get_zygote(self) -> _Zygote:
+        """The zygote, (re)started when there is none or it died."""
+        with self._zygote_lock:
+            z = self._zygote
+            if z is not None and z.alive:
+                return z
+            if z is not None:
+                z.close(0.5)
+            if self._spawner is None:
+                self._spawner = _Spawner()
+            self._zygote = _Zygote(self._spawner, self._root / "zygote.log", self._helper_ended)
+            return self._zygote
+
+    def _helper_ended(self, token: str, code: int | None, sig: int | None) -> None:
+        with self._lock:
+            env = self._envs.get(token)
+        if env is not None and env._init_status is None:
+            env._init_status = (code, sig)
+            env._helper_ended.set()
+
+    def _forget(self, env: Environment) -> None:
+        with self._lock:
+            if self._envs.get(env.token) is env:
+                del self._envs[env.token]
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the current zygote process, if one is running."""
+        z = self._zygote
+        return z.pid if z is not None and z.alive else None
+
+    def environments(self) -> list[Environment]:
+        """The sandboxes that are booted and not yet gone."""
+        with self._lock:
+            return list(self._envs.values())
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every sandbox (in parallel, within ``grace`` plus a few seconds), then the
+        zygote; remove the cgroup base directories."""
+        with self._lock:
+            self._closed = True
+            envs = list(self._envs.values())
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared._discard()
+        threads = [
+            threading.Thread(target=e.stop, args=(grace,), name=f"archil-stop-{e.sandbox_id}")
+            for e in envs
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + grace + 15.0
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._zygote_lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
+        self._cgroups.close()
+
+
+def _rmtree(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
