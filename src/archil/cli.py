@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="create a disk that does not exist the first time its id is used",
     )
     serve.add_argument(
+        "--real-api-only",
+        action="store_true",
+        help="serve only what Archil's live control plane has: no archil extension routes or "
+        "fields, and no Idempotency-Key replay (combines with --auto-create-disks)",
+    )
+    serve.add_argument(
         "--exec-timeout",
         type=_seconds,
         default=30.0,
@@ -126,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
         auto_create_disks=args.auto_create_disks,
         exec_timeout=args.exec_timeout,
         access_log=args.access_log,
+        real_api_only=args.real_api_only,
     )
     if not _is_loopback(args.host):
         print(
@@ -149,6 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"ARCHIL_API_KEY={server.api_key}")
     if args.chaos:
         print(f"chaos mode: {args.chaos:.0%} of requests fail")
+    if args.real_api_only:
+        print("real-API-only mode: archil extensions are off")
     print("Press Ctrl-C to stop.", flush=True)
 
     stop = threading.Event()

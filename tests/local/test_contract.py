@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,22 +94,59 @@ def test_the_document_is_valid_openapi_3_1(spec_dict: dict[str, Any]) -> None:
     validate_spec(spec_dict)
 
 
-def test_every_extension_is_marked(spec_dict: dict[str, Any]) -> None:
+# The live control plane's compute half, as published in archil-openapi 0.0.61
+# (archil_openapi/api/sandboxes/*.py): (method, path, operationId).
+LIVE_OPERATIONS = {
+    ("post", "/api/images", "createImage"),
+    ("get", "/api/images/{image_id}", "getImage"),
+    ("post", "/api/sandboxes", "createSandbox"),
+    ("get", "/api/sandboxes", "listSandboxes"),
+    ("get", "/api/sandboxes/{sid}", "getSandbox"),
+    ("delete", "/api/sandboxes/{sid}", "deleteSandbox"),
+    ("post", "/api/sandboxes/{sid}/start", "startSandbox"),
+    ("post", "/api/sandboxes/{sid}/stop", "stopSandbox"),
+    ("post", "/api/sandboxes/{sid}/pause", "pauseSandbox"),
+    ("post", "/api/sandboxes/{sid}/resume", "resumeSandbox"),
+    ("post", "/api/sandboxes/{sid}/fork", "forkSandbox"),
+    ("post", "/api/sandboxes/{sid}/timeout", "setSandboxTimeout"),
+    ("get", "/api/sandboxes/{sid}/ports", "listSandboxPorts"),
+    ("put", "/api/sandboxes/{sid}/ports/{port}", "exposeSandboxPort"),
+    ("delete", "/api/sandboxes/{sid}/ports/{port}", "deleteSandboxPort"),
+    ("post", "/api/sandboxes/{sid}/connections", "createSandboxConnection"),
+}
+
+
+def _marker(op: dict[str, Any]) -> str | None:
+    if op.get("x-archil-extension") is True:
+        return "extension"
+    source = op.get("x-archil-source")
+    return str(source) if source is not None else None
+
+
+def test_every_operation_is_real_or_marked(spec_dict: dict[str, Any]) -> None:
     reference = yaml.safe_load(REFERENCE_PATH.read_text())
     real = {(p, m) for p, ops in reference["paths"].items() for m in ops if m in METHODS}
+    live = {(p, m): op_id for m, p, op_id in LIVE_OPERATIONS}
     for path, ops in spec_dict["paths"].items():
         for method, op in ops.items():
             if method not in METHODS:
                 continue
+            marker = _marker(op)
             if (path, method) in real:
-                assert not op.get("x-archil-extension"), (method, path)
+                assert marker is None, (method, path)
                 assert op["operationId"] == reference["paths"][path][method]["operationId"]
+            elif (path, method) in live:
+                assert marker == "archil-openapi 0.0.61", (method, path)
+                assert op["operationId"] == live[(path, method)], (method, path)
+            elif path.startswith("/s3"):
+                assert marker in ("s3-gateway", "extension"), (method, path)
             else:
-                assert op.get("x-archil-extension") is True, (method, path)
+                assert marker == "extension", (method, path)
             if method == "post":
                 refs = [p.get("$ref", "") for p in op.get("parameters", [])]
                 assert "#/components/parameters/IdempotencyKey" in refs, (method, path)
     assert real <= {(p, m) for p, ops in spec_dict["paths"].items() for m in ops}
+    assert set(live) <= {(p, m) for p, ops in spec_dict["paths"].items() for m in ops}
 
 
 class Contract:
@@ -189,6 +227,7 @@ def test_every_operation_answers_as_documented(
 ) -> None:
     ck = contract.check
     idem = {"Idempotency-Key": "contract-1"}
+    idem2 = {"Idempotency-Key": "contract-3"}
 
     ck(c.get("/healthz"))
     r = ck(c.post("/api/disks", json={"name": "contract"}, headers=idem))
@@ -199,7 +238,7 @@ def test_every_operation_answers_as_documented(
         "name": "with-mount",
         "mounts": [{"type": "s3", "bucketName": "b", "accessKeyId": "AK", "secretAccessKey": "SK"}],
     }
-    assert ck(c.post("/api/disks", json=s3)).status_code == 201
+    other = ck(c.post("/api/disks", json=s3)).json()["data"]["diskId"]
     assert ck(c.get("/api/disks", params={"limit": 1})).json()["nextCursor"]
     ck(c.get("/api/disks", params={"name": "contract"}))
     ck(c.get(f"/api/disks/{disk}"))
@@ -251,31 +290,62 @@ def test_every_operation_answers_as_documented(
     ck(c.delete(f"/api/tokens/{token['id']}"))
 
     image = ck(
-        c.post("/api/images", json={"dockerfile": "FROM debian:bookworm-slim\nENV A=1\n"})
+        c.post("/api/images", json={"source": "debian:bookworm-slim"}, headers=idem2)
     ).json()["data"]
-    ck(c.get(f"/api/images/{image['imageId']}"))
+    while image["status"] == "building":
+        time.sleep(0.1)
+        image = ck(c.get(f"/api/images/{image['image_id']}")).json()["data"]
+    assert image["status"] == "ready"
+    ck(c.get(f"/api/images/{image['image_id']}"))
 
     body = {
-        "archilMount": {"diskId": disk, "env": "production"},
-        "additionalMounts": [{"path": "/extra", "diskId": disk, "readOnly": True}],
-        "vcpuCount": 1,
-        "memSizeMib": 256,
-        "kernelVariant": "base",
-        "command": "echo contract",
+        "name": "contract",
+        "vcpu_count": 1,
+        "mem_size_mib": 256,
+        "image_id": image["image_id"],
         "env": {"A": "b"},
-        "ports": [],
-        "metadata": {"k": "v"},
-        "timeoutSeconds": 60,
+        "ports": [8080],
+        "mounts": [
+            {"disk_id": disk, "path": "/mnt/archil", "conditional": True},
+            {"disk_id": other, "path": "/extra", "read_only": True},
+        ],
+        "max_ttl_seconds": 600,
+        "idle_ttl_seconds": 300,
+        "max_concurrent_execs": 4,
     }
-    cid = ck(
-        c.post("/api/containers", json=body, headers={"Idempotency-Key": "contract-2"})
-    ).json()["data"]["containerId"]
-    final = ck(c.get(f"/api/containers/{cid}", params={"wait": "10"})).json()["data"]
-    assert final["status"] == "exited"
-    ck(c.get("/api/containers", params={"limit": 10, "diskId": disk, "status": "exited"}))
-    ck(c.get(f"/api/containers/{cid}/logs", params={"offset": 0, "follow": "true"}))
-    ck(c.post(f"/api/containers/{cid}/stop"))
-    ck(c.delete(f"/api/containers/{cid}"))
+    sb = ck(
+        c.post(
+            "/api/sandboxes",
+            params={"wait": "true"},
+            json=body,
+            headers={"Idempotency-Key": "contract-2"},
+        )
+    ).json()["data"]
+    assert sb["status"] == "running", sb
+    sid = sb["sandbox_id"]
+    ck(c.get("/api/sandboxes"))
+    ck(c.get("/api/sandboxes", params={"filesystem": disk}))
+    ck(c.get(f"/api/sandboxes/{sid}"))
+    ck(c.post(f"/api/sandboxes/{sid}/connections"))
+    ck(c.post(f"/api/sandboxes/{sid}/timeout", json={"idle_ttl_seconds": 120}))
+    ck(c.put(f"/api/sandboxes/{sid}/ports/9000"))
+    ck(c.get(f"/api/sandboxes/{sid}/ports"))
+    assert ck(c.delete(f"/api/sandboxes/{sid}/ports/9000")).status_code == 204
+    ck(c.post(f"/api/sandboxes/{sid}/pause"))
+    ck(c.post(f"/api/sandboxes/{sid}/resume", params={"wait": "true"}))
+    stopped = ck(c.post(f"/api/sandboxes/{sid}/stop")).json()["data"]
+    fork = ck(
+        c.post(
+            f"/api/sandboxes/{sid}/fork",
+            params={"wait": "true"},
+            json={"name": "contract-fork", "checkpoint": stopped["checkpoint"]},
+        )
+    ).json()["data"]
+    ck(c.post(f"/api/sandboxes/{fork['sandbox_id']}/stop"))
+    assert ck(c.delete(f"/api/sandboxes/{fork['sandbox_id']}")).status_code == 204
+    ck(c.post(f"/api/sandboxes/{sid}/start", params={"wait": "true"}))
+    ck(c.post(f"/api/sandboxes/{sid}/stop"))
+    assert ck(c.delete(f"/api/sandboxes/{sid}")).status_code == 204
     ck(c.delete(f"/api/disks/{disk}"))
 
     documented = {op_id for _, op_id in contract.operations.values()}
@@ -288,6 +358,7 @@ def test_error_answers_are_documented(
     ck = contract.check
     disk = ck(c.post("/api/disks", json={"name": "errors"})).json()["data"]["diskId"]
     missing = "dsk-0000000000000000"
+    nosuch = "00000000-0000-4000-8000-000000000000"
 
     cases: list[tuple[httpx.Response, int]] = [
         (c.post("/api/disks", json={"name": "bad name"}), 400),
@@ -309,12 +380,14 @@ def test_error_answers_are_documented(
         (c.get(f"/api/disks/{disk}/directory", params={"inode": 99999999}), 404),
         (c.delete("/api/tokens/tok-missing"), 404),
         (c.get("/api/images/img-0000000000000000"), 404),
-        (c.post("/api/containers", json={"archilMount": {"diskId": missing}}), 404),
-        (c.get("/api/containers/cntr-0000000000000000"), 404),
-        (c.get("/api/containers", params={"status": "nope"}), 400),
-        (c.get("/api/containers/cntr-0000000000000000/logs"), 404),
-        (c.post("/api/containers/cntr-0000000000000000/stop"), 404),
-        (c.delete("/api/containers/cntr-0000000000000000"), 404),
+        (c.post("/api/images", json={"source": "Not A Reference"}), 400),
+        (c.post("/api/sandboxes", json={"mounts": [{"disk_id": missing}]}), 404),
+        (c.post("/api/sandboxes", json={"max_ttl_seconds": 0}), 400),
+        (c.get(f"/api/sandboxes/{nosuch}"), 404),
+        (c.delete(f"/api/sandboxes/{nosuch}"), 404),
+        (c.post(f"/api/sandboxes/{nosuch}/stop"), 404),
+        (c.post(f"/api/sandboxes/{nosuch}/connections"), 404),
+        (c.put(f"/api/sandboxes/{nosuch}/ports/80"), 404),
         (c.get(f"/s3/{disk}/missing-key"), 404),
         (c.get(f"/s3/{missing}", params={"list-type": "2"}), 404),
         (c.get(f"/s3/{disk}", params={"list-type": "2", "max-keys": "x"}), 400),
@@ -328,7 +401,7 @@ def test_error_answers_are_documented(
     with httpx.Client(base_url=contract_server.base_url, trust_env=False) as anonymous:
         for r in (
             anonymous.get("/api/disks"),
-            anonymous.post("/api/containers", json={}),
+            anonymous.post("/api/sandboxes", json={}),
             anonymous.get(f"/s3/{disk}/k"),
             anonymous.put(f"/s3/{disk}/k", content=b"x"),
         ):
@@ -348,7 +421,7 @@ def test_transient_failures_are_documented(
         for method, path in (
             ("GET", "/api/disks"),
             ("GET", f"/s3/{disk}/k"),
-            ("GET", "/api/containers"),
+            ("GET", "/api/sandboxes"),
         ):
             try:
                 r = c.request(method, path)

@@ -1,400 +1,614 @@
-"""The local image builder: Dockerfile text to a cached environment on this machine."""
+"""The local image store: real builds on this machine's interpreters, no mocks."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib.metadata
+import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
-import zipfile
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from archil.local.images import ImageBuilder, image_id_for, normalize_dockerfile
+from archil.local import buildrun, hostenv
+from archil.local.images import ImageRecord, ImageStore, ImageUnavailable, image_id_for
+from archil.local.spec import ImageEnv
 
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
-FROM = f"FROM python:{PYVER}-slim"
-HOST_CLOUDPICKLE = importlib.metadata.version("cloudpickle")
+SOURCE = f"python:{PYVER}-slim"
+NORMALIZED = f"docker.io/library/python:{PYVER}-slim"
+OFFLINE = {"PATH": "/usr/bin:/bin", "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.fixture
-def builder(tmp_path: Path) -> Iterator[ImageBuilder]:
-    b = ImageBuilder(tmp_path / "images")
-    yield b
-    b.close()
-
-
-def build(
-    builder: ImageBuilder, dockerfile: str, timeout: float = 120
-) -> tuple[str, str | None, str]:
-    image_id = builder.ensure(dockerfile)
-    status, reason = builder.wait(image_id, timeout)
-    assert status in ("ready", "failed"), f"still {status}"
-    return image_id, reason, status
-
-
-def ready(builder: ImageBuilder, dockerfile: str) -> str:
-    image_id, reason, status = build(builder, dockerfile)
-    assert status == "ready", "\n".join([reason or "", *builder.build_log_lines(image_id)])
-    return image_id
-
-
-def run_py(python: str, code: str) -> str:
-    proc = subprocess.run(
-        [python, "-c", code],
+def run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
         capture_output=True,
         text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env=env or OFFLINE,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
     )
-    return str(proc.stdout).strip()
 
 
-def make_wheel(directory: Path, name: str = "archil_tiny_pkg", version: str = "0.1") -> Path:
-    """A pure-Python wheel built by hand (no network, no build backend)."""
-    files = {
-        f"{name}/__init__.py": "VALUE = 42\n",
-        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{name}-{version}.dist-info/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: archil-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-    }
-    record = []
-    for path, text in files.items():
-        digest = (
-            base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        )
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(record) + "\n"
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in files.items():
-            zf.writestr(path, text)
-    return wheel
+def ready(store: ImageStore, source: str) -> ImageRecord:
+    record = store.wait(store.request(source).image_id, 120)
+    assert record.status == "ready", store.build_output(record.image_id)
+    return record
 
 
-# -- ids ---------------------------------------------------------------------------
+def absent_python_version() -> str:
+    for version in ("3.1", "3.2", "3.3", "3.4", "3.5"):
+        if hostenv.find_python(version) is None:
+            return version
+    pytest.skip("this machine has every old Python this test could ask for")
 
 
-def test_image_id_depends_only_on_the_normalized_content() -> None:
-    a = f"{FROM}\nRUN pip install numpy\nWORKDIR /app\n"
-    b = f"# a comment\n\n{FROM}\nrun   pip install numpy\n\nworkdir /app"
-    c = f"{FROM}\nRUN pip install \\\n numpy\nWORKDIR /app\n"
-    assert re.fullmatch(r"img-[0-9a-f]{16}", image_id_for(a))
-    assert image_id_for(a) == image_id_for(b)
-    assert image_id_for(a) != image_id_for(f"{FROM}\nRUN pip install pandas\nWORKDIR /app\n")
-    assert normalize_dockerfile(c) == f"{FROM}\nRUN pip install  numpy\nWORKDIR /app"
-    expected = "img-" + hashlib.sha256(normalize_dockerfile(a).encode()).hexdigest()[:16]
-    assert image_id_for(a) == expected
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageStore]:
+    s = ImageStore(tmp_path_factory.mktemp("images"))
+    yield s
+    s.close()
 
 
-def test_same_dockerfile_gives_the_same_image(builder: ImageBuilder) -> None:
-    df = f"{FROM}\nENV A=1\n"
-    first = ready(builder, df)
-    assert builder.ensure(df) == first
-    assert builder.status(first) == ("ready", None)
-    assert builder.build_count == 1
+@pytest.fixture(scope="module")
+def built(store: ImageStore) -> tuple[ImageRecord, ImageEnv]:
+    """The python image of this machine's version, built once for the module."""
+    started = time.monotonic()
+    env = store.resolve(SOURCE, timeout=120)
+    print(f"built {SOURCE} in {time.monotonic() - started:.2f}s")
+    record = store.get(env.image_id)
+    assert record is not None
+    return record, env
 
 
-def test_unknown_image_status_is_none(builder: ImageBuilder) -> None:
-    assert builder.status("img-0000000000000000") == (None, None)
-    assert builder.status("not-an-id") == (None, None)
-    assert builder.build_log_lines("img-0000000000000000") == []
-    with pytest.raises(LookupError):
-        builder.environment("img-0000000000000000")
+@pytest.fixture(scope="module")
+def base_python() -> hostenv.HostPython:
+    python = hostenv.find_python(PYVER)
+    assert python is not None
+    return python
 
 
-def test_concurrent_ensure_builds_once(builder: ImageBuilder, tmp_path: Path) -> None:
-    counter = tmp_path / "builds.txt"
-    df = f"{FROM}\nRUN echo built >> {counter} && sleep 0.3\n"
-    ids: list[str] = []
+def layer_python(env: ImageEnv) -> str:
+    assert env.layer is not None
+    return str(env.layer / "usr" / "local" / "bin" / "python")
+
+
+# -- the python layer -------------------------------------------------------------------
+
+
+def test_record(built: tuple[ImageRecord, ImageEnv]) -> None:
+    record, env = built
+    assert record.image_id == image_id_for(NORMALIZED) == env.image_id
+    assert re.fullmatch(r"img-[0-9a-f]{16}", record.image_id)
+    assert record.source == NORMALIZED == env.source
+    assert (record.status, record.failure_reason, record.failure_message) == ("ready", None, None)
+    assert record.private is False
+    assert record.digest is not None and re.fullmatch(r"sha256:[0-9a-f]{64}", record.digest)
+    assert record.canonical_source == f"docker.io/library/python@{record.digest}"
+    assert env.digest == record.digest
+    for stamp in (record.created_at, record.updated_at):
+        assert stamp.endswith("Z")
+        datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert record.created_at <= record.updated_at
+    wire = record.to_wire()
+    assert wire["status"] == "ready" and "failure_reason" not in wire
+    assert wire["canonical_source"] == record.canonical_source
+
+
+def test_python_runs_with_the_right_version(
+    built: tuple[ImageRecord, ImageEnv], base_python: hostenv.HostPython
+) -> None:
+    _, env = built
+    proc = run([layer_python(env), "-c", "import sys; print(sys.version)"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{base_python.full_version} ")
+    assert proc.stdout.startswith(f"{PYVER}.")
+    assert env.python_version == PYVER
+    assert env.env["PYTHON_VERSION"] == base_python.full_version
+    assert env.env["PATH"].split(":")[:2] == ["/usr/local/sbin", "/usr/local/bin"]
+
+
+def test_pip_works_offline(built: tuple[ImageRecord, ImageEnv]) -> None:
+    _, env = built
+    proc = run([layer_python(env), "-m", "pip", "--version"])
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(
+        rf"pip \S+ from \S+/usr/local/lib/python{PYVER}/site-packages/pip ", proc.stdout
+    )
+    assert f"(python {PYVER})" in proc.stdout
+
+
+def test_host_path_finds_python(built: tuple[ImageRecord, ImageEnv]) -> None:
+    _, env = built
+    assert env.layer is not None
+    assert env.host_path[0] == str(env.layer / "usr" / "local" / "bin")
+    path = ":".join([*env.host_path, "/usr/bin", "/bin"])
+    proc = run(
+        ["sh", "-c", "command -v python; python -m pip --version; command -v apt-get"],
+        env={**OFFLINE, "PATH": path},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(env.layer / "usr" / "local" / "bin" / "python")
+    assert lines[1].startswith("pip ")
+    assert lines[2] == str(env.layer / "usr" / "local" / "sbin" / "apt-get")
+
+
+def test_no_system_site_packages(
+    built: tuple[ImageRecord, ImageEnv], base_python: hostenv.HostPython
+) -> None:
+    _, env = built
+    probe = "import json, sys; print(json.dumps(sys.path))"
+    base_path = json.loads(run([base_python.executable, "-c", probe]).stdout)
+    layer_path = json.loads(run([layer_python(env), "-c", probe]).stdout)
+    base_sites = {p for p in base_path if p.endswith(("site-packages", "dist-packages"))}
+    assert base_sites, base_path
+    assert not base_sites & set(layer_path)
+    # A package the base interpreter imports is not importable in the image.
+    names = [n for n in ("pytest", "pluggy", "iniconfig") if _importable(base_python, n)]
+    if not names:
+        pytest.skip("the base interpreter has none of the probe packages")
+    proc = run([layer_python(env), "-c", f"import {names[0]}"])
+    assert proc.returncode != 0
+    assert "ModuleNotFoundError" in proc.stderr
+
+
+def _importable(python: hostenv.HostPython, name: str) -> bool:
+    return run([python.executable, "-c", f"import {name}"]).returncode == 0
+
+
+def test_venv_is_made_for_usr_local(
+    built: tuple[ImageRecord, ImageEnv], base_python: hostenv.HostPython
+) -> None:
+    _, env = built
+    assert env.layer is not None
+    prefix = env.layer / "usr" / "local"
+    cfg = dict(
+        line.split(" = ", 1)
+        for line in (prefix / "pyvenv.cfg").read_text().splitlines()
+        if " = " in line
+    )
+    assert cfg["home"] == base_python.bin_dir
+    assert cfg["include-system-site-packages"] == "false"
+    assert 'VIRTUAL_ENV="/usr/local"' in (prefix / "bin" / "activate").read_text().replace("'", '"')
+    shebangs = {}
+    for path in (prefix / "bin").iterdir():
+        if path.is_file() and not path.is_symlink():
+            head = path.read_bytes()[:200]
+            if head.startswith(b"#!"):
+                shebangs[path.name] = head.split(b"\n")[0].decode()
+    assert {"pip", "pip3", f"pip{PYVER}"} <= set(shebangs)
+    assert set(shebangs.values()) == {"#!/usr/local/bin/python"}
+    assert os.readlink(prefix / "bin" / "python").startswith(("/", "python"))
+
+
+def test_no_file_names_the_build_directory(built: tuple[ImageRecord, ImageEnv]) -> None:
+    _, env = built
+    assert env.layer is not None
+    needle = os.fsencode(env.layer.parent)
+    checked = 0
+    for dirpath, _dirs, files in os.walk(env.layer):
+        for name in files:
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                assert needle not in os.fsencode(os.readlink(path)), path
+                continue
+            assert needle not in path.read_bytes(), path
+            checked += 1
+    assert checked > 100
+    grep = run(["grep", "-rlF", str(env.layer.parent), str(env.layer)])
+    assert grep.returncode == 1 and grep.stdout == "", grep.stdout
+
+
+def test_binds_are_the_interpreters_installation(
+    built: tuple[ImageRecord, ImageEnv], base_python: hostenv.HostPython
+) -> None:
+    _, env = built
+    visible = ("/usr", "/etc", "/var", "/opt")
+    if base_python.prefix == "/usr" or base_python.prefix.startswith(
+        tuple(v + "/" for v in visible)
+    ):
+        assert env.binds == ()
+    else:
+        assert Path(base_python.prefix) in env.binds
+
+
+def _can_overlay() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    proc = run(["unshare", "-m", "true"], env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    return proc.returncode == 0
+
+
+@pytest.mark.skipif(not _can_overlay(), reason="needs root and mount namespaces")
+def test_works_at_usr_local_in_an_overlay(
+    built: tuple[ImageRecord, ImageEnv], tmp_path: Path
+) -> None:
+    """The layer over this machine's /usr/local, as a sandbox sees it."""
+    _, env = built
+    assert env.layer is not None
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    inner = textwrap.dedent(
+        """\
+        set -e
+        command -v python; command -v pip; command -v apt-get
+        python -c 'import sys; print(sys.prefix, sys.executable)'
+        pip --version
+        apt-get install -y coreutils
+        """
+    )
+    script = (
+        f"mount -t overlay overlay -o lowerdir={env.layer}/usr/local:/usr/local,"
+        f"upperdir={upper},workdir={work} /usr/local && "
+        f"env -i PATH={env.env['PATH']} PIP_NO_INDEX=1 PIP_CONFIG_FILE=/dev/null sh -c {shlex.quote(inner)}"
+    )
+    proc = run(["unshare", "-m", "sh", "-c", script], env={"PATH": "/usr/bin:/bin:/usr/sbin"})
+    if "mount" in proc.stderr and proc.returncode == 32:
+        pytest.skip(f"overlayfs is not available here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:3] == ["/usr/local/bin/python", "/usr/local/bin/pip", "/usr/local/sbin/apt-get"]
+    assert lines[3] == "/usr/local /usr/local/bin/python"
+    assert lines[4].startswith("pip ") and "/usr/local/lib/python" in lines[4]
+    assert "coreutils is installed on this machine" in lines[5]
+
+
+# -- requests, idempotency, persistence ----------------------------------------------------
+
+
+def test_request_is_idempotent(store: ImageStore, built: tuple[ImageRecord, ImageEnv]) -> None:
+    record, _ = built
+    runs = store.builds_run
+    for spelling in (SOURCE, NORMALIZED, f"docker.io/python:{PYVER}-slim"):
+        again = store.request(spelling)
+        assert again.image_id == record.image_id
+        assert again.status == "ready"
+        assert again.digest == record.digest
+    assert store.builds_run == runs
+    assert store.request(f"python:{PYVER}").image_id != record.image_id
+
+
+def test_a_new_store_sees_the_ready_image(
+    store: ImageStore, built: tuple[ImageRecord, ImageEnv]
+) -> None:
+    record, env = built
+    again = ImageStore(store.root)
+    try:
+        assert again.get(record.image_id) == record
+        assert again.environment(record.image_id) == env
+        assert again.request(SOURCE) == record
+        assert again.resolve(SOURCE) == env
+        assert again.builds_run == 0
+    finally:
+        again.close()
+
+
+def test_build_output(store: ImageStore, built: tuple[ImageRecord, ImageEnv]) -> None:
+    record, _ = built
+    text = store.build_output(record.image_id)
+    assert f"building {NORMALIZED}" in text
+    assert "pip " in text and record.digest is not None and record.digest in text
+    assert store.build_output("img-0000000000000000") == ""
+    assert store.build_output("../../etc") == ""
+
+
+def test_unknown_ids(store: ImageStore) -> None:
+    assert store.get("img-0000000000000000") is None
+    assert store.get("../../etc/passwd") is None
+    with pytest.raises(LookupError, match="image_id"):
+        store.environment("img-0000000000000000")
+    with pytest.raises(LookupError, match="image_id"):
+        store.wait("img-0000000000000000", 0.1)
+
+
+def test_concurrent_requests_build_once(
+    tmp_path: Path, built: tuple[ImageRecord, ImageEnv]
+) -> None:
+    first, second = ImageStore(tmp_path), ImageStore(tmp_path)
+    records: list[ImageRecord] = []
     barrier = threading.Barrier(8)
 
-    def go() -> None:
+    def request(s: ImageStore) -> None:
         barrier.wait()
-        ids.append(builder.ensure(df))
+        records.append(s.request(SOURCE))
 
-    threads = [threading.Thread(target=go) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(ids)) == 1
-    assert builder.wait(ids[0], 60) == ("ready", None)
-    assert counter.read_text() == "built\n"
-    assert builder.build_count == 1
-
-
-def test_two_builders_sharing_a_cache_build_once(tmp_path: Path) -> None:
-    counter = tmp_path / "builds.txt"
-    df = f"{FROM}\nRUN echo built >> {counter} && sleep 0.3\n"
-    builders = [ImageBuilder(tmp_path / "images") for _ in range(2)]
+    threads = [threading.Thread(target=request, args=(s,)) for s in [first, second] * 4]
     try:
-        ids = [b.ensure(df) for b in builders]
-        assert ids[0] == ids[1]
-        assert [b.wait(ids[0], 60) for b in builders] == [("ready", None)] * 2
-        assert counter.read_text() == "built\n"
-        assert sum(b.build_count for b in builders) == 1
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {r.image_id for r in records} == {built[0].image_id}
+        assert {r.status for r in records} == {"building"}
+        done = [first.wait(records[0].image_id, 120), second.wait(records[0].image_id, 120)]
+        assert [r.status for r in done] == ["ready", "ready"]
+        assert first.builds_run + second.builds_run == 1
+        # the same inputs give the same digest
+        assert done[0].digest == built[0].digest
     finally:
-        for b in builders:
-            b.close()
-
-
-# -- python, pip, cloudpickle ----------------------------------------------------------
-
-
-def test_python_image_has_a_venv_with_the_host_cloudpickle(builder: ImageBuilder) -> None:
-    image_id = ready(builder, f"{FROM}\n")
-    env = builder.environment(image_id)
-    assert env.python is not None and env.virtual_env is not None
-    assert env.python_version == PYVER
-    assert env.path_prefix == [str(Path(env.virtual_env) / "bin")]
-    assert Path(env.python).parent == Path(env.path_prefix[0])
-    out = run_py(
-        env.python, "import sys, cloudpickle; print(sys.prefix); print(cloudpickle.__version__)"
-    )
-    assert out.splitlines() == [env.virtual_env, HOST_CLOUDPICKLE]
-    meta = run_py(env.python, "import importlib.metadata as m; print(m.version('cloudpickle'))")
-    assert meta == HOST_CLOUDPICKLE
-
-
-def test_pinning_the_host_cloudpickle_needs_no_network(builder: ImageBuilder) -> None:
-    image_id = ready(
-        builder, f"{FROM}\nRUN pip install --no-index cloudpickle=={HOST_CLOUDPICKLE}\n"
-    )
-    assert any("already satisfied" in line.lower() for line in builder.build_log_lines(image_id))
-
-
-def test_pip_install_of_a_local_wheel(builder: ImageBuilder, tmp_path: Path) -> None:
-    wheel = make_wheel(tmp_path)
-    image_id = ready(builder, f"{FROM}\nRUN python -m pip install --no-index {wheel}\n")
-    env = builder.environment(image_id)
-    assert env.python is not None
-    assert run_py(env.python, "import archil_tiny_pkg; print(archil_tiny_pkg.VALUE)") == "42"
-    host = subprocess.run(
-        [sys.executable, "-c", "import archil_tiny_pkg"], capture_output=True, check=False
-    )
-    assert host.returncode != 0, "the package must go into the image, not the host"
-
-
-def test_pip_in_a_compound_run_uses_the_venv(builder: ImageBuilder, tmp_path: Path) -> None:
-    wheel = make_wheel(tmp_path)
-    out = tmp_path / "which.txt"
-    image_id = ready(
-        builder, f"{FROM}\nRUN pip install --no-index {wheel} && command -v pip > {out}\n"
-    )
-    env = builder.environment(image_id)
-    assert env.virtual_env is not None
-    assert out.read_text().strip() == str(Path(env.virtual_env) / "bin" / "pip")
-
-
-@pytest.mark.skipif(
-    os.environ.get("ARCHIL_TEST_NETWORK") != "1", reason="set ARCHIL_TEST_NETWORK=1 to use PyPI"
-)
-def test_pip_install_from_pypi(builder: ImageBuilder) -> None:
-    image_id = ready(builder, f"{FROM}\nRUN pip install six\n")
-    env = builder.environment(image_id)
-    assert env.python is not None
-    assert run_py(env.python, "import six; print('ok')") == "ok"
-
-
-def test_missing_python_version_fails_clearly(builder: ImageBuilder) -> None:
-    image_id, reason, status = build(builder, "FROM python:2.5-slim\nRUN echo never\n")
-    assert status == "failed"
-    assert reason is not None and "Python 2.5 is not installed on this machine" in reason
-    assert not any(line == "never" for line in builder.build_log_lines(image_id))
-
-
-def test_debian_base_uses_the_host_userland(builder: ImageBuilder) -> None:
-    if shutil.which("python3") is None:
-        pytest.skip("no python3 on this machine")
-    image_id = ready(builder, "FROM debian:bookworm-slim\nRUN echo hello from debian\n")
-    env = builder.environment(image_id)
-    assert env.python is not None
-    assert (
-        run_py(env.python, "import cloudpickle; print(cloudpickle.__version__)") == HOST_CLOUDPICKLE
-    )
-    assert "hello from debian" in builder.build_log_lines(image_id)
-
-
-# -- apt-get ----------------------------------------------------------------------------
-
-
-def test_apt_get_of_missing_packages_fails_listing_them(builder: ImageBuilder) -> None:
-    df = (
-        f"{FROM}\n"
-        "RUN apt-get update && apt-get install -y --no-install-recommends "
-        "archil-no-such-package-a coreutils archil-no-such-package-b\n"
-    )
-    _, reason, status = build(builder, df)
-    assert status == "failed"
-    assert reason is not None
-    assert "archil-no-such-package-a" in reason and "archil-no-such-package-b" in reason
-    missing_part = reason.split("not installed on this machine:")[1].split("(")[0]
-    assert "coreutils" not in missing_part
-
-
-def test_apt_get_of_present_packages_succeeds_without_touching_apt(
-    builder: ImageBuilder, tmp_path: Path
-) -> None:
-    lists = Path("/var/lib/apt/lists")
-    before = sorted(os.listdir(lists)) if lists.is_dir() else None
-    marker = tmp_path / "after-apt"
-    df = (
-        f"{FROM}\n"
-        "RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y coreutils bash "
-        f"&& touch {marker} && rm -rf /var/lib/apt/lists/*\n"
-        "RUN apt-get clean\n"
-    )
-    ready(builder, df)
-    assert marker.exists(), "the non-apt commands of the line still run"
-    after = sorted(os.listdir(lists)) if lists.is_dir() else None
-    assert after == before
-
-
-def test_apt_get_hidden_in_a_complex_command_is_refused(builder: ImageBuilder) -> None:
-    _, reason, status = build(builder, f"{FROM}\nRUN echo coreutils | xargs apt-get install -y\n")
-    assert status == "failed"
-    assert reason is not None and "does not install system packages" in reason
-
-
-# -- ENV, WORKDIR, RUN, COPY --------------------------------------------------------------
-
-
-def test_env_and_workdir_are_recorded(builder: ImageBuilder, tmp_path: Path) -> None:
-    app = tmp_path / "app"
-    df = f'{FROM}\nENV A=1 B="x y"\nENV C=${{A}}-$B\nWORKDIR {app}\nRUN pwd > here.txt && echo "$A|$B|$C" > env.txt\n'
-    image_id = ready(builder, df)
-    env = builder.environment(image_id)
-    assert env.env == {"A": "1", "B": "x y", "C": "1-x y"}
-    assert env.workdir == str(app)
-    assert (app / "here.txt").read_text().strip() == str(app)
-    assert (app / "env.txt").read_text().strip() == "1|x y|1-x y"
-
-
-def test_uncreatable_workdir_uses_the_image_scratch_dir(builder: ImageBuilder) -> None:
-    image_id = ready(builder, f"{FROM}\nWORKDIR /proc/archil-cannot-exist/app\nRUN pwd\n")
-    env = builder.environment(image_id)
-    scratch = env.root / "fs" / "proc" / "archil-cannot-exist" / "app"
-    assert env.workdir == str(scratch)
-    assert str(scratch) in builder.build_log_lines(image_id)
-
-
-def test_mkdir_of_an_uncreatable_path_does_not_fail_the_build(
-    builder: ImageBuilder, tmp_path: Path
-) -> None:
-    made = tmp_path / "made" / "deep"
-    image_id = ready(builder, f"{FROM}\nRUN mkdir -p {made} /proc/archil-not-here/workspace\n")
-    assert made.is_dir()
-    root = builder.environment(image_id).root
-    assert (root / "fs" / "proc" / "archil-not-here" / "workspace").is_dir()
-
-
-def test_run_sees_the_venv_first_on_path(builder: ImageBuilder, tmp_path: Path) -> None:
-    out = tmp_path / "prefix.txt"
-    image_id = ready(builder, f"{FROM}\nRUN python -c 'import sys; print(sys.prefix)' > {out}\n")
-    assert out.read_text().strip() == builder.environment(image_id).virtual_env
-
-
-def test_failed_run_names_the_instruction_and_the_output(builder: ImageBuilder) -> None:
-    image_id, reason, status = build(
-        builder, f"{FROM}\nRUN echo first-line && echo boom-output >&2 && exit 3\n"
-    )
-    assert status == "failed"
-    assert reason is not None
-    assert "RUN echo first-line && echo boom-output >&2 && exit 3" in reason
-    assert "exit code 3" in reason
-    assert "boom-output" in reason
-    assert "boom-output" in builder.build_log_lines(image_id)
-
-
-@pytest.mark.parametrize("instruction", ["COPY . /app", "ADD https://example.com/x /x"])
-def test_copy_and_add_are_not_supported(builder: ImageBuilder, instruction: str) -> None:
-    _, reason, status = build(builder, f"{FROM}\n{instruction}\n")
-    assert status == "failed"
-    assert reason is not None and "not supported by the local runtime" in reason
-
-
-def test_background_processes_of_a_step_are_killed(builder: ImageBuilder, tmp_path: Path) -> None:
-    pidfile = tmp_path / "bg.pid"
-    ready(builder, f"{FROM}\nRUN (setsid sleep 1000 & echo $! > {pidfile})\n")
-    pid = int(pidfile.read_text())
-    assert (
-        not Path(f"/proc/{pid}").exists()
-        or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
-    )
-
-
-def test_build_output_goes_to_the_log_and_the_callback(tmp_path: Path) -> None:
-    lines: list[str] = []
-    b = ImageBuilder(tmp_path / "images", log=lines.append)
-    try:
-        image_id = ready(b, f"{FROM}\nRUN echo one && echo two\n")
-        log = b.build_log_lines(image_id)
-        assert "one" in log and "two" in log
-        assert log[0].startswith("Step 1/2 : FROM python:")
-        assert lines == log
-    finally:
-        b.close()
-
-
-# -- persistence --------------------------------------------------------------------------
-
-
-def test_status_survives_a_new_builder(tmp_path: Path) -> None:
-    first = ImageBuilder(tmp_path / "images")
-    good = ready(first, f"{FROM}\nENV X=1\n")
-    bad, reason, status = build(first, f"{FROM}\nRUN exit 9\n")
-    assert status == "failed"
-    first.close()
-    second = ImageBuilder(tmp_path / "images")
-    try:
-        assert second.status(good) == ("ready", None)
-        assert second.status(bad) == ("failed", reason)
-        assert second.environment(good).env == {"X": "1"}
-        assert second.ensure(f"{FROM}\nENV X=1\n") == good
-        assert second.build_count == 0
-    finally:
+        first.close()
         second.close()
 
 
-def test_a_build_interrupted_by_a_restart_is_failed_then_rebuilt(tmp_path: Path) -> None:
-    df = f"{FROM}\nENV Y=2\n"
-    image_id = image_id_for(df)
-    root = tmp_path / "images" / image_id
-    root.mkdir(parents=True)
-    (root / "manifest.json").write_text(
-        json.dumps({"image_id": image_id, "status": "building", "dockerfile": df})
+def test_concurrent_processes_build_once(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""\
+        import sys
+        from pathlib import Path
+        from archil.local.images import ImageStore
+        s = ImageStore(Path(sys.argv[1]))
+        env = s.resolve({SOURCE!r}, timeout=120)
+        print(s.builds_run, env.digest)
+        s.close()
+        """
     )
-    b = ImageBuilder(tmp_path / "images")
+    env = {**OFFLINE, "PYTHONPATH": SRC}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [out.split() for out, _ in outs]
+    assert sorted(int(r[0]) for r in results) == [0, 1]
+    assert results[0][1] == results[1][1]
+
+
+def test_close_refuses_new_requests(tmp_path: Path) -> None:
+    s = ImageStore(tmp_path)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        s.request(SOURCE)
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def test_missing_python_version_fails_clearly(store: ImageStore) -> None:
+    version = absent_python_version()
+    record = store.wait(store.request(f"python:{version}-slim").image_id, 60)
+    assert record.status == "failed"
+    assert record.failure_reason == "invalid_source"
+    assert record.failure_message is not None
+    assert record.failure_message.startswith(
+        f"Python {version} is not installed on this machine (found "
+    )
+    assert PYVER in record.failure_message
+    assert (record.digest, record.canonical_source) == (None, None)
+    assert record.failure_message in store.build_output(record.image_id)
+    with pytest.raises(ImageUnavailable) as info:
+        store.environment(record.image_id)
+    assert str(info.value) == record.failure_message
+    assert info.value.record == record
+    with pytest.raises(ImageUnavailable, match=f"Python {version} is not installed"):
+        store.resolve(f"python:{version}-slim")
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("alpine:3.20", "alpine:3.20 is not available to the local control plane"),
+        ("ghcr.io/acme/app:1", "ghcr.io/acme/app:1 is not available"),
+        ("python:2.7-slim", "Python 3 images only"),
+    ],
+)
+def test_unsupported_references_fail_at_once(store: ImageStore, source: str, words: str) -> None:
+    runs = store.builds_run
+    record = store.request(source)
+    assert record.status == "failed"
+    assert record.failure_reason == "invalid_source"
+    assert record.failure_message is not None and words in record.failure_message
+    assert store.get(record.image_id) == record
+    assert store.request(source) == record
+    assert store.builds_run == runs
+    with pytest.raises(ImageUnavailable, match=re.escape(words)):
+        store.resolve(source)
+    wire = record.to_wire()
+    assert wire["failure_reason"] == "invalid_source" and "digest" not in wire
+
+
+@pytest.mark.parametrize("source", ["", "Python:3.11", "python 3.11", "python@sha256:abc"])
+def test_malformed_references_raise(store: ImageStore, source: str) -> None:
+    with pytest.raises(ValueError, match=r"^source: "):
+        store.request(source)
+
+
+def _fake_manifest(root: Path, status: str, **extra: object) -> str:
+    image_id = image_id_for(NORMALIZED)
+    directory = root / image_id
+    directory.mkdir(parents=True)
+    data = {
+        "image_id": image_id,
+        "source": NORMALIZED,
+        "private": False,
+        "status": status,
+        "created_at": "2024-01-01T00:00:00.000Z",
+        "updated_at": "2024-01-01T00:00:00.000Z",
+        **extra,
+    }
+    (directory / "manifest.json").write_text(json.dumps(data))
+    return image_id
+
+
+def test_an_interrupted_build_reads_as_failed_and_rebuilds(tmp_path: Path) -> None:
+    image_id = _fake_manifest(tmp_path, "building")
+    s = ImageStore(tmp_path)
     try:
-        status, reason = b.status(image_id)
-        assert status == "failed" and reason is not None and "interrupted" in reason
-        assert b.ensure(df) == image_id
-        assert b.wait(image_id, 60) == ("ready", None)
-        assert b.environment(image_id).env == {"Y": "2"}
+        # While another process holds the build lock, the build is live.
+        fd = os.open(tmp_path / image_id / ".lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            held = s.get(image_id)
+            assert held is not None and held.status == "building"
+        finally:
+            os.close(fd)
+        record = s.get(image_id)
+        assert record is not None
+        assert (record.status, record.failure_reason) == ("failed", "interrupted")
+        assert record.failure_message and "request the image again" in record.failure_message
+        assert json.loads((tmp_path / image_id / "manifest.json").read_text())["status"] == "failed"
+        again = s.request(SOURCE)
+        assert again.status == "building"
+        done = s.wait(image_id, 120)
+        assert done.status == "ready", s.build_output(image_id)
+        assert done.created_at == "2024-01-01T00:00:00.000Z"
+        assert s.builds_run == 1
     finally:
-        b.close()
+        s.close()
 
 
-def test_close_interrupts_a_running_build(tmp_path: Path) -> None:
-    b = ImageBuilder(tmp_path / "images")
-    marker = tmp_path / "started"
-    image_id = b.ensure(f"{FROM}\nRUN touch {marker} && sleep 1000\n")
-    deadline = 30.0
-    while not marker.exists() and deadline > 0:
-        threading.Event().wait(0.05)
-        deadline -= 0.05
-    b.close(timeout=10)
-    status, reason = b.status(image_id)
-    assert status == "failed"
-    assert reason is not None
+def test_an_image_whose_python_is_gone_fails(tmp_path: Path) -> None:
+    image_id = _fake_manifest(
+        tmp_path,
+        "ready",
+        digest="sha256:" + "0" * 64,
+        canonical_source="docker.io/library/python@sha256:" + "0" * 64,
+        builder_version=buildrun.BUILDER_VERSION,
+        build={"interpreter": "/nonexistent/bin/python3.11", "python_version": "3.11"},
+    )
+    (tmp_path / image_id / "layer").mkdir()
+    s = ImageStore(tmp_path)
+    try:
+        record = s.get(image_id)
+        assert record is not None
+        assert (record.status, record.failure_reason) == ("failed", "invalid_source")
+        assert record.failure_message is not None
+        assert "/nonexistent/bin/python3.11" in record.failure_message
+        assert "no longer on this machine" in record.failure_message
+        with pytest.raises(ImageUnavailable, match="no longer on this machine"):
+            s.environment(image_id)
+    finally:
+        s.close()
+
+
+# -- other bases --------------------------------------------------------------------------
+
+
+def test_python_3_is_the_newest_local_python(store: ImageStore) -> None:
+    newest = hostenv.newest_python()
+    assert newest is not None
+    env = store.environment(ready(store, "python:3").image_id)
+    assert env.python_version == newest.version
+    proc = run([layer_python(env), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    assert proc.stdout.strip() == newest.version
+
+
+def test_host_images(store: ImageStore) -> None:
+    record = ready(store, "debian:bookworm-slim")
+    assert record.canonical_source == f"docker.io/library/debian@{record.digest}"
+    env = store.environment(record.image_id)
+    assert env.layer is not None
+    assert (env.layer / "usr" / "local" / "sbin" / "apt-get").is_file()
+    assert env.env["PATH"] == buildrun.DEFAULT_PATH
+    assert env.host_path[-1] == str(env.layer / "usr" / "local" / "sbin")
+    if os.path.exists("/usr/bin/python3"):
+        system = hostenv.probe_python("/usr/bin/python3")
+        assert system is not None and env.python_version == system.version
+        assert env.binds == ()
+        assert not (env.layer / "usr" / "local" / "bin").exists()
+    else:
+        python3 = env.layer / "usr" / "local" / "bin" / "python3"
+        assert python3.is_symlink()
+        assert run([str(python3), "-c", "print('ok')"]).stdout.strip() == "ok"
+    other = ready(store, "ubuntu:22.04")
+    assert other.image_id != record.image_id and other.digest != record.digest
+
+
+# -- the apt stand-in ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def apt_get(built: tuple[ImageRecord, ImageEnv]) -> Path:
+    _, env = built
+    assert env.layer is not None
+    return env.layer / "usr" / "local" / "sbin" / "apt-get"
+
+
+def apt(shim: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(["sh", str(shim), *args], env={"PATH": "/usr/local/bin:/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("command", ["update", "clean", "autoclean", "autoremove"])
+def test_apt_housekeeping_succeeds(apt_get: Path, command: str) -> None:
+    proc = apt(apt_get, "-qq", command)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1 and f"apt-get {command}" in proc.stdout
+
+
+def test_apt_install_of_present_packages(apt_get: Path) -> None:
+    proc = apt(apt_get, "install", "-y", "--no-install-recommends", "coreutils")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "archil local: apt-get installs nothing here; coreutils is installed on this machine"
+    )
+    proc = apt(apt_get, "-o", "Dpkg::Options::=--force-confold", "install", "-y", "sh", "coreutils")
+    assert proc.returncode == 0, proc.stderr
+    assert "sh, coreutils are installed" in proc.stdout
+
+
+def test_apt_install_of_missing_packages(apt_get: Path) -> None:
+    proc = apt(apt_get, "install", "-y", "coreutils", "definitely-not-a-package-xyz")
+    assert proc.returncode == 100
+    assert "definitely-not-a-package-xyz" in proc.stderr
+    assert "coreutils" not in proc.stderr
+    assert "this machine's packages" in proc.stderr and "Archil's cloud" in proc.stderr
+
+
+def test_apt_other_commands_fail(apt_get: Path) -> None:
+    for args in (["upgrade", "-y"], ["remove", "coreutils"], []):
+        proc = apt(apt_get, *args)
+        assert proc.returncode == 100, args
+        assert proc.stderr.startswith("archil local: E: apt-get")
+    apt_shim = apt_get.with_name("apt")
+    proc = apt(apt_shim, "update")
+    assert proc.returncode == 0 and "apt update" in proc.stdout
+
+
+def test_apt_shim_is_posix_sh(apt_get: Path) -> None:
+    assert apt_get.read_text().startswith("#!/bin/sh\n")
+    assert os.access(apt_get, os.X_OK)
+    dash = shutil.which("dash")
+    if dash is not None:
+        proc = run([dash, "-n", str(apt_get)])
+        assert proc.returncode == 0, proc.stderr
+
+
+# -- facts about this machine ------------------------------------------------------------
+
+
+def test_the_base_interpreter_is_never_a_venv(base_python: hostenv.HostPython) -> None:
+    me = hostenv.probe_python(sys.executable)
+    assert me is not None
+    assert me.prefix == sys.base_prefix
+    assert me.version == PYVER
+    assert base_python.prefix != sys.prefix or sys.prefix == sys.base_prefix
+    assert not os.path.exists(os.path.join(base_python.prefix, "pyvenv.cfg"))
+    assert hostenv.pip_source(base_python) is not None
+
+
+def test_missing_apt_packages() -> None:
+    missing = hostenv.missing_apt_packages(
+        ["coreutils", "definitely-not-a-package-xyz", "sh=1.0", "another-missing-one:amd64"]
+    )
+    assert missing == ["definitely-not-a-package-xyz", "another-missing-one:amd64"]
+    assert hostenv.missing_apt_packages([]) == []

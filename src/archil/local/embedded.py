@@ -87,6 +87,8 @@ class LocalServer:
         exec_timeout: float = 30.0,
         stop_grace: float = 10.0,
         access_log: bool = False,
+        real_api_only: bool = False,
+        namespaces: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -98,6 +100,8 @@ class LocalServer:
             stop_grace=stop_grace,
             chaos_rate=chaos_rate,
             chaos_seed=chaos_seed,
+            real_api_only=real_api_only,
+            namespaces=namespaces,
         )
         self.access_log = access_log
         self.base_url = ""
@@ -192,7 +196,7 @@ class LocalServer:
             access_log=self.access_log,
             lifespan="on",
             http="h11",
-            ws="none",
+            ws="wsproto",
             timeout_graceful_shutdown=3,
             timeout_keep_alive=30,
         )

@@ -1,7 +1,7 @@
 """Sandbox filesystem layers: per-session writable directories and committed layers.
 
 A sandbox's root is an overlay of its session's ``upper`` over committed layers, the
-image's layer and the host (see :mod:`archil.local.sandbox_runtime`). The runtime keeps
+image's layer and the host (see :mod:`archil.local.runtime`). The runtime keeps
 one upper/work pair per overlay mount inside the session's ``upper`` and ``work``
 directories (``rootfs`` for ``/``, ``usr``, ``etc``, ... for the host directories), so a
 committed layer is simply a former ``upper``: used as a lower, each of its
@@ -133,6 +133,17 @@ class LayerStore:
         """Delete a session's directories (its upper, unless committed, and its work dir)."""
         upper = root.upper if isinstance(root, RootSpec) else Path(root)
         self._rmtree(self._session_of(upper))
+
+    def sessions_of(self, sandbox_id: str) -> list[RootSpec]:
+        """The session directories a sandbox has left (oldest first): after a crash, at most one."""
+        prefix = sandbox_id + "."
+        found = [p for p in self._sessions.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+        found.sort(key=lambda p: p.stat().st_mtime)
+        return [RootSpec(upper=p / "upper", work=p / "work") for p in found]
+
+    def layer_ids(self) -> list[str]:
+        """Every committed layer of the store."""
+        return sorted(p.name for p in self._layers.iterdir() if _LAYER_RE.match(p.name))
 
     def _rmtree(self, path: Path) -> None:
         if not path.exists():

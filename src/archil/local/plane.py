@@ -17,6 +17,7 @@ import os
 import secrets
 import sqlite3
 import string
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,19 +25,27 @@ from pathlib import Path
 from typing import Any
 
 from .. import _models as models
-from .._models import AuthorizedUser, CreateDiskRequest
+from .._models import AuthorizedUser, CreateDiskRequest, SandboxMount
 from .chaos import Chaos, ConnectionDropper
-from .containers import ContainerManager, notice
-from .disks import DiskStore
+from .disks import DirectoryNotFound, DiskStore, PathEscapeError
 from .errors import ApiError
-from .images import ImageBuilder
-from .logs import LogStore
+from .images import ImageStore
+from .layers import LayerStore
 from .objects import S3Error
 from .routes.common import shape
 from .runtime import Runtime
+from .sandboxes import SandboxManager
+from .spec import GUEST_DISK_PATH, MountSpec
 from .state import State, utcnow
 
-__all__ = ["ControlPlane", "ServerSettings", "digest", "load_api_key", "valid_id"]
+__all__ = [
+    "ControlPlane",
+    "ServerSettings",
+    "digest",
+    "load_api_key",
+    "notice",
+    "valid_id",
+]
 
 logger = logging.getLogger("archil.local")
 
@@ -51,9 +60,13 @@ class ServerSettings:
         data_dir: where the state, disks, logs and images live.
         auto_create_disks: create a disk that does not exist on first use (embedded mode).
         exec_timeout: seconds before an exec request answers 504.
-        stop_grace: seconds between SIGTERM and SIGKILL when stopping a container.
+        stop_grace: seconds between SIGTERM and SIGKILL when stopping a sandbox.
         chaos_rate: fraction of ``/api`` and ``/s3`` requests made to fail.
         chaos_seed: seed of the chaos random number generator.
+        real_api_only: serve only what the live control plane has: every
+            ``x-archil-extension`` route and field is off, and ``Idempotency-Key``
+            is not honoured (the SDK must not depend on it).
+        namespaces: force the runtime's Linux namespaces on or off (``None`` detects).
     """
 
     data_dir: Path
@@ -62,6 +75,8 @@ class ServerSettings:
     stop_grace: float = 10.0
     chaos_rate: float = 0.0
     chaos_seed: int | None = None
+    real_api_only: bool = False
+    namespaces: bool | None = None
 
 
 def load_api_key(data_dir: Path) -> str:
@@ -100,36 +115,40 @@ def valid_id(value: str) -> bool:
 
 
 class ControlPlane:
-    """Everything the routes share: settings, state, disks, containers, chaos."""
+    """Everything the routes share: settings, state, disks, images, sandboxes, chaos."""
 
     def __init__(self, settings: ServerSettings, *, api_key: str) -> None:
         self.settings = settings
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.api_key = api_key
+        self.extensions = not settings.real_api_only
         self.state = State(data / "state.db")
         self.secret = self.state.set_meta_default("secret", secrets.token_hex(32))
         self.organization = self.state.set_meta_default(
             "organization", "org-local-" + secrets.token_hex(4)
         )
         self.disks = DiskStore(data / "disks")
-        self.logs = LogStore(data / "logs")
-        self.images = ImageBuilder(data / "images")
-        # Containers reach disks only through their mounts: the rest of the data
-        # directory (other disks, logs, state, the API key) is masked inside them.
-        hidden = [data / "disks", data / "logs", data / "state.db", data / "api_key"]
-        self.runtime = Runtime(data / "runtime", self.logs, hidden_paths=hidden)
-        self.containers = ContainerManager(
+        self.images = ImageStore(data / "sandbox-images")
+        self.layers = LayerStore(data / "layers")
+        self.runtime = Runtime(
+            data / "runtime", namespaces=settings.namespaces, stop_grace=settings.stop_grace
+        )
+        self.sandboxes = SandboxManager(
             state=self.state,
-            logs=self.logs,
-            images=self.images,
             runtime=self.runtime,
+            layers=self.layers,
+            images=self.images,
+            process_root=data / "processes",
+            resolve_mounts=self.resolve_mounts,
             stop_grace=settings.stop_grace,
+            extensions=self.extensions,
         )
         self.chaos = Chaos(settings.chaos_rate, settings.chaos_seed)
         self.dropper: ConnectionDropper | None = None
         self._idem_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._token_touched: dict[str, float] = {}
+        self._disk_touched: dict[str, float] = {}
         self._purge_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -139,8 +158,8 @@ class ControlPlane:
     async def startup(self) -> None:
         """Bind to the running loop, recover from a previous run, start housekeeping."""
         self._loop = asyncio.get_running_loop()
-        self.containers.bind_loop(self._loop)
-        self.containers.recover()
+        self.sandboxes.bind_loop(self._loop)
+        self.sandboxes.recover()
         self.state.purge_idempotent()
         self._purge_task = asyncio.create_task(self._housekeeping())
 
@@ -151,8 +170,8 @@ class ControlPlane:
                 self.state.purge_idempotent()
 
     def begin_shutdown(self) -> None:
-        """Release long-polls and log followers (call on the loop before stopping the server)."""
-        self.containers.begin_shutdown()
+        """Release process connections (call on the loop before stopping the server)."""
+        self.sandboxes.begin_shutdown()
 
     def begin_shutdown_threadsafe(self) -> None:
         """:meth:`begin_shutdown` from any thread."""
@@ -162,17 +181,17 @@ class ControlPlane:
                 loop.call_soon_threadsafe(self.begin_shutdown)
 
     async def shutdown(self) -> None:
-        """Stop every container and close the database."""
+        """Stop every sandbox (their writes kept) and close the stores."""
         if self._closed:
             return
         self._closed = True
         if self._purge_task is not None:
             self._purge_task.cancel()
         try:
-            await self.containers.shutdown()
+            await self.sandboxes.shutdown()
         finally:
             with contextlib.suppress(Exception):
-                self.logs.close()
+                self.images.close(5.0)
             self.state.close()
 
     # -- auth --------------------------------------------------------------------
@@ -279,7 +298,7 @@ class ControlPlane:
         return shape(AuthorizedUser, data)
 
     def disk_wire(self, row: dict[str, Any], data_size: int | None) -> dict[str, Any]:
-        """A ``DiskResponse``."""
+        """The live API's ``DiskResponse``."""
         data: dict[str, Any] = {
             "id": row["id"],
             "name": row["name"],
@@ -288,9 +307,43 @@ class ControlPlane:
             "provider": row["provider"],
             "region": "local",
             "createdAt": row["created_at"],
+            "sandboxDisk": False,
             "lastAccessed": row["last_accessed"],
-            "dataSize": data_size,
+            "activeDataBytes": data_size,
+            "totalDataBytes": data_size,
             "mounts": json.loads(row["mounts"]),
             "authorizedUsers": [self.user_wire(u) for u in self.state.list_users(row["id"])],
+            "capabilities": ["checkpoints"] if not json.loads(row["mounts"]) else [],
         }
         return shape(models.Disk, data)
+
+    def touch_disk(self, disk_id: str) -> None:
+        """Record that the disk was used (at most every 30 s a disk)."""
+        now = time.monotonic()
+        if now - self._disk_touched.get(disk_id, -1e9) > 30.0:
+            self._disk_touched[disk_id] = now
+            self.state.touch_disk(disk_id)
+
+    def resolve_mounts(self, mounts: list[SandboxMount]) -> list[MountSpec]:
+        """Sandbox mounts as host directories (404/400 naming the mount that is wrong)."""
+        out: list[MountSpec] = []
+        for i, mount in enumerate(mounts):
+            disk = self.disk(mount.disk_id, f"mounts[{i}].disk_id")
+            host = self.disks.path(disk["id"])
+            if mount.subdirectory:
+                try:
+                    host = self.disks.resolve_subdirectory(disk["id"], mount.subdirectory)
+                except (PathEscapeError, DirectoryNotFound) as exc:
+                    raise ApiError(
+                        400, f"mounts[{i}].subdirectory: {exc}", "validation_error"
+                    ) from None
+            out.append(MountSpec(host, mount.path or GUEST_DISK_PATH, mount.read_only))
+            self.touch_disk(disk["id"])
+        return out
+
+
+def notice(message: str) -> None:
+    """A one-line notice for the person running the local control plane (stderr)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"archil: {message}\n")
+        sys.stderr.flush()

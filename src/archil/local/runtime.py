@@ -1,55 +1,38 @@
-"""Run containers as Linux processes for the local control plane.
+"""Boot sandboxes and run processes in them (the local control plane's runtime engine).
 
-Isolation modes
+A sandbox is a set of Linux namespaces (mount, PID, UTS; user where not root) with a
+private root filesystem, booted by a warm helper and served by an agent that is PID 1
+of its PID namespace (see :mod:`archil.local._agent` for the processes and the protocol).
+
+Root filesystem
 ---------------
-**Namespace mode** (the default where it works): each container is started with
-util-linux ``unshare --mount --pid --fork --kill-child --propagation private
---mount-proc`` (plus ``--user --map-root-user`` when not root). Inside its private mount
-namespace a small ``/bin/sh`` init, PID 1 of the container's PID namespace, bind-mounts
-the disk at ``/mnt/archil`` and every additional mount at its path (``remount,bind,ro``
-for read-only ones, so writes fail with ``EROFS``), changes directory, then runs the
-command as its child and exits with its status. When PID 1 exits the kernel kills every
-other process of the namespace, so nothing a container starts (double forks and
-``setsid`` daemons included) outlives it.
+``/`` is an overlay of the session's ``upper/rootfs`` over each committed layer's
+``rootfs``, the image's layer and a shared skeleton (empty mountpoint directories and the
+host's merged-usr symlinks such as ``bin -> usr/bin``). ``/usr``, ``/etc``, ``/var`` and
+``/opt`` (and any of ``/bin``, ``/lib``... that is a real directory on the host) each get
+their own overlay: the session's ``upper/<dir>`` over the layers' ``<dir>``, the image
+layer's ``<dir>`` and the host's ``/<dir>``. So a sandbox sees the host's userland, may
+write anywhere, and its writes stay in its session. ``/dev`` is the host's (with a private
+``/dev/shm``), ``/sys`` a read-only bind, ``/proc`` the sandbox's own. The image's binds
+are mounted read-only at their paths; each :class:`MountSpec` at its target
+(``read_only`` ones refuse writes with ``EROFS``). Everything else of the host, this
+runtime's directory included, is not there.
 
-Mountpoints that do not exist are created on the host and removed again, when empty,
-after the last container using them ends (in any process: users hold a shared ``flock``
-on a lock file in ``/tmp/archil-mountpoints-<uid>/``). Where one cannot be created (not root), a
-tmpfs is mounted over its nearest existing ancestor inside the namespace only (for
-``/mnt/archil``: over ``/mnt``), and the mountpoint is made there.
+Process mode
+------------
+Where namespaces do not work (or with ``namespaces=False``), the same helper and agent
+run processes directly on the host: the disk is at ``ARCHIL_DISK_PATH`` (the host
+directory), read-only mounts are not enforced, and every process carries
+``ARCHIL_SANDBOX_TOKEN`` so that stopping a sandbox finds all of its descendants.
 
-**Process mode** (the fallback where namespaces are not available, or when disabled with
-``Runtime(..., namespaces=False)``): the command runs as a plain process in a new
-session. The runtime logs one warning. Nothing is mounted; instead:
+Every process gets ``ARCHIL_SANDBOX_ID``, ``ARCHIL_ISOLATION`` (``namespace`` or
+``process``), ``ARCHIL_DISK_PATH`` when a mount targets ``/mnt/archil``,
+``ARCHIL_MOUNT_COUNT`` and ``ARCHIL_MOUNT_<N>``/``ARCHIL_MOUNT_<N>_PATH`` for the other
+mounts, and ``ARCHIL_PROCESS_TOKEN`` (how a process's tree is found when it is
+signalled).
 
-- ``ARCHIL_DISK_PATH`` is the host directory of the disk (the mount whose container path
-  is ``/mnt/archil``);
-- ``ARCHIL_MOUNT_COUNT`` is the number of additional mounts and, for each ``N`` from 0,
-  ``ARCHIL_MOUNT_<N>`` is its host directory and ``ARCHIL_MOUNT_<N>_PATH`` the path it
-  was asked for. Read-only mounts are not enforced in this mode.
-
-In namespace mode the same variables exist, pointing at the mounted paths
-(``ARCHIL_DISK_PATH=/mnt/archil``, ``ARCHIL_MOUNT_<N>`` equal to ``ARCHIL_MOUNT_<N>_PATH``).
-``ARCHIL_ISOLATION`` is ``namespace`` or ``process``.
-
-Resources
----------
-``vcpu_count`` pins the container to that many CPUs (``sched_setaffinity``, capped at the
-CPUs this process may use, least-loaded CPUs first). ``mem_size_mib`` is a memory cgroup
-limit (cgroup v1 ``memory.limit_in_bytes`` under ``<own cgroup>/archil/<container id>``,
-or cgroup v2 ``memory.max``); the process joins the cgroup before ``exec``. A container
-killed by the OOM killer ends with ``"out of memory (limit N MiB)"``. Where cgroups are not
-writable, :attr:`Runtime.capabilities` says so and containers run without a limit.
-
-Lifetime
---------
-Processes are spawned from one long-lived thread with ``PR_SET_PDEATHSIG=SIGKILL``, so if
-the server process dies, its containers die too (in namespace mode the whole container;
-in process mode only the top process, as its descendants are not tied to it).
-:meth:`Runtime.stop` sends SIGTERM to every process of the container (PID 1, the init,
-only relays the exit status), then SIGKILL after the grace period, and returns once no
-process of the container is left and ``on_exit`` has been called. Every container process
-also carries ``ARCHIL_CONTAINER_TOKEN`` in its environment, used to find stragglers.
+Kills are scoped: to the sandbox's PID namespace (held open by a descriptor), its cgroups,
+its marker, and to its helper and init through pidfds; nothing else is ever signalled.
 """
 
 from __future__ import annotations
@@ -57,537 +40,1242 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
+import json
 import logging
 import os
 import posixpath
 import queue
 import re
-import select
-import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
-import tempfile
+import sys
+import termios
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from archil.local import _proc
-from archil.local.images import DEFAULT_PATH, ImageEnv
-from archil.local.logs import LogStore
+from archil.local.cgroups import CgroupError, Cgroups, SandboxCgroup
+from archil.local.spec import (
+    GUEST_DISK_PATH,
+    ExitInfo,
+    ImageEnv,
+    MountSpec,
+    ProcessSpec,
+    RootSpec,
+    SandboxSpec,
+)
 
 __all__ = [
-    "DISK_MOUNT_PATH",
-    "ContainerSpec",
-    "ContainerStartError",
-    "MountSpec",
+    "BASE_PATH",
+    "BootError",
+    "Environment",
+    "RunningProcess",
     "Runtime",
+    "SpawnError",
 ]
 
 logger = logging.getLogger("archil")
 
-DISK_MOUNT_PATH = "/mnt/archil"
-"""Where a container finds its disk."""
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The ``PATH`` every process starts from."""
 
+_AGENT = Path(__file__).with_name("_agent.py")
+_MAX_MSG = 1 << 18
+_BOOT_TIMEOUT = 30.0
+_SPAWN_TIMEOUT = 15.0
+_TIMEOUT_GRACE = 2.0
+_DRAIN_GRACE = 0.2
+_SYSTEM_DIRS = ("usr", "etc", "var", "opt")
+_MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_SKELETON_DIRS = (
+    "proc",
+    "dev",
+    "sys",
+    "tmp",
+    "root",
+    "home",
+    "mnt",
+    "mnt/archil",
+    "run",
+    "srv",
+    "usr",
+    "etc",
+    "var",
+    "opt",
+    "media",
+    "boot",
+)
+_RESERVED = ("/proc", "/dev", "/sys")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_OUTPUT_CAP = 16 * 1024 * 1024
-_IDLE = "exec sleep 2147483647"
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
+_ENV_RE = re.compile(r"^[^=\0]+$")
 
 
-@dataclass
-class MountSpec:
-    """A host directory to mount in a container (the disk is the one at ``/mnt/archil``)."""
-
-    host_path: Path
-    container_path: str
-    read_only: bool = False
+class BootError(RuntimeError):
+    """A sandbox could not be booted; the message names what failed."""
 
 
-@dataclass
-class ContainerSpec:
-    """Everything the runtime needs to run one container."""
-
-    container_id: str
-    command: str | None = None
-    initialization_script: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    mounts: list[MountSpec] = field(default_factory=list)
-    vcpu_count: int = 1
-    mem_size_mib: int = 512
-    image: ImageEnv | None = None
-    ports: list[int] = field(default_factory=list)
-    timeout_seconds: int | None = None
-    workdir: str | None = None
+class SpawnError(RuntimeError):
+    """A process could not be started in a sandbox."""
 
 
-class ContainerStartError(RuntimeError):
-    """A container could not be started (raised by :meth:`Runtime.run_to_completion`)."""
+class _PreparedGone(BootError):
+    """A sandbox prepared ahead ended before it could take its configuration."""
 
 
-# ---------------------------------------------------------------------------
-# Mountpoints created on the host, shared by every runtime on this machine
-# ---------------------------------------------------------------------------
-
-_mp_lock = threading.Lock()
+# -- validation ------------------------------------------------------------------------------
 
 
-def _lease_dir() -> Path:
-    d = Path("/tmp") / f"archil-mountpoints-{os.geteuid()}"
-    d.mkdir(mode=0o700, exist_ok=True)
-    return d
+def _check_env(field: str, env: dict[str, str]) -> None:
+    for k, v in env.items():
+        if not isinstance(k, str) or not _ENV_RE.match(k):
+            raise ValueError(f"{field}: invalid environment variable name {k!r}")
+        if not isinstance(v, str) or "\0" in v:
+            raise ValueError(f"{field}: invalid value for {k}")
 
 
-@dataclass
-class _Lease:
-    """A container's use of a host mountpoint: a shared ``flock`` held while it runs."""
+def _check_guest_path(field: str, path: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise ValueError(f"{field} must be an absolute path, not {path!r}")
+    if ".." in path.split("/"):
+        raise ValueError(f"{field} must not contain '..': {path!r}")
+    norm = posixpath.normpath(path)
+    if norm == "/":
+        raise ValueError(f"{field} must be below /")
+    return norm
 
-    target: str
-    fd: int
-    stem: Path
+
+def _check_host_dir(field: str, path: Path, *, overlay: bool = False) -> None:
+    if not os.path.isabs(path):
+        raise BootError(f"{field} must be an absolute path, not {str(path)!r}")
+    if overlay and any(c in str(path) for c in ",:\\"):
+        raise BootError(f"{field} {path} contains ',', ':' or '\\', which overlayfs cannot take")
+    if not os.path.isdir(path):
+        raise BootError(f"{field} {path} does not exist or is not a directory")
 
 
-def _acquire_mountpoint(target: str) -> _Lease | None:
-    """Make sure ``target`` exists on the host and hold it; None when it cannot be created.
+def validate_sandbox_spec(spec: SandboxSpec) -> None:
+    """Reject a malformed :class:`SandboxSpec` (``ValueError``) or missing directories
+    (:class:`BootError`), naming the field, before anything is started."""
+    if not isinstance(spec.sandbox_id, str) or not _ID_RE.match(spec.sandbox_id):
+        raise ValueError(f"sandbox_id: invalid id {spec.sandbox_id!r}")
+    if not _HOST_RE.match(spec.hostname or ""):
+        raise ValueError(f"hostname: invalid hostname {spec.hostname!r}")
+    if not isinstance(spec.vcpu_count, int) or spec.vcpu_count < 1:
+        raise ValueError(f"vcpu_count must be at least 1, not {spec.vcpu_count!r}")
+    if not isinstance(spec.mem_size_mib, int) or spec.mem_size_mib < 16:
+        raise ValueError(f"mem_size_mib must be at least 16, not {spec.mem_size_mib!r}")
+    _check_env("env", spec.env)
+    _check_env("image.env", spec.image.env)
+    seen: set[str] = set()
+    for i, m in enumerate(spec.mounts):
+        target = _check_guest_path(f"mounts[{i}].target", m.target)
+        if any(target == r or target.startswith(r + "/") for r in _RESERVED):
+            raise ValueError(f"mounts[{i}].target {target} is reserved for the system")
+        if target in seen:
+            raise ValueError(f"mounts[{i}].target: two mounts at {target}")
+        seen.add(target)
+    for i, b in enumerate(spec.image.binds):
+        _check_guest_path(f"image.binds[{i}]", str(b))
+        if not os.path.exists(b):
+            raise BootError(f"image.binds[{i}] {b} does not exist")
+    for i, m in enumerate(spec.mounts):
+        _check_host_dir(f"mounts[{i}].source", m.source)
+    _check_host_dir("root.upper", spec.root.upper, overlay=True)
+    _check_host_dir("root.work", spec.root.work, overlay=True)
+    if os.stat(spec.root.upper).st_dev != os.stat(spec.root.work).st_dev:
+        raise BootError("root.upper and root.work must be on one filesystem")
+    for i, lower in enumerate(spec.root.lowers):
+        _check_host_dir(f"root.lowers[{i}]", lower, overlay=True)
+    if spec.image.layer is not None:
+        _check_host_dir("image.layer", spec.image.layer, overlay=True)
 
-    Every user of a mountpoint, in any process, holds a shared lock on a lock file named
-    after it. The directories the runtime created are listed next to the lock file and
-    removed by the last user (the one that gets the lock exclusively), if empty. Removing
-    a directory that is still a mountpoint in another container would unmount it there.
-    """
 
+# -- the root filesystem -------------------------------------------------------------------
+
+
+def ensure_skeleton(root: Path) -> Path:
+    """The shared skeleton under ``root`` (created once): mountpoints and merged-usr links."""
+    skel = root / "skeleton"
+    if skel.is_dir():
+        return skel
+    tmp = root / f".skeleton-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    for d in _SKELETON_DIRS:
+        (tmp / d).mkdir(mode=0o755, exist_ok=True)
+    os.chmod(tmp / "tmp", 0o1777)
+    os.chmod(tmp / "root", 0o700)
+    for name in _MERGED_USR:
+        host = Path("/") / name
+        if host.is_symlink():
+            os.symlink(os.readlink(host), tmp / name)
+        elif host.is_dir():
+            (tmp / name).mkdir(mode=0o755)
     try:
-        stem = _lease_dir() / hashlib.sha256(target.encode()).hexdigest()[:32]
+        os.rename(tmp, skel)
     except OSError:
-        return None
-    while True:
-        try:
-            fd = os.open(f"{stem}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return None
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.stat(f"{stem}.lock").st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        if os.path.isdir(target):
-            return _Lease(target, fd, stem)
-        missing: list[str] = []
-        d = target
-        while not os.path.isdir(d):
-            if os.path.lexists(d) or posixpath.dirname(d) == d:
-                raise OSError(errno.ENOTDIR, "not a directory", d)
-            missing.append(d)
-            d = posixpath.dirname(d)
-        created: list[str] = []
-        with _mp_lock:
-            for path in reversed(missing):
-                try:
-                    os.mkdir(path, 0o755)
-                except FileExistsError:
-                    continue
-                created.append(path)
-        if created:
-            with open(f"{stem}.created", "a") as f:
-                f.write("".join(c + "\n" for c in created))
-        return _Lease(target, fd, stem)
-    except OSError:
-        os.close(fd)
-        return None
-
-
-def _release_mountpoint(lease: _Lease) -> None:
-    os.close(lease.fd)
-    try:
-        fd = os.open(f"{lease.stem}.lock", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return
-        try:
-            with open(f"{lease.stem}.created") as f:
-                created = {line.strip() for line in f if line.strip()}
-        except OSError:
-            created = set()
-        for d in sorted(created, key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-        if not any(os.path.isdir(d) for d in created):
-            with contextlib.suppress(OSError):
-                os.unlink(f"{lease.stem}.created")
-            with contextlib.suppress(OSError):
-                os.unlink(f"{lease.stem}.lock")
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------
-# cgroups
-# ---------------------------------------------------------------------------
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def _own_cgroup(controller: str | None) -> str:
-    """This process's cgroup path for ``controller`` (None: the v2 hierarchy)."""
-    for line in _read(Path("/proc/self/cgroup")).splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if controller is None and parts[0] == "0" and parts[1] == "":
-            return parts[2] or "/"
-        if controller is not None and controller in parts[1].split(","):
-            return parts[2] or "/"
-    return "/"
-
-
-def _v1_memory_mount() -> Path | None:
-    for line in _read(Path("/proc/self/mountinfo")).splitlines():
-        left, _, right = line.partition(" - ")
-        fields = right.split()
-        if len(fields) >= 3 and fields[0] == "cgroup" and "memory" in fields[2].split(","):
-            return Path(left.split()[4])
-    return None
-
-
-class _Cgroup:
-    """The memory cgroup of one container."""
-
-    def __init__(self, path: Path, version: int, limit_mib: int) -> None:
-        self.path = path
-        self.version = version
-        self.limit_mib = limit_mib
-
-    @property
-    def procs_file(self) -> str:
-        return str(self.path / "cgroup.procs")
-
-    def pids(self) -> set[int]:
-        return {int(x) for x in _read(self.path / "cgroup.procs").split() if x.isdigit()}
-
-    def oom_killed(self) -> bool:
-        name = "memory.oom_control" if self.version == 1 else "memory.events"
-        for line in _read(self.path / name).splitlines():
-            key, _, value = line.partition(" ")
-            if key in ("oom_kill", "oom_group_kill") and value.strip().isdigit() and int(value) > 0:
-                return True
-        return False
-
-    def remove(self) -> None:
-        for attempt in range(100):
-            try:
-                os.rmdir(self.path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                pids = self.pids()
-                if pids:
-                    _proc.kill_pids(pids, signal.SIGKILL)
-                time.sleep(min(0.05, 0.002 * (attempt + 1)))
-        logger.warning("could not remove cgroup %s", self.path)
-
-
-class _Cgroups:
-    """Creates per-container memory cgroups under a base directory."""
-
-    def __init__(self, base: Path, version: int) -> None:
-        self.base = base
-        self.version = version
-
-    @classmethod
-    def detect(cls) -> tuple[_Cgroups | None, str | None]:
-        v2_root = Path("/sys/fs/cgroup")
-        if (v2_root / "cgroup.controllers").exists():
-            if "memory" not in _read(v2_root / "cgroup.controllers").split():
-                return None, "the cgroup v2 memory controller is not available"
-            own = _own_cgroup(None)
-            candidates = [v2_root / "archil"]
-            if own != "/":
-                candidates.append((v2_root / own.lstrip("/")).parent / "archil")
-            errors: list[str] = []
-            for base in candidates:
-                err = cls._try(base, 2)
-                if err is None:
-                    return cls(base, 2), None
-                errors.append(err)
-            return None, "cannot create memory cgroups: " + "; ".join(errors)
-        mount = _v1_memory_mount()
-        if mount is None:
-            return None, "no cgroup memory controller is mounted"
-        own = _own_cgroup("memory")
-        candidates = []
-        if own != "/" and (mount / own.lstrip("/")).is_dir():
-            candidates.append(mount / own.lstrip("/") / "archil")
-        candidates.append(mount / "archil")
-        errors = []
-        for base in candidates:
-            err = cls._try(base, 1)
-            if err is None:
-                return cls(base, 1), None
-            errors.append(err)
-        return None, "cannot create memory cgroups: " + "; ".join(errors)
-
-    @staticmethod
-    def _try(base: Path, version: int) -> str | None:
-        probe = base / f"probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            base.mkdir(exist_ok=True)
-            if version == 2:
-                parent_ctl = base.parent / "cgroup.subtree_control"
-                if "memory" not in _read(parent_ctl).split():
-                    _write(parent_ctl, "+memory")
-                if "memory" not in _read(base / "cgroup.subtree_control").split():
-                    _write(base / "cgroup.subtree_control", "+memory")
-            probe.mkdir()
-            try:
-                limit_file = "memory.limit_in_bytes" if version == 1 else "memory.max"
-                _write(probe / limit_file, str(64 << 20))
-            finally:
-                probe.rmdir()
-        except OSError as e:
-            return f"{base}: {e.strerror or e}"
-        return None
-
-    def create(self, name: str, mem_mib: int) -> _Cgroup:
-        path = self.base / name
-        with contextlib.suppress(OSError):
-            path.rmdir()
-        for attempt in range(5):
-            try:
-                path.mkdir()
-                break
-            except FileNotFoundError:
-                if attempt == 4:
-                    raise
-                self.base.mkdir(exist_ok=True)
-                if self.version == 2:
-                    with contextlib.suppress(OSError):
-                        _write(self.base / "cgroup.subtree_control", "+memory")
-        limit = str(mem_mib * 1024 * 1024)
-        try:
-            if self.version == 1:
-                _write(path / "memory.limit_in_bytes", limit)
-                with contextlib.suppress(OSError):
-                    _write(path / "memory.memsw.limit_in_bytes", limit)
-            else:
-                _write(path / "memory.max", limit)
-                with contextlib.suppress(OSError):
-                    _write(path / "memory.swap.max", "0")
-        except OSError:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not skel.is_dir():
             raise
-        return _Cgroup(path, self.version, mem_mib)
-
-    def cleanup_stale(self, older_than: float = 60.0) -> None:
-        """Remove empty container cgroups left by a process that crashed."""
-        try:
-            entries = list(self.base.iterdir())
-        except OSError:
-            return
-        now = time.time()
-        for entry in entries:
-            try:
-                if not entry.is_dir() or now - entry.stat().st_mtime < older_than:
-                    continue
-            except OSError:
-                continue
-            if not _read(entry / "cgroup.procs").split():
-                with contextlib.suppress(OSError):
-                    entry.rmdir()
-
-    def remove_base(self) -> None:
-        with contextlib.suppress(OSError):
-            self.base.rmdir()
+    return skel
 
 
-# ---------------------------------------------------------------------------
-# Containers
-# ---------------------------------------------------------------------------
+def _host_dirs() -> list[str]:
+    """Host directories that get an overlay of their own (``usr``, ``etc``, ...)."""
+    out = [d for d in _SYSTEM_DIRS if os.path.isdir(f"/{d}") and not os.path.islink(f"/{d}")]
+    out += [d for d in _MERGED_USR if os.path.isdir(f"/{d}") and not os.path.islink(f"/{d}")]
+    return out
 
 
-@dataclass
-class _Mount:
-    host: str
-    target: str
-    read_only: bool
-    stage: str | None = None
+def _overlay(
+    target: str, lower: list[str], upper: Path, work: Path, userns: bool
+) -> dict[str, Any]:
+    upper.mkdir(mode=0o755, exist_ok=True)
+    work.mkdir(mode=0o700, exist_ok=True)
+    options = ["userxattr"] if userns else []
+    data = ",".join(
+        ["lowerdir=" + ":".join(lower), f"upperdir={upper}", f"workdir={work}", *options]
+    )
+    limit = os.sysconf("SC_PAGE_SIZE") - 1
+    if len(data.encode()) > limit:
+        raise BootError(
+            f"cannot mount {target}: the overlay options for {len(lower)} layers are "
+            f"{len(data.encode())} bytes, more than the kernel's limit of {limit}; "
+            "commit fewer layers or use shorter paths"
+        )
+    return {
+        "kind": "overlay",
+        "target": target,
+        "lower": lower,
+        "upper": str(upper),
+        "work": str(work),
+        "options": options,
+        "what": f"cannot mount {target}",
+    }
 
 
-Sink = Callable[[str, str], None]
+def _hidden_paths(spec: SandboxSpec, runtime_root: Path, visible: list[str]) -> list[str]:
+    """Host directories of the control plane that would show through an overlaid host dir."""
+    cands = {runtime_root, spec.root.upper.parent.parent, spec.root.work.parent.parent}
+    cands |= {lower.parent for lower in spec.root.lowers}
+    cands |= {m.source.parent for m in spec.mounts}
+    out: set[str] = set()
+    for c in cands:
+        real = os.path.realpath(c)
+        if any(real.startswith(f"/{d}/") for d in visible):
+            out.add(real)
+    # A hidden directory inside another hidden one adds nothing.
+    return sorted(p for p in out if not any(p.startswith(q + "/") for q in out))
 
 
-class _Container:
-    """The runtime's view of one container."""
+def mount_plan(
+    spec: SandboxSpec, skeleton: Path, runtime_root: Path, *, userns: bool
+) -> list[dict[str, Any]]:
+    """The mounts that make a sandbox's root, in order (see the module documentation)."""
+    upper, work, layers = Path(spec.root.upper), Path(spec.root.work), spec.root.lowers
+    image = spec.image.layer
+    lower = [str(p / "rootfs") for p in layers if (p / "rootfs").is_dir()]
+    lower += [str(image)] if image is not None else []
+    plan = [_overlay("/", [*lower, str(skeleton)], upper / "rootfs", work / "rootfs", userns)]
+    visible = _host_dirs()
+    for d in visible:
+        lower = [str(p / d) for p in layers if (p / d).is_dir()]
+        lower += [str(image / d)] if image is not None and (image / d).is_dir() else []
+        plan.append(_overlay(f"/{d}", [*lower, f"/{d}"], upper / d, work / d, userns))
+    plan += [
+        {"kind": "bind", "source": "/dev", "target": "/dev", "recursive": True},
+        {"kind": "tmpfs", "target": "/dev/shm", "data": "mode=1777"},
+        {"kind": "bind", "source": "/sys", "target": "/sys", "recursive": userns},
+        {"kind": "proc", "target": "/proc"},
+    ]
+    plan[-2]["readonly"] = True
+    for h in _hidden_paths(spec, runtime_root, visible):
+        plan.append({"kind": "tmpfs", "target": h, "data": "mode=0755,size=64k"})
+    binds = [(str(b), str(b), True) for b in spec.image.binds]
+    binds += [(str(m.source), posixpath.normpath(m.target), m.read_only) for m in spec.mounts]
+    for source, target, ro in sorted(binds, key=lambda b: b[1].count("/")):
+        plan.append({"kind": "bind", "source": source, "target": target, "readonly": ro})
+    for op in plan:
+        op.setdefault("what", f"cannot mount {op['target']}")
+    return plan
 
-    def __init__(
-        self,
-        spec: ContainerSpec,
-        on_running: Callable[[], None],
-        on_exit: Callable[[int | None, str | None], None],
-        sink: Sink,
-        log_system: bool,
-    ) -> None:
-        self.spec = spec
-        self.id = spec.container_id
-        self.on_running = on_running
-        self.on_exit = on_exit
-        self.sink = sink
-        self.log_system = log_system
-        self.lock = threading.Lock()
-        self.state: Literal["queued", "starting", "running", "exited"] = "queued"
-        self.mode: Literal["namespace", "process"] = "process"
-        self.token = f"{self.id}.{uuid.uuid4().hex[:12]}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ns_fd: int | None = None
-        self.ns_link: str | None = None
-        self.init_pid: int | None = None
-        self.killed_init = False
-        self.cgroup: _Cgroup | None = None
-        self.cpus: list[int] = []
-        self.mountpoints: list[_Lease] = []
-        self.stage_dir: Path | None = None
-        self.status_fd: int | None = None
-        self.pumps: list[threading.Thread] = []
-        self.waiter: threading.Thread | None = None
-        self.cancelled = False
-        self.stop_requested = False
-        self.kill_reason: str | None = None
-        self.setup_error: str | None = None
-        self.started_at = time.monotonic()
-        self.deadline = self.started_at + spec.timeout_seconds if spec.timeout_seconds else None
-        self.running_at: float | None = None
-        self.exited = threading.Event()
-        self.done = threading.Event()
-        self.exit_code: int | None = None
-        self.reason: str | None = None
+
+# -- messages --------------------------------------------------------------------------------
+
+
+def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, int | None]:
+    """One message from a helper or agent and the sender pid the kernel attached."""
+    try:
+        data, anc, _flags, _ = sock.recvmsg(_MAX_MSG, socket.CMSG_SPACE(12))
+    except (ConnectionResetError, OSError):
+        return None, None
+    if not data:
+        return None, None
+    pid = None
+    for level, kind, value in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(value) >= 12:
+            pid = struct.unpack("3i", value[:12])[0]
+    try:
+        msg = json.loads(data)
+    except ValueError:
+        return {"type": "invalid"}, pid
+    return (msg if isinstance(msg, dict) else {"type": "invalid"}), pid
+
+
+def _send(sock: socket.socket, lock: threading.Lock, msg: dict[str, Any], fds: list[int]) -> None:
+    data = json.dumps(msg).encode()
+    if len(data) > _MAX_MSG:
+        raise ValueError(f"the request is too large ({len(data)} bytes)")
+    with lock:
+        if fds:
+            socket.send_fds(sock, [data], fds)
+        else:
+            sock.send(data)
+
+
+# -- the zygote -------------------------------------------------------------------------------
 
 
 class _Spawner:
-    """One long-lived thread that forks every container (``PR_SET_PDEATHSIG`` follows it)."""
+    """One long-lived thread that starts zygotes: ``PR_SET_PDEATHSIG`` follows the thread
+    that forked, so a short-lived one would take the zygote with it when it ends."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="archil-spawner", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(fn)
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="archil-spawner", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while True:
-            fn = self._queue.get()
-            if fn is None:
-                return
+            self._queue.get()()
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(argv, **kwargs)`` on the spawner thread."""
+        done = threading.Event()
+        result: list[subprocess.Popen[bytes] | BaseException] = []
+
+        def job() -> None:
             try:
-                fn()
-            except Exception:
-                logger.exception("the container spawner failed")
+                result.append(subprocess.Popen(argv, **kwargs))
+            except BaseException as e:
+                result.append(e)
+            done.set()
 
-    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(job)
+        done.wait()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+
+class _Zygote:
+    """The runtime's end of one zygote process."""
+
+    def __init__(
+        self,
+        spawner: _Spawner,
+        log_path: Path,
+        on_ended: Callable[[str, int | None, int | None], None],
+    ) -> None:
+        self._on_ended = on_ended
+        self._lock = threading.Lock()
+        self.dead = threading.Event()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        argv = [sys.executable, "-S", "-I", str(_AGENT), "zygote", str(theirs.fileno())]
+        argv.append(str(os.getpid()))
+        try:
+            with open(log_path, "ab") as log:
+                self.proc = spawner.popen(
+                    argv,
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    cwd="/",
+                    env={"PATH": BASE_PATH, "LANG": "C.UTF-8"},
+                )
+        finally:
+            theirs.close()
+        ours.settimeout(10.0)
+        msg, _ = _recv(ours)
+        ours.settimeout(None)
+        if msg is None or msg.get("type") != "ready":
+            self.proc.kill()
+            self.proc.wait()
+            ours.close()
+            raise BootError(f"the sandbox zygote did not start (see {log_path})")
+        self.pid = self.proc.pid
+        threading.Thread(target=self._read, name="archil-zygote", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            msg, _ = _recv(self.sock)
+            if msg is None:
+                break
+            if msg.get("type") == "ended":
+                self._on_ended(str(msg.get("id")), msg.get("code"), msg.get("signal"))
+            elif msg.get("type") == "protocol_error":
+                logger.warning("sandbox zygote: %s", msg.get("message"))
+        self.sock.close()
+        self.dead.set()
+
+    @property
+    def alive(self) -> bool:
+        """False once the zygote has exited."""
+        return not self.dead.is_set() and self.proc.poll() is None
+
+    def create(self, token: str, config: dict[str, Any], fds: list[int]) -> None:
+        """Ask for a new sandbox helper."""
+        _send(self.sock, self._lock, {"type": "create", "id": token, "config": config}, fds)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the zygote (every helper it forked dies with it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.dead.wait(timeout)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class RunningProcess:
+    """A process started by :meth:`Environment.spawn`."""
+
+    def __init__(
+        self,
+        env: Environment,
+        pid_id: str,
+        spec: ProcessSpec,
+        on_output: Callable[[int, bytes], None],
+        on_exit: Callable[[ExitInfo], None],
+    ) -> None:
+        self.pid = 0
+        """The host pid; 0 for a process that ended before its pid could be translated
+        (the kernel translates it when the agent's report is read, and not once it is reaped)."""
+        self.id = pid_id
+        self.spec = spec
+        self._env = env
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._stdin: _proc.SharedFd | None = None
+        self._streams = 0
+        self._exit: ExitInfo | None = None
+        self._delivered = False
+        self._cancelled = False
+        self._timed_out = False
+        self._timers: list[threading.Timer] = []
+        self._oom_base = 0
+        self._spawned = threading.Event()
+        self._spawn_error: str | None = None
+        self.done = threading.Event()
+        """Set once ``on_exit`` has been called."""
+
+    # -- control
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process and its descendants (within its sandbox)."""
+        self._env._request({"type": "signal", "id": self.id, "signal": int(sig), "tree": True})
+
+    def cancel(self) -> None:
+        """Kill the process and its descendants; it ends ``cancelled``."""
         with self._lock:
-            thread = self._thread
-            self._thread = None
-        if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
+            if self._exit is not None:
+                return
+            self._cancelled = True
+        self.signal(signal.SIGKILL)
+
+    def write(self, data: bytes) -> None:
+        """Write to the process's standard input (blocks while the pipe is full).
+
+        Raises ``BrokenPipeError`` once the input is closed or the process has ended.
+        """
+        fd = self._stdin.acquire() if self._stdin is not None else None
+        if fd is None:
+            raise BrokenPipeError(errno.EPIPE, "the standard input of the process is closed")
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        finally:
+            self._stdin.release()  # type: ignore[union-attr]
+
+    def close_stdin(self) -> None:
+        """Close the standard input (on a terminal: send end-of-file, ^D)."""
+        if self.spec.terminal:
+            with contextlib.suppress(OSError):
+                self.write(b"\x04")
+        elif self._stdin is not None:
+            self._stdin.close()
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the terminal's window size (terminal processes only)."""
+        fd = self._stdin.acquire() if self.spec.terminal and self._stdin is not None else None
+        if fd is None:
+            raise ValueError("the process has no open terminal")
+        try:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        finally:
+            self._stdin.release()  # type: ignore[union-attr]
+
+    # -- plumbing
+
+    def _attach(self, stdin: int, outputs: list[tuple[int, int]]) -> None:
+        """Take the server ends: ``stdin`` (a pipe, or the pty master) and the outputs."""
+        self._stdin = _proc.SharedFd(stdin)
+        self._streams = len(outputs)
+        for fd, stream in outputs:
+            name = f"archil-out{stream}-{self._env.sandbox_id[:20]}-{self.id}"
+            threading.Thread(target=self._pump, args=(fd, stream), name=name, daemon=True).start()
+
+    def _pump(self, fd: int, stream: int) -> None:
+        shared = self._stdin if self.spec.terminal else None
+        if shared is not None and shared.acquire() is None:
+            shared = None
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break  # EIO: a terminal whose every slave end is closed
+                if not data:
+                    break
+                if not self._delivered:
+                    try:
+                        self._on_output(stream, data)
+                    except Exception:
+                        logger.exception("on_output of process %s failed", self.id)
+        finally:
+            if shared is not None:
+                shared.release()
+            elif not self.spec.terminal:
+                os.close(fd)
+            with self._lock:
+                self._streams -= 1
+            self._maybe_finish()
+
+    def _abandon(self) -> None:
+        """The process did not start: let go of its descriptors, never call ``on_exit``."""
+        with self._lock:
+            self._delivered = True
+        if self._stdin is not None:
+            self._stdin.close()
+        self._env._forget(self)
+
+    def _arm_timeout(self) -> None:
+        t = self.spec.timeout_seconds
+        if t is None or t <= 0:
+            return
+        self._timer(float(t), self._on_timeout)
+
+    def _timer(self, delay: float, fn: Callable[[], None]) -> None:
+        timer = threading.Timer(delay, fn)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _on_timeout(self) -> None:
+        with self._lock:
+            if self._exit is not None or self._cancelled:
+                return
+            self._timed_out = True
+        with contextlib.suppress(SpawnError):
+            self.signal(signal.SIGTERM)
+        self._timer(_TIMEOUT_GRACE, self._kill_after_timeout)
+
+    def _kill_after_timeout(self) -> None:
+        if self._exit is None:
+            with contextlib.suppress(SpawnError):
+                self.signal(signal.SIGKILL)
+
+    def _classify(self, code: int | None, sig: int | None) -> ExitInfo:
+        if self._cancelled:
+            return ExitInfo("cancelled", None, "cancelled")
+        if self._timed_out:
+            return ExitInfo("timed_out", None, f"timed out after {self.spec.timeout_seconds} s")
+        killed = sig == signal.SIGKILL or code == 128 + signal.SIGKILL
+        if killed and self._env._oom_kills() > self._oom_base:
+            limit = self._env.memory_limit_mib
+            return ExitInfo("failed", 128 + signal.SIGKILL, f"out of memory (limit {limit} MiB)")
+        if sig is not None:
+            return ExitInfo("failed", 128 + sig, f"killed by signal {_proc.signal_name(sig)}")
+        return ExitInfo("completed", code if code is not None else 0, None)
+
+    def _exited(self, code: int | None, sig: int | None) -> None:
+        """The agent reported the exit (on the environment's reader thread)."""
+        self._set_exit(self._classify(code, sig))
+
+    def _lost(self, reason: str) -> None:
+        """The sandbox ended before the process's exit was reported."""
+        if self._cancelled or self._timed_out:
+            self._set_exit(self._classify(None, signal.SIGKILL))
+        else:
+            self._set_exit(ExitInfo("failed", None, reason))
+
+    def _set_exit(self, info: ExitInfo) -> None:
+        with self._lock:
+            if self._exit is not None:
+                return
+            self._exit = info
+        for t in self._timers:
+            t.cancel()
+        grace = threading.Timer(_DRAIN_GRACE, self._deliver)
+        grace.daemon = True
+        grace.start()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        with self._lock:
+            ready = self._exit is not None and self._streams <= 0
+        if ready:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            if self._delivered or self._exit is None:
+                return
+            self._delivered = True
+            info = self._exit
+        if self._stdin is not None:
+            self._stdin.close()
+        try:
+            self._on_exit(info)
+        except Exception:
+            logger.exception("on_exit of process %s failed", self.id)
+        finally:
+            self._env._forget(self)
+            self.done.set()
 
 
-_probe_cache: dict[tuple[str, bool], tuple[list[str] | None, str | None]] = {}
+# -- environments ---------------------------------------------------------------------------
+
+
+class _Resources:
+    """What a sandbox holds on the host, released once when it ends."""
+
+    def __init__(self, runtime: Runtime, cpus: list[int], cgroup: SandboxCgroup | None) -> None:
+        self.runtime = runtime
+        self.cpus = cpus
+        self.cgroup = cgroup
+        self.rootdir: Path | None = None
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        """Remove the cgroups and the mountpoint directory, give the CPUs back (once)."""
+        with self._lock:
+            cgroup, self.cgroup = self.cgroup, None
+            cpus, self.cpus = self.cpus, []
+            rootdir, self.rootdir = self.rootdir, None
+        if cgroup is not None:
+            cgroup.remove()
+        if cpus:
+            self.runtime._cpus.give(cpus)
+        if rootdir is not None:
+            with contextlib.suppress(OSError):
+                rootdir.rmdir()
+
+
+class Environment:
+    """One booted sandbox (from :meth:`Runtime.boot`).
+
+    The runtime prepares one ahead of time (its helper forked, its namespaces made, its
+    agent waiting): :meth:`Runtime.boot` then only sends it the sandbox's configuration.
+    """
+
+    spec: SandboxSpec
+    """What it was booted from."""
+
+    def __init__(self, runtime: Runtime, *, namespace: bool, userns: bool) -> None:
+        self.sandbox_id = ""
+        self.isolation = "namespace" if namespace else "process"
+        self.init_pid = 0
+        """The host pid of the sandbox's PID 1 (its agent)."""
+        self.token = ""
+        self._userns = userns
+        self._runtime = runtime
+        self._res = _Resources(runtime, [], None)
+        self._on_end: Callable[[str | None], None] = lambda _reason: None
+        self._archil_env: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._procs: dict[str, RunningProcess] = {}
+        self._seq = 0
+        self._sock, self._agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._reader: threading.Thread | None = None
+        self._zygote: _Zygote | None = None
+        self._helper_fd: int | None = None
+        self._init_fd: int | None = None
+        self._ns_fd: int | None = None
+        self._ns_link: str | None = None
+        self._ready = False
+        self._boot_sent = False
+        self._setup_failed = False
+        self._booted = False
+        self._boot_error: str | None = None
+        self._boot_event = threading.Event()
+        self._acks: dict[str, threading.Event] = {}
+        self._init_status: tuple[int | None, int | None] | None = None
+        self._helper_ended = threading.Event()
+        self._stopping = False
+        self._frozen = False
+        self._ended = threading.Event()
+        self._finished = threading.Event()
+
+    # -- public API
+
+    @property
+    def alive(self) -> bool:
+        """True from boot until the sandbox is gone."""
+        return self._booted and not self._ended.is_set()
+
+    @property
+    def memory_limit_mib(self) -> int | None:
+        """The memory limit in force, or None."""
+        cg = self._res.cgroup
+        return cg.limit_mib if cg is not None else None
+
+    def spawn(
+        self,
+        spec: ProcessSpec,
+        *,
+        on_output: Callable[[int, bytes], None],
+        on_exit: Callable[[ExitInfo], None],
+    ) -> RunningProcess:
+        """Start ``spec``; raises :class:`SpawnError` when it cannot start.
+
+        ``on_output(stream, data)`` comes from pump threads, in order per stream;
+        ``on_exit(info)`` exactly once, after the exit and the end of the output (it may
+        run before this method returns, for a process that ends at once). A process that
+        fails to start raises and never calls ``on_exit``.
+        """
+        _check_env("env", spec.env)
+        cwd = self._cwd(spec)
+        with self._lock:
+            if not self.alive or self._stopping:
+                raise SpawnError("the sandbox is not running")
+            if self._frozen:
+                raise SpawnError("the sandbox is paused")
+            self._seq += 1
+            proc = RunningProcess(self, f"p{self._seq}", spec, on_output, on_exit)
+            self._procs[proc.id] = proc
+        proc._oom_base = self._oom_kills()
+        env = self._process_env(spec, proc.id)
+        msg: dict[str, Any] = {
+            "type": "spawn",
+            "id": proc.id,
+            "argv": ["/bin/sh", "-c", spec.command],
+            "env": env,
+            "cwd": cwd,
+            "tty": spec.terminal is not None,
+            "marker": f"ARCHIL_PROCESS_TOKEN={env['ARCHIL_PROCESS_TOKEN']}",
+        }
+        try:
+            child = self._process_fds(proc, spec)
+        except OSError as e:
+            self._forget(proc)
+            raise SpawnError(f"cannot create the process's pipes: {e.strerror}") from e
+        try:
+            _send(self._sock, self._send_lock, msg, child)
+        except (OSError, ValueError) as e:
+            proc._spawn_error = f"cannot reach the sandbox's agent: {e}"
+        finally:
+            for fd in child:
+                os.close(fd)
+        if not proc._spawn_error and not proc._spawned.wait(_SPAWN_TIMEOUT):
+            proc._spawn_error = "the sandbox's agent did not answer"
+        if proc._spawn_error:
+            proc._abandon()
+            raise SpawnError(proc._spawn_error)
+        proc._arm_timeout()
+        return proc
+
+    def freeze(self) -> None:
+        """Pause every user process (the freezer cgroup, else SIGSTOP through the agent)."""
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        """Resume what :meth:`freeze` paused."""
+        self._set_frozen(False)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every process, SIGKILL what is left after ``grace`` seconds (default: the
+        runtime's ``stop_grace``); returns once nothing of the sandbox is left and ``on_end``
+        has run (at once when called from one of this sandbox's callbacks)."""
+        grace = self._runtime.stop_grace if grace is None else max(0.0, grace)
+        with self._lock:
+            if self._finished.is_set():
+                return
+            self._stopping = True
+        self._unfreeze_for_stop()
+        try:
+            _send(self._sock, self._send_lock, {"type": "shutdown", "grace": grace}, [])
+        except (OSError, ValueError):
+            self._hard_kill()
+        if threading.current_thread() is self._reader:
+            threading.Thread(target=self._enforce_stop, args=(grace,), daemon=True).start()
+            return
+        self._enforce_stop(grace)
+
+    def kill(self) -> None:
+        """Kill every process of the sandbox at once; returns once it is gone."""
+        with self._lock:
+            if self._finished.is_set():
+                return
+            self._stopping = True
+        self._hard_kill()
+        if threading.current_thread() is not self._reader:
+            self._wait_finished(self._runtime.stop_grace)
+
+    # -- internals used by RunningProcess
+
+    def _request(self, msg: dict[str, Any]) -> None:
+        if self._ended.is_set():
+            return
+        try:
+            _send(self._sock, self._send_lock, msg, [])
+        except (OSError, ValueError) as e:
+            raise SpawnError(f"cannot reach the sandbox's agent: {e}") from e
+
+    def _forget(self, proc: RunningProcess) -> None:
+        with self._lock:
+            if self._procs.get(proc.id) is proc:
+                del self._procs[proc.id]
+
+    def _oom_kills(self) -> int:
+        cg = self._res.cgroup
+        return cg.oom_kills() if cg is not None else 0
+
+    # -- boot
+
+    def _prepare(self, zygote: _Zygote) -> None:
+        """Have the zygote fork this sandbox's helper; its agent then waits for ``boot``."""
+        self._zygote = zygote
+        self._reader = threading.Thread(target=self._read_loop, name="archil-sbx", daemon=True)
+        self._reader.start()
+        config = {"namespace": self.isolation == "namespace", "userns": self._userns}
+        try:
+            zygote.create(uuid.uuid4().hex, config, [self._agent_end.fileno()])
+        except (OSError, ValueError) as e:
+            self._discard()
+            raise BootError(f"cannot reach the sandbox zygote: {e}") from e
+        finally:
+            self._agent_end.close()
+
+    def _send_boot(
+        self,
+        spec: SandboxSpec,
+        token: str,
+        res: _Resources,
+        on_end: Callable[[str | None], None],
+        config: dict[str, Any],
+        fds: list[int],
+    ) -> None:
+        """Make this prepared sandbox ``spec`` (it owns ``res`` from here on)."""
+        self.spec, self.sandbox_id, self.token = spec, spec.sandbox_id, token
+        self._res, self._on_end = res, on_end
+        self._archil_env = _archil_env(spec, self.isolation == "namespace", token)
+        if self._reader is not None:
+            self._reader.name = f"archil-sbx-{spec.sandbox_id[:24]}"
+        self._boot_sent = True
+        try:
+            _send(self._sock, self._send_lock, {"type": "boot", "config": config}, fds)
+        except (OSError, ValueError) as e:
+            self._boot_error = f"the prepared sandbox is gone: {e}"
+            self._boot_event.set()
+
+    def _discard(self) -> None:
+        """End a prepared sandbox that will not be booted."""
+        with self._lock:
+            self._stopping = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._hard_kill()
+
+    def _wait_boot(self, timeout: float) -> None:
+        """Block until the agent is ready; raise :class:`BootError` otherwise."""
+        if self._boot_event.wait(timeout) and self._ready and self.init_pid:
+            with self._lock:
+                if not self._ended.is_set():
+                    self._booted = True
+                    return
+        error = self._boot_error
+        if error is None:
+            if self._ended.is_set():
+                error = self._end_reason() or "the sandbox ended while booting"
+            else:
+                error = f"the sandbox did not start within {timeout:g} s"
+        gone = self._ended.is_set() and not self._setup_failed
+        self._stopping = True
+        self._hard_kill()
+        self._wait_finished(5.0)
+        raise (_PreparedGone if gone else BootError)(error)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                msg, pid = _recv(self._sock)
+                if msg is None:
+                    break
+                try:
+                    self._dispatch(msg, pid)
+                except Exception:
+                    logger.exception("sandbox %s: bad message %r", self.sandbox_id, msg)
+        finally:
+            self._finalize()
+
+    def _dispatch(self, msg: dict[str, Any], sender: int | None) -> None:
+        kind = msg.get("type")
+        proc = self._procs.get(str(msg.get("id")))
+        if kind == "init":
+            self._on_init(int(msg["pid"]), sender)
+        elif kind == "ready":
+            self._ready = True
+            if self.init_pid:
+                self._boot_event.set()
+        elif kind == "error":
+            self._boot_error = str(msg.get("message"))
+            self._setup_failed = self._boot_sent
+            self._boot_event.set()
+        elif kind == "spawned" and proc is not None:
+            ns_pid = int(msg["pid"])
+            proc.pid = (sender or 0) if msg.get("cred") else self._host_pid(ns_pid)
+            proc._spawned.set()
+        elif kind == "spawn_failed" and proc is not None:
+            proc._spawn_error = str(msg.get("message"))
+            proc._spawned.set()
+        elif kind == "exited" and proc is not None:
+            proc._exited(msg.get("code"), msg.get("signal"))
+        elif kind == "ended":
+            self._init_status = (msg.get("code"), msg.get("signal"))
+            self._helper_ended.set()
+        elif kind in ("frozen", "thawed") and kind in self._acks:
+            self._acks[kind].set()
+        elif kind == "protocol_error":
+            logger.warning("sandbox %s agent: %s", self.sandbox_id, msg.get("message"))
+
+    def _on_init(self, init_pid: int, helper_pid: int | None) -> None:
+        """The helper reported the agent's pid: hold both (and the PID namespace) by fd."""
+        # The kernel names the sender (SO_PASSCRED); each pid is checked to be the child
+        # of the one before it (zygote -> helper -> init) before it is held by a pidfd.
+        if helper_pid is not None and self._zygote is not None:
+            self._helper_fd = _proc.pidfd_of_child(helper_pid, self._zygote.pid)
+        if self._helper_fd is not None:
+            self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
+        if self._init_fd is None:
+            self._boot_error = "the sandbox's init exited at once"
+            self._boot_event.set()
+            return
+        if self.isolation == "namespace":
+            try:
+                fd = os.open(f"/proc/{init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            link = os.readlink(f"/proc/self/fd/{fd}") if fd >= 0 else None
+            if fd >= 0 and (link == os.readlink("/proc/self/ns/pid") or not self._init_alive()):
+                os.close(fd)
+                fd, link = -1, None
+            self._ns_fd, self._ns_link = (fd, link) if fd >= 0 else (None, None)
+        self.init_pid = init_pid
+        if self._ready:
+            self._boot_event.set()
+
+    @property
+    def _usable(self) -> bool:
+        """A prepared sandbox that can still be booted."""
+        return not self._ended.is_set() and not self._stopping and not self._zygote_dead
+
+    @property
+    def _zygote_dead(self) -> bool:
+        return self._zygote is None or self._zygote.dead.is_set()
+
+    def _init_alive(self) -> bool:
+        return self._init_fd is not None and _proc.pidfd_alive(self._init_fd)
+
+    def _host_pid(self, ns_pid: int) -> int:
+        """The host pid of a child of the agent known by its pid in the sandbox."""
+        if self.isolation == "process" or not self.init_pid:
+            return ns_pid
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+        except OSError:
+            return 0
+        for child in children:
+            ns = (_proc.status_field(child, "NSpid") or "").split()
+            if ns and ns[-1] == str(ns_pid):
+                return child
+        return 0
+
+    # -- the end
+
+    def _end_reason(self) -> str | None:
+        if self._stopping:
+            return None
+        status = self._init_status
+        if status is None:
+            if self._zygote_dead:
+                return "the runtime's zygote process died"
+            return "the sandbox's helper process died"
+        code, sig = status
+        if sig is not None:
+            if sig == signal.SIGKILL and self._oom_kills() > 0:
+                return f"out of memory (limit {self.memory_limit_mib} MiB)"
+            return f"the sandbox's init was killed by signal {_proc.signal_name(sig)}"
+        if code == 125 and self._boot_error:
+            return self._boot_error
+        return f"the sandbox's init exited with status {code}"
+
+    def _finalize(self) -> None:
+        """The socket closed: the helper and the agent are gone. Clean up, report."""
+        if self._init_status is None and not self._zygote_dead:
+            self._helper_ended.wait(0.5)
+        with self._lock:
+            self._ended.set()
+            booted = self._booted
+        self._boot_event.set()
+        self._hard_kill()
+        _proc.sweep(self._leftovers, quiet_scans=1 if self._ns_link else 2)
+        reason = self._end_reason()
+        with self._lock:
+            procs = list(self._procs.values())
+        started = []
+        for p in procs:
+            if p._spawned.is_set() and not p._spawn_error:
+                started.append(p)
+                p._lost("the sandbox stopped" if reason is None else f"the sandbox ended: {reason}")
+            elif not p._spawned.is_set():
+                p._spawn_error = "the sandbox ended before the process started"
+                p._spawned.set()
+        for p in started:
+            p.done.wait(2.0)
+        for fd in (self._helper_fd, self._init_fd, self._ns_fd):
+            if fd is not None:
+                os.close(fd)
+        self._helper_fd = self._init_fd = self._ns_fd = None
+        self._sock.close()
+        self._res.release()
+        self._runtime._forget(self)
+        try:
+            if booted:
+                self._on_end(reason)
+        except Exception:
+            logger.exception("on_end of sandbox %s failed", self.sandbox_id)
+        finally:
+            self._finished.set()
+
+    def _leftovers(self) -> set[int]:
+        """Processes of this sandbox that are still there (by namespace, cgroup, marker)."""
+        pids: set[int] = set()
+        if self._ns_link is not None:
+            pids |= _proc.pids_in_pid_namespace(self._ns_link)
+        if self._res.cgroup is not None:
+            pids |= self._res.cgroup.pids()
+        if self.isolation == "process":
+            pids |= _proc.pids_with_env_marker("ARCHIL_SANDBOX_TOKEN", self.token)
+        pids.discard(os.getpid())
+        if self._zygote is not None:
+            pids.discard(self._zygote.pid)
+        return pids
+
+    def _hard_kill(self) -> None:
+        """SIGKILL the agent and its helper (by pidfd) and whatever else is left."""
+        if self.isolation == "process" and not self._ended.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                _send(self._sock, self._send_lock, {"type": "signal_all", "signal": 9}, [])
+        for fd in (self._init_fd, self._helper_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+        _proc.kill_pids(self._leftovers(), signal.SIGKILL)
+        self._unfreeze_for_stop()
+
+    def _unfreeze_for_stop(self) -> None:
+        cg = self._res.cgroup
+        if self._frozen and cg is not None and cg.can_freeze:
+            with contextlib.suppress(CgroupError):
+                cg.thaw()
+        self._frozen = False
+
+    def _enforce_stop(self, grace: float) -> None:
+        if not self._ended.wait(grace + 2.0):
+            logger.warning("sandbox %s did not stop in %g s: killing it", self.sandbox_id, grace)
+            self._hard_kill()
+        self._wait_finished(10.0)
+
+    def _wait_finished(self, timeout: float) -> None:
+        if not self._finished.wait(timeout):
+            logger.warning("sandbox %s: still cleaning up after %g s", self.sandbox_id, timeout)
+
+    # -- pause
+
+    def _set_frozen(self, frozen: bool) -> None:
+        with self._lock:
+            if not self.alive or self._stopping:
+                raise SpawnError("the sandbox is not running")
+            if self._frozen == frozen:
+                return
+        cg = self._res.cgroup
+        if cg is not None and cg.can_freeze:
+            try:
+                cg.freeze() if frozen else cg.thaw()
+            except CgroupError as e:
+                raise SpawnError(str(e)) from e
+        else:
+            ack = "frozen" if frozen else "thawed"
+            self._acks[ack] = event = threading.Event()
+            self._request({"type": "freeze" if frozen else "thaw"})
+            if not event.wait(5.0):
+                raise SpawnError(f"the sandbox's agent did not report {ack}")
+        self._frozen = frozen
+
+    # -- process set-up
+
+    def _cwd(self, spec: ProcessSpec) -> str:
+        has_disk = any(posixpath.normpath(m.target) == GUEST_DISK_PATH for m in self.spec.mounts)
+        cwd = spec.cwd or (GUEST_DISK_PATH if has_disk else "/")
+        if not cwd.startswith("/"):
+            raise SpawnError(f"cwd must be an absolute path, not {cwd!r}")
+        if self.isolation == "process":
+            cwd = _to_host(self.spec, cwd)
+        return cwd
+
+    def _process_env(self, spec: ProcessSpec, pid_id: str) -> dict[str, str]:
+        env = {"PATH": BASE_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+        if spec.terminal is not None:
+            env["TERM"] = "xterm-256color"
+        env.update(self.spec.image.env)
+        if self.isolation == "process" and self.spec.image.host_path:
+            parts = [*self.spec.image.host_path, *env["PATH"].split(":")]
+            env["PATH"] = ":".join(dict.fromkeys(p for p in parts if p))
+        env.update(self.spec.env)
+        env.update(spec.env)
+        env.update(self._archil_env)
+        env["ARCHIL_PROCESS_TOKEN"] = f"{self.token}.{pid_id}"
+        return env
+
+    def _process_fds(self, proc: RunningProcess, spec: ProcessSpec) -> list[int]:
+        """Create the process's pipes (or pty); give ``proc`` the server ends, return the rest."""
+        if spec.terminal is not None:
+            master, slave = os.openpty()
+            cols, rows = spec.terminal
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            proc._attach(master, [(master, 1)])
+            return [slave]
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        in_r, in_w, out_r, out_w, err_r, err_w = fds
+        proc._attach(in_w, [(out_r, 1), (err_r, 2)])
+        return [in_r, out_w, err_w]
+
+
+def _to_host(spec: SandboxSpec, guest: str) -> str:
+    """A guest path under a mount target, as the host path of the mount's source."""
+    best = None
+    for m in spec.mounts:
+        t = posixpath.normpath(m.target)
+        if (guest == t or guest.startswith(t + "/")) and (best is None or len(t) > len(best[0])):
+            best = (t, str(m.source))
+    if best is None:
+        return guest
+    return best[1] + guest[len(best[0]) :]
+
+
+def _archil_env(spec: SandboxSpec, namespace: bool, token: str) -> dict[str, str]:
+    env = {"ARCHIL_SANDBOX_ID": spec.sandbox_id}
+    env["ARCHIL_ISOLATION"] = "namespace" if namespace else "process"
+    others = [m for m in spec.mounts if posixpath.normpath(m.target) != GUEST_DISK_PATH]
+    disk = next((m for m in spec.mounts if posixpath.normpath(m.target) == GUEST_DISK_PATH), None)
+    if disk is not None:
+        env["ARCHIL_DISK_PATH"] = GUEST_DISK_PATH if namespace else str(disk.source)
+    env["ARCHIL_MOUNT_COUNT"] = str(len(others))
+    for i, m in enumerate(others):
+        target = posixpath.normpath(m.target)
+        env[f"ARCHIL_MOUNT_{i}"] = target if namespace else str(m.source)
+        env[f"ARCHIL_MOUNT_{i}_PATH"] = target
+    if not namespace:
+        env["ARCHIL_SANDBOX_TOKEN"] = token
+    return env
+
+
+# -- the runtime ------------------------------------------------------------------------------
+
+_probe_cache: dict[tuple[bool, str], str | None] = {}
 _probe_lock = threading.Lock()
 
 
 class Runtime:
-    """Runs containers as processes on this machine (see the module documentation).
+    """Boots sandboxes on this machine (see the module documentation).
 
-    ``root`` is a private working directory. ``logs`` receives each container's output
-    (streams ``stdout``, ``stderr`` and ``system``). ``namespaces`` forces namespace mode
-    on (fails when unavailable) or off (process mode); None detects.
-    ``user_namespace`` forces ``unshare --user --map-root-user`` on or off (None: only when
-    not root). ``cgroups=False`` disables memory limits. ``unshare`` names the util-linux
-    binary. ``timeout_grace`` is the SIGTERM-to-SIGKILL delay when ``timeout_seconds``
-    runs out. ``hidden_paths`` are host directories (or files) masked inside every
-    container in namespace mode (an empty tmpfs, ``/dev/null`` for a file), e.g. the
-    directory holding all disks, so a container reaches its own disk only through its
-    mounts. A hidden path that contains one of the container's mounts, its image or its
-    working directory is left visible for that container.
+    ``root`` is a private working directory (skeleton, mountpoints, the zygote's log).
+    ``namespaces`` forces namespace mode on (a boot fails where it does not work) or off
+    (process mode); None detects. ``user_namespace`` forces a user namespace on or off
+    (None: only when not root). ``cgroups=False`` disables memory limits and the freezer
+    cgroup. ``stop_grace`` is the default SIGTERM-to-SIGKILL delay of
+    :meth:`Environment.stop`.
     """
 
     def __init__(
         self,
         root: Path,
-        logs: LogStore,
         *,
         namespaces: bool | None = None,
         user_namespace: bool | None = None,
         cgroups: bool | None = None,
-        unshare: str = "unshare",
-        timeout_grace: float = 2.0,
-        hidden_paths: Iterable[Path] = (),
+        stop_grace: float = 10.0,
     ) -> None:
-        self._root = Path(root)
+        self._root = Path(root).resolve()
         self._root.mkdir(parents=True, exist_ok=True)
-        self._logs = logs
+        (self._root / "roots").mkdir(exist_ok=True)
+        self.stop_grace = stop_grace
         self._ns_pref = namespaces
         self._userns_pref = user_namespace
         self._cg_pref = cgroups
-        self._unshare_name = unshare
-        self._timeout_grace = timeout_grace
-        self._hidden = [os.path.realpath(p) for p in hidden_paths]
         self._caps: dict[str, Any] | None = None
         self._caps_lock = threading.Lock()
-        self._ns_argv: list[str] | None = None
-        self._cgroups: _Cgroups | None = None
-        self._mount_bin = shutil.which("mount", path=DEFAULT_PATH) or "mount"
-        self._mkdir_bin = shutil.which("mkdir", path=DEFAULT_PATH) or "mkdir"
+        self._ns_error: str | None = None
+        self._userns = False
+        self._cgroups = Cgroups.disabled("not detected yet")
+        self._cpus = _proc.CpuPool()
+        self._spawner: _Spawner | None = None
+        self._zygote: _Zygote | None = None
+        self._zygote_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._containers: dict[str, _Container] = {}
-        self._spawner = _Spawner()
+        self._envs: dict[str, Environment] = {}
+        self._prepared: Environment | None = None
         self._closed = False
-        try:
-            self._all_cpus = sorted(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            self._all_cpus = []
-        self._cpu_load = dict.fromkeys(self._all_cpus, 0)
-        self._rr = 0
-        self._create_mountpoints_on_host = True
 
-    # -- capabilities ----------------------------------------------------------------
+    # -- capabilities
 
     @property
     def capabilities(self) -> dict[str, Any]:
         """What this machine lets the runtime enforce, detected once.
 
-        Keys: ``namespaces`` (mount+PID namespaces), ``user_namespace``,
-        ``memory_limit``, ``cpu_affinity``, ``cgroup`` (``"v1"``, ``"v2"`` or None),
-        ``cgroup_path``, and ``reason`` (why something is missing, or None).
+        Keys: ``namespaces``, ``user_namespace``, ``memory_limit``, ``freezer``,
+        ``cpu_affinity``, ``cgroup`` (``"v1"``, ``"v2"`` or None), ``isolation``
+        (``"namespace"`` or ``"process"``) and ``reason`` (what is missing and why, or None).
         """
         with self._caps_lock:
             if self._caps is None:
@@ -596,847 +1284,295 @@ class Runtime:
 
     def _detect(self) -> dict[str, Any]:
         reasons: list[str] = []
+        if self._cg_pref is False:
+            self._cgroups = Cgroups.disabled("cgroups are disabled by configuration")
+        else:
+            self._cgroups = Cgroups.detect()
+            self._cgroups.cleanup_stale()
+        if self._cgroups.reason:
+            reasons.append(self._cgroups.reason)
         caps: dict[str, Any] = {
             "namespaces": False,
             "user_namespace": False,
-            "memory_limit": False,
-            "cpu_affinity": False,
-            "cgroup": None,
-            "cgroup_path": None,
+            "memory_limit": self._cgroups.memory_limit,
+            "freezer": self._cgroups.freezer,
+            "cpu_affinity": bool(self._cpus.cpus),
+            "cgroup": self._cgroups.version,
+            "isolation": "process",
             "reason": None,
         }
+        if not self._cpus.cpus:
+            reasons.append("CPU affinity is not available")
         if self._ns_pref is False:
-            reasons.append("namespaces are disabled by configuration")
+            err: str | None = "namespaces are disabled by configuration"
         else:
             userns = self._userns_pref if self._userns_pref is not None else os.geteuid() != 0
-            argv, err = self._probe_namespaces(userns)
-            if argv is not None:
-                self._ns_argv = argv
-                caps["namespaces"] = True
-                caps["user_namespace"] = userns
+            err = self._probe(userns)
+            if err is None:
+                self._userns = userns
+                caps.update(namespaces=True, user_namespace=userns, isolation="namespace")
             else:
-                if self._ns_pref:
-                    raise RuntimeError(f"Linux namespaces are not available: {err}")
-                reasons.append(f"Linux namespaces are not available ({err})")
+                err = f"Linux namespaces are not available ({err})"
+        if err is not None:
+            self._ns_error = err
+            reasons.append(err)
+            reasons.append("read-only mounts are not enforced")
+            if self._ns_pref is not True:
                 logger.warning(
-                    "archil local runtime: Linux namespaces are not available (%s); containers "
-                    "run as plain processes: the disk is not mounted at /mnt/archil (use "
-                    "ARCHIL_DISK_PATH), read-only mounts are not enforced",
+                    "archil local runtime: %s; sandboxes run as plain processes (the disk is "
+                    "at $ARCHIL_DISK_PATH, read-only mounts are not enforced)",
                     err,
                 )
-        if self._cg_pref is False:
-            reasons.append("memory limits are disabled by configuration")
-        else:
-            cg, err = _Cgroups.detect()
-            if cg is not None:
-                self._cgroups = cg
-                cg.cleanup_stale()
-                caps["memory_limit"] = True
-                caps["cgroup"] = f"v{cg.version}"
-                caps["cgroup_path"] = str(cg.base)
-            else:
-                reasons.append(f"memory limits are not enforced ({err})")
-        if self._all_cpus and hasattr(os, "sched_setaffinity"):
-            caps["cpu_affinity"] = True
-        else:
-            reasons.append("CPU affinity is not available")
         caps["reason"] = "; ".join(reasons) or None
         return caps
 
-    def _probe_namespaces(self, userns: bool) -> tuple[list[str] | None, str | None]:
-        unshare = shutil.which(self._unshare_name) or (
-            self._unshare_name
-            if os.path.isabs(self._unshare_name) and os.access(self._unshare_name, os.X_OK)
-            else None
-        )
-        if unshare is None:
-            return None, f"the util-linux command {self._unshare_name!r} is not installed"
-        key = (unshare, userns)
+    def _probe(self, userns: bool) -> str | None:
+        """Boot a minimal sandbox once per process; None when it works, else why not."""
+        key = (userns, sys.executable)
         with _probe_lock:
             if key in _probe_cache:
                 return _probe_cache[key]
-        base = [unshare]
-        if userns:
-            base += ["--user", "--map-root-user"]
-        base += ["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
-        probe = self._root / f"probe-{uuid.uuid4().hex[:8]}"
-        src, dst = probe / "src", probe / "dst"
-        result: tuple[list[str] | None, str | None] = (None, "unknown error")
-        try:
-            src.mkdir(parents=True)
-            dst.mkdir()
-            (src / "probe").write_text("ok")
-            m = shlex.quote(self._mount_bin)
-            script = (
-                f'{m} -c --bind -- "$1" "$2" && {m} -c -o remount,bind,ro -- "$2" '
-                '&& [ -f "$2/probe" ] && ! (: > "$2/written") 2>/dev/null'
-            )
-            errors: list[str] = []
-            for extra in (["--mount-proc"], []):
-                argv = [*base, *extra]
-                try:
-                    proc = subprocess.run(
-                        [*argv, "--", "/bin/sh", "-c", script, "probe", str(src), str(dst)],
-                        capture_output=True,
-                        stdin=subprocess.DEVNULL,
-                        timeout=20,
-                        check=False,
-                    )
-                except (OSError, subprocess.SubprocessError) as e:
-                    errors.append(str(e))
-                    continue
-                if proc.returncode == 0 and not (src / "written").exists():
-                    result = (argv, None)
-                    break
-                err = proc.stderr.decode(errors="replace").strip().splitlines()
-                errors.append(err[-1] if err else f"exit code {proc.returncode}")
-            else:
-                result = (None, "; ".join(dict.fromkeys(errors)))
-        except OSError as e:
-            result = (None, str(e))
-        finally:
-            shutil.rmtree(probe, ignore_errors=True)
-        with _probe_lock:
+            probe = self._root / f"probe-{uuid.uuid4().hex[:8]}"
+            try:
+                for d in ("upper", "work", "src"):
+                    (probe / d).mkdir(parents=True)
+                spec = SandboxSpec(
+                    sandbox_id="probe",
+                    hostname="probe",
+                    root=RootSpec(upper=probe / "upper", work=probe / "work"),
+                    image=ImageEnv(image_id="host", source="host"),
+                    mounts=(MountSpec(probe / "src", GUEST_DISK_PATH, read_only=True),),
+                )
+                env = self._boot(spec, lambda _r: None, namespace=True, userns=userns, cg=False)
+                env.stop(0.0)
+                result: str | None = None
+            except (BootError, OSError) as e:
+                result = str(e)
+            finally:
+                _rmtree(probe)
             _probe_cache[key] = result
-        return result
+            return result
 
-    # -- public API ------------------------------------------------------------------
+    # -- booting
 
-    def start(
-        self,
-        spec: ContainerSpec,
-        on_running: Callable[[], None],
-        on_exit: Callable[[int | None, str | None], None],
-    ) -> None:
-        """Start a container in the background and return at once.
+    def boot(self, spec: SandboxSpec, *, on_end: Callable[[str | None], None]) -> Environment:
+        """Boot a sandbox; returns once its agent is ready.
 
-        ``on_running()`` is called once its command has started; ``on_exit(exit_code,
-        failure_reason)`` exactly once when no process of it is left. ``failure_reason``
-        is None for a normal exit (whatever the code) and for :meth:`stop`; a string for
-        out of memory, ``timeout_seconds``, or a failure to start (then ``exit_code`` may
-        be None). Both run on a runtime thread and should return quickly.
+        Raises ``ValueError`` for a malformed spec and :class:`BootError` (naming what
+        failed) when it cannot boot. ``on_end(reason)`` is called once when the sandbox is
+        gone: ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill`
+        or :meth:`shutdown`, else why it ended (its init died, out of memory...).
         """
-        self._validate(spec)
-        self._start(spec, on_running, on_exit, self._log_sink(spec.container_id), log_system=True)
+        validate_sandbox_spec(spec)
+        caps = self.capabilities
+        if self._ns_pref is True and not caps["namespaces"]:
+            raise BootError(self._ns_error or "Linux namespaces are not available")
+        namespace = caps["isolation"] == "namespace"
+        return self._boot(spec, on_end, namespace=namespace, userns=self._userns, cg=True)
 
-    def _log_sink(self, cid: str) -> Sink:
-        logs = self._logs
-
-        def sink(stream: str, text: str) -> None:
-            logs.append(cid, stream, text)
-
-        return sink
-
-    def _start(
+    def _boot(
         self,
-        spec: ContainerSpec,
-        on_running: Callable[[], None],
-        on_exit: Callable[[int | None, str | None], None],
-        sink: Sink,
+        spec: SandboxSpec,
+        on_end: Callable[[str | None], None],
         *,
-        log_system: bool,
-    ) -> _Container:
-        c = _Container(spec, on_running, on_exit, sink, log_system)
+        namespace: bool,
+        userns: bool,
+        cg: bool,
+    ) -> Environment:
+        validate_sandbox_spec(spec)
+        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
+        plan = []
+        if namespace:
+            plan = mount_plan(spec, ensure_skeleton(self._root), self._root, userns=userns)
+        try:
+            env = self._boot_once(spec, on_end, token, plan, (namespace, userns, cg), prepared=True)
+        except _PreparedGone:
+            # The sandbox prepared ahead died (say, with its zygote): once more, from scratch.
+            env = self._boot_once(
+                spec, on_end, token, plan, (namespace, userns, cg), prepared=False
+            )
+        self._prepare_next(namespace, userns)
+        return env
+
+    def _boot_once(
+        self,
+        spec: SandboxSpec,
+        on_end: Callable[[str | None], None],
+        token: str,
+        plan: list[dict[str, Any]],
+        kind: tuple[bool, bool, bool],
+        *,
+        prepared: bool,
+    ) -> Environment:
+        """One attempt: ``kind`` is (namespace, user namespace, cgroups)."""
+        namespace, userns, cg = kind
+        env = self._take_prepared(namespace, userns, fresh=not prepared)
+        res = _Resources(self, self._cpus.take(spec.vcpu_count), None)
+        fds: list[int] = []
+        try:
+            res.cgroup = self._make_cgroup(token, spec) if cg else None
+            res.rootdir = self._root / "roots" / token
+            res.rootdir.mkdir()
+            config, fds = self._config(spec, token, namespace, plan, res)
+            with self._lock:
+                if self._closed:
+                    raise BootError("the runtime is shut down")
+                self._envs[token] = env
+        except BaseException:
+            res.release()
+            env._discard()
+            raise
+        try:
+            env._send_boot(spec, token, res, on_end, config, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            env._wait_boot(_BOOT_TIMEOUT)
+        except _PreparedGone as e:
+            if not prepared:
+                raise BootError(str(e)) from None
+            raise
+        return env
+
+    def _take_prepared(self, namespace: bool, userns: bool, *, fresh: bool) -> Environment:
+        """The prepared sandbox when it is of this kind and still there, else a new one."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the runtime is shut down")
-            old = self._containers.get(c.id)
-            if old is not None and not old.done.is_set():
-                raise ValueError(f"container {c.id} is already running")
-            self._containers[c.id] = c
-        self._spawner.submit(lambda: self._spawn(c))
-        return c
+                raise BootError("the runtime is shut down")
+            env, self._prepared = self._prepared, None
+        kind = "namespace" if namespace else "process"
+        usable = env is not None and (env.isolation, env._userns) == (kind, userns) and env._usable
+        if env is not None and usable and not fresh:
+            return env
+        if env is not None:
+            env._discard()
+        env = Environment(self, namespace=namespace, userns=userns)
+        env._prepare(self._get_zygote())
+        return env
 
-    @staticmethod
-    def _validate(spec: ContainerSpec) -> None:
-        if not isinstance(spec.container_id, str) or not _ID_RE.match(spec.container_id):
-            raise ValueError(f"invalid container id {spec.container_id!r}")
-        if spec.vcpu_count < 1:
-            raise ValueError("vcpu_count must be at least 1")
-        if spec.mem_size_mib < 1:
-            raise ValueError("mem_size_mib must be at least 1")
-        seen: set[str] = set()
-        for m in spec.mounts:
-            p = m.container_path
-            if not isinstance(p, str) or not p.startswith("/") or "\0" in p:
-                raise ValueError(f"mount path {p!r} must be absolute")
-            norm = posixpath.normpath(p)
-            if norm == "/" or ".." in p.split("/") or norm != p.rstrip("/"):
-                raise ValueError(f"mount path {p!r} must be a normalized absolute path below /")
-            if norm in seen:
-                raise ValueError(f"two mounts at {norm}")
-            seen.add(norm)
-        for k in spec.env:
-            if not k or "=" in k or "\0" in k:
-                raise ValueError(f"invalid environment variable name {k!r}")
-
-    def stop(self, container_id: str, grace: float = 10.0) -> None:
-        """Stop a container: SIGTERM, then SIGKILL after ``grace`` seconds.
-
-        Returns once no process of the container is left and its ``on_exit`` has been
-        called; called from ``on_running`` it starts the stop and returns at once. A no-op
-        for an unknown or finished container.
-        """
+    def _prepare_next(self, namespace: bool, userns: bool) -> None:
+        """Prepare the next sandbox now, so that the next boot finds it waiting."""
         with self._lock:
-            c = self._containers.get(container_id)
-        if c is None or c.done.is_set():
-            return
-        with c.lock:
-            c.stop_requested = True
-            if c.state == "queued":
-                c.cancelled = True
-        if c.cancelled:
-            c.done.wait(30.0)
-            return
-        self._system(c, f"stopping: SIGTERM, then SIGKILL after {grace:g} s")
-        if threading.current_thread() is c.waiter:
-            threading.Thread(
-                target=self._terminate, args=(c, grace), name=f"archil-stop-{c.id}", daemon=True
-            ).start()
-            return
-        self._terminate(c, grace)
-        c.done.wait(30.0)
-
-    def _terminate(self, c: _Container, grace: float) -> None:
-        """SIGTERM every process of ``c``; SIGKILL after ``grace``; wait until all are gone."""
-        self._signal(c, signal.SIGTERM)
-        if c.exited.wait(max(0.0, grace)):
-            return
-        if grace > 0:
-            self._system(c, f"still running after {grace:g} s: SIGKILL")
-        for attempt in range(200):
-            self._signal(c, signal.SIGKILL, kill_init=attempt >= 4)
-            if c.exited.wait(0.05):
+            if self._closed or self._prepared is not None:
                 return
-        logger.warning("container %s: processes survived SIGKILL", c.id)
-
-    def is_running(self, container_id: str) -> bool:
-        """True from :meth:`start` until the container's processes are gone."""
+        try:
+            env = Environment(self, namespace=namespace, userns=userns)
+            env._prepare(self._get_zygote())
+        except BootError as e:
+            logger.debug("cannot prepare a sandbox ahead: %s", e)
+            return
         with self._lock:
-            c = self._containers.get(container_id)
-        return c is not None and not c.exited.is_set() and not c.done.is_set()
+            keep = not self._closed and self._prepared is None
+            if keep:
+                self._prepared = env
+        if not keep:
+            env._discard()
 
-    def ports(self, container_id: str, *, listening_only: bool = True) -> dict[int, int]:
-        """Container port -> host port, for the container's requested ports.
+    def _make_cgroup(self, token: str, spec: SandboxSpec) -> SandboxCgroup | None:
+        if not (self._cgroups.memory_limit or self._cgroups.freezer):
+            return None
+        try:
+            return self._cgroups.create(token, spec.mem_size_mib)
+        except CgroupError as e:
+            logger.warning("sandbox %s runs without cgroups: %s", spec.sandbox_id, e)
+            return None
 
-        Containers share the host's network, so the host port is the container port. With
-        ``listening_only`` (the default) only ports on which a process of this container
-        listens are returned; otherwise every requested port of a running container.
-        """
-        with self._lock:
-            c = self._containers.get(container_id)
-        if c is None or c.exited.is_set() or not c.spec.ports:
-            return {}
-        wanted = {int(p) for p in c.spec.ports}
-        if not listening_only:
-            return {p: p for p in sorted(wanted)}
-        listening = _listening_inodes(wanted)
-        if not listening:
-            return {}
-        owned: set[int] = set()
-        for pid in self._container_pids(c):
-            try:
-                fds = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
+    def _config(
+        self,
+        spec: SandboxSpec,
+        token: str,
+        namespace: bool,
+        plan: list[dict[str, Any]],
+        res: _Resources,
+    ) -> tuple[dict[str, Any], list[int]]:
+        """The agent's ``boot`` configuration and the cgroup files it is handed (opened here)."""
+        agent_files = res.cgroup.agent_join if res.cgroup is not None else ()
+        user_files = res.cgroup.user_join if res.cgroup is not None else ()
+        fds: list[int] = []
+        try:
+            for path in (*agent_files, *user_files):
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
             for fd in fds:
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    owned.add(int(link[8:-1]))
-        return {p: p for p in sorted(listening) if listening[p] & owned}
+                os.close(fd)
+            raise BootError(f"cannot open {e.filename}: {e.strerror}") from e
+        config = {
+            "hostname": spec.hostname,
+            "root": str(res.rootdir),
+            "plan": plan,
+            "cpus": res.cpus or None,
+            "agent_cgroups": len(agent_files),
+            "marker": None if namespace else f"ARCHIL_SANDBOX_TOKEN={token}",
+        }
+        return config, fds
 
-    def run_to_completion(
-        self, spec: ContainerSpec, timeout: float
-    ) -> tuple[int, str, str, float, float]:
-        """Run ``spec`` to its end; ``(exit_code, stdout, stderr, queue_ms, execute_ms)``.
+    def _get_zygote(self) -> _Zygote:
+        """The zygote, (re)started when there is none or it died."""
+        with self._zygote_lock:
+            z = self._zygote
+            if z is not None and z.alive:
+                return z
+            if z is not None:
+                z.close(0.5)
+            if self._spawner is None:
+                self._spawner = _Spawner()
+            self._zygote = _Zygote(self._spawner, self._root / "zygote.log", self._helper_ended)
+            return self._zygote
 
-        Nothing is written to the log store. Output beyond 16 MiB a stream is cut.
-        Raises ``TimeoutError`` (after killing it) when it runs longer than ``timeout``
-        seconds, and :class:`ContainerStartError` when it cannot start.
-        """
-        self._validate(spec)
-        t0 = time.monotonic()
-        out: list[str] = []
-        err: list[str] = []
-        sizes = {"stdout": 0, "stderr": 0}
-        truncated: set[str] = set()
-        done = threading.Event()
-        result: dict[str, Any] = {}
+    def _helper_ended(self, token: str, code: int | None, sig: int | None) -> None:
+        with self._lock:
+            env = self._envs.get(token)
+        if env is not None and env._init_status is None:
+            env._init_status = (code, sig)
+            env._helper_ended.set()
 
-        def sink(stream: str, text: str) -> None:
-            if stream not in sizes:
-                return
-            if sizes[stream] + len(text) > _OUTPUT_CAP:
-                truncated.add(stream)
-                return
-            sizes[stream] += len(text)
-            (out if stream == "stdout" else err).append(text)
+    def _forget(self, env: Environment) -> None:
+        with self._lock:
+            if self._envs.get(env.token) is env:
+                del self._envs[env.token]
 
-        def on_running() -> None:
-            result["running_at"] = time.monotonic()
+    @property
+    def zygote_pid(self) -> int | None:
+        """The pid of the current zygote process, if one is running."""
+        z = self._zygote
+        return z.pid if z is not None and z.alive else None
 
-        def on_exit(code: int | None, reason: str | None) -> None:
-            result["code"] = code
-            result["reason"] = reason
-            result["ended_at"] = time.monotonic()
-            done.set()
-
-        c = self._start(spec, on_running, on_exit, sink, log_system=False)
-        if not done.wait(max(0.0, timeout)):
-            c.kill_reason = f"timed out after {timeout:g} s"
-            self.stop(spec.container_id, grace=0.0)
-            raise TimeoutError(f"the command did not finish within {timeout:g} s")
-        code = result.get("code")
-        reason = result.get("reason")
-        running_at = result.get("running_at")
-        if code is None or running_at is None:
-            raise ContainerStartError(reason or "the command could not be started")
-        stderr = "".join(err)
-        if "stderr" in truncated:
-            stderr += "\n[archil: stderr truncated at 16 MiB]\n"
-        if reason:
-            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + reason + "\n"
-        stdout = "".join(out)
-        if "stdout" in truncated:
-            stdout += "\n[archil: stdout truncated at 16 MiB]\n"
-        queue_ms = (running_at - t0) * 1000.0
-        execute_ms = (result["ended_at"] - running_at) * 1000.0
-        return int(code), stdout, stderr, queue_ms, execute_ms
+    def environments(self) -> list[Environment]:
+        """The sandboxes that are booted and not yet gone."""
+        with self._lock:
+            return list(self._envs.values())
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop every container (in parallel) and release the runtime's resources."""
+        """Stop every sandbox (in parallel, within ``grace`` plus a few seconds), then the
+        zygote; remove the cgroup base directories."""
         with self._lock:
             self._closed = True
-            containers = [c for c in self._containers.values() if not c.done.is_set()]
+            envs = list(self._envs.values())
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared._discard()
         threads = [
-            threading.Thread(
-                target=self.stop, args=(c.id, grace), name=f"archil-stop-{c.id}", daemon=True
-            )
-            for c in containers
+            threading.Thread(target=e.stop, args=(grace,), name=f"archil-stop-{e.sandbox_id}")
+            for e in envs
         ]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + grace + 15.0
         for t in threads:
-            t.join(grace + 35.0)
-        self._spawner.close()
-        if self._cgroups is not None:
-            self._cgroups.remove_base()
-
-    # -- spawning --------------------------------------------------------------------------
-
-    def _system(self, c: _Container, text: str) -> None:
-        if not c.log_system:
-            return
-        try:
-            self._logs.append(c.id, "system", text + "\n")
-        except Exception:
-            logger.debug("cannot write the log of %s", c.id, exc_info=True)
-
-    def _alloc_cpus(self, n: int) -> list[int]:
-        with self._lock:
-            if not self._all_cpus:
-                return []
-            n = max(1, min(n, len(self._all_cpus)))
-            k = self._rr % len(self._all_cpus)
-            order = self._all_cpus[k:] + self._all_cpus[:k]
-            self._rr += n
-            chosen = sorted(order, key=lambda cpu: self._cpu_load[cpu])[:n]
-            for cpu in chosen:
-                self._cpu_load[cpu] += 1
-            return sorted(chosen)
-
-    def _free_cpus(self, cpus: list[int]) -> None:
-        with self._lock:
-            for cpu in cpus:
-                if cpu in self._cpu_load:
-                    self._cpu_load[cpu] = max(0, self._cpu_load[cpu] - 1)
-
-    def _spawn(self, c: _Container) -> None:
-        """Runs on the spawner thread: prepare the container and fork it."""
-        try:
-            caps = self.capabilities
-        except RuntimeError as e:
-            c.exited.set()
-            self._system(c, f"failed to start: {e}")
-            self._finish(c, None, f"failed to start: {e}")
-            return
-        with c.lock:
-            if c.cancelled:
-                c.state = "exited"
-            else:
-                c.state = "starting"
-        if c.state == "exited":
-            self._system(c, "stopped before it started")
-            self._finish(c, None, None)
-            return
-        try:
-            self._prepare_and_fork(c, caps)
-        except Exception as e:
-            logger.debug("container %s failed to start", c.id, exc_info=True)
-            reason: str | None = None if c.cancelled else f"failed to start: {e}"
-            self._system(c, reason or "stopped before it started")
-            c.exited.set()
-            self._cleanup(c)
-            self._finish(c, None, reason)
-            return
-        c.waiter = threading.Thread(
-            target=self._wait, args=(c,), name=f"archil-wait-{c.id}", daemon=True
-        )
-        c.waiter.start()
-
-    def _prepare_and_fork(self, c: _Container, caps: dict[str, Any]) -> None:
-        spec = c.spec
-        ns = bool(caps["namespaces"]) and self._ns_argv is not None
-        c.mode = "namespace" if ns else "process"
-        mounts: list[_Mount] = []
-        for m in sorted(spec.mounts, key=lambda m: posixpath.normpath(m.container_path).count("/")):
-            host = os.path.realpath(m.host_path)
-            if not os.path.isdir(host):
-                raise ContainerStartError(
-                    f"the directory for {m.container_path} does not exist: {host}"
-                )
-            mounts.append(_Mount(host, posixpath.normpath(m.container_path), m.read_only))
-        c.cpus = self._alloc_cpus(spec.vcpu_count) if caps["cpu_affinity"] else []
-        notes = []
-        if self._cgroups is not None:
-            try:
-                c.cgroup = self._cgroups.create(c.id, spec.mem_size_mib)
-                notes.append(f"memory limit {spec.mem_size_mib} MiB")
-            except OSError as e:
-                logger.warning("container %s runs without a memory limit: %s", c.id, e)
-                notes.append(f"no memory limit ({e.strerror or e})")
-        else:
-            notes.append("no memory limit")
-        if c.cpus:
-            notes.append("CPUs " + ",".join(map(str, c.cpus)))
-        env = self._environment(spec, mounts, ns, c.token)
-        user_script = _user_script(spec.initialization_script, spec.command)
-        preexec = _proc.make_preexec(
-            pdeathsig=True,
-            cgroup_procs=c.cgroup.procs_file if c.cgroup else None,
-            cpus=c.cpus or None,
-        )
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r: int | None = None
-        status_w: int | None = None
-        try:
-            if ns:
-                assert self._ns_argv is not None
-                script = self._setup_script(c, mounts, spec)
-                status_r, status_w = os.pipe()
-                argv = [*self._ns_argv, "--", "/bin/sh", "-c", script, "archil-init", user_script]
-                stdin: int = status_w
-                cwd = str(self._root)
-                mode = "namespaces (mount, pid" + (", user)" if caps["user_namespace"] else ")")
-            else:
-                argv = ["/bin/sh", "-c", user_script, "sh"]
-                stdin = subprocess.DEVNULL
-                cwd = self._fallback_cwd(spec, mounts)
-                mode = "a plain process (no namespaces)"
-            self._system(c, f"starting in {mode}, {', '.join(notes)}")
-            with c.lock:
-                if c.cancelled:
-                    raise ContainerStartError("stopped before it started")
-                c.proc = subprocess.Popen(
-                    argv,
-                    stdin=stdin,
-                    stdout=out_w,
-                    stderr=err_w,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                )
-        except BaseException:
-            for fd in (out_r, err_r, status_r):
-                if fd is not None:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (out_w, err_w, status_w):
-                if fd is not None:
-                    os.close(fd)
-        c.status_fd = status_r
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            t = threading.Thread(
-                target=_proc.pump,
-                args=(fd, _stream_sink(c.sink, stream)),
-                name=f"archil-{stream}-{c.id}",
-                daemon=True,
-            )
-            t.start()
-            c.pumps.append(t)
-
-    def _environment(
-        self, spec: ContainerSpec, mounts: list[_Mount], ns: bool, token: str
-    ) -> dict[str, str]:
-        parts: list[str] = list(spec.image.path_prefix) if spec.image else []
-        parts += DEFAULT_PATH.split(":")
-        parts += os.environ.get("PATH", "").split(":")
-        env: dict[str, str] = {
-            "PATH": ":".join(dict.fromkeys(p for p in parts if p)),
-            "HOME": str(Path.home()),
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-        }
-        if spec.image is not None:
-            if spec.image.virtual_env:
-                env["VIRTUAL_ENV"] = spec.image.virtual_env
-            env.update(spec.image.env)
-        env.update(spec.env)
-        env["ARCHIL_CONTAINER_ID"] = spec.container_id
-        env["ARCHIL_CONTAINER_TOKEN"] = token
-        env["ARCHIL_ISOLATION"] = "namespace" if ns else "process"
-        others = [m for m in mounts if m.target != DISK_MOUNT_PATH]
-        disk = next((m for m in mounts if m.target == DISK_MOUNT_PATH), None)
-        if disk is not None:
-            env["ARCHIL_DISK_PATH"] = DISK_MOUNT_PATH if ns else disk.host
-        env["ARCHIL_MOUNT_COUNT"] = str(len(others))
-        for i, m in enumerate(others):
-            env[f"ARCHIL_MOUNT_{i}"] = m.target if ns else m.host
-            env[f"ARCHIL_MOUNT_{i}_PATH"] = m.target
-        return env
-
-    def _fallback_cwd(self, spec: ContainerSpec, mounts: list[_Mount]) -> str:
-        disk = next((m.host for m in mounts if m.target == DISK_MOUNT_PATH), None)
-        for cand in (spec.workdir, spec.image.workdir if spec.image else None, disk):
-            if cand and os.path.isdir(cand):
-                return cand
-        return str(self._root)
-
-    def _setup_script(self, c: _Container, mounts: list[_Mount], spec: ContainerSpec) -> str:
-        """The init script: mounts, directory, then the command as a child of PID 1."""
-        q = shlex.quote
-        mnt = q(self._mount_bin)
-        mkd = q(self._mkdir_bin)
-        tmpfs: list[str] = []
-        targets = [m.target for m in mounts]
-        for m in mounts:
-            under_other = any(m.target.startswith(t + "/") for t in targets if t != m.target)
-            if under_other or any(m.target.startswith(a + "/") for a in tmpfs):
-                continue
-            lease = _acquire_mountpoint(m.target) if self._create_mountpoints_on_host else None
-            if lease is not None:
-                c.mountpoints.append(lease)
-                continue
-            anc = posixpath.dirname(m.target)
-            while anc != "/" and not os.path.isdir(anc):
-                anc = posixpath.dirname(anc)
-            if anc == "/":
-                raise ContainerStartError(f"cannot create the mountpoint {m.target}")
-            tmpfs = [a for a in tmpfs if not a.startswith(anc + "/")]
-            if anc not in tmpfs:
-                tmpfs.append(anc)
-        lines = ['fail() { printf \'E%s%s\\n\' "$1" "$2" >&0; exit 125; }']
-        for i, m in enumerate(mounts):
-            if any(m.host == a or m.host.startswith(a + "/") for a in tmpfs):
-                if c.stage_dir is None:
-                    c.stage_dir = self._stage_dir(c, tmpfs)
-                stage = c.stage_dir / str(i)
-                stage.mkdir()
-                m.stage = str(stage)
-                lines.append(
-                    f"out=$({mnt} -c --bind -- {q(m.host)} {q(m.stage)} 2>&1) || "
-                    f'fail {q(f"cannot mount {m.host}: ")} "$out"'
-                )
-        for a in tmpfs:
-            lines.append(
-                f"out=$({mnt} -t tmpfs -o mode=0755 archil {q(a)} 2>&1) || "
-                f'fail {q(f"cannot mount a tmpfs on {a}: ")} "$out"'
-            )
-        for m in mounts:
-            t = q(m.target)
-            lines.append(
-                f"[ -d {t} ] || out=$({mkd} -p -- {t} 2>&1) || "
-                f'fail {q(f"cannot create the mountpoint {m.target}: ")} "$out"'
-            )
-            lines.append(
-                f"out=$({mnt} -c --bind -- {q(m.stage or m.host)} {t} 2>&1) || "
-                f'fail {q(f"cannot mount {m.host} at {m.target}: ")} "$out"'
-            )
-            if m.read_only:
-                lines.append(
-                    f"out=$({mnt} -c -o remount,bind,ro -- {t} 2>&1) || "
-                    f'fail {q(f"cannot make {m.target} read-only: ")} "$out"'
-                )
-        keep = [m.target for m in mounts]
-        if spec.image is not None:
-            keep += [str(spec.image.root), *(x for x in (spec.image.workdir, spec.workdir) if x)]
-        for h in self._hidden:
-            if any(k == h or k.startswith(h.rstrip("/") + "/") for k in keep) or not os.path.exists(
-                h
-            ):
-                continue
-            if os.path.isdir(h):
-                lines.append(
-                    f"out=$({mnt} -t tmpfs -o mode=0755,size=64k archil-hidden {q(h)} 2>&1) || "
-                    f'fail {q(f"cannot hide {h}: ")} "$out"'
-                )
-            else:
-                lines.append(
-                    f"out=$({mnt} -c --bind -- /dev/null {q(h)} 2>&1) || "
-                    f'fail {q(f"cannot hide {h}: ")} "$out"'
-                )
-        dirs = [spec.workdir, spec.image.workdir if spec.image else None]
-        if any(m.target == DISK_MOUNT_PATH for m in mounts):
-            dirs.append(DISK_MOUNT_PATH)
-        cds = [f"cd -- {q(d)} 2>/dev/null" for d in dirs if d]
-        lines.append(" || ".join([*cds, "cd /"]))
-        lines.append("printf 'R\\n' >&0")
-        lines.append("exec </dev/null")
-        lines.append('/bin/sh -c "$1" sh')
-        lines.append("exit $?")
-        return "\n".join(lines) + "\n"
-
-    def _stage_dir(self, c: _Container, covered: list[str]) -> Path:
-        """A private directory outside every tmpfs-covered ancestor, for staging mounts."""
-        for base in (
-            self._root / "stage",
-            Path(tempfile.gettempdir()) / "archil-stage",
-            Path("/dev/shm/archil-stage"),
-        ):
-            real = os.path.realpath(base)
-            if any(real == a or real.startswith(a + "/") for a in covered):
-                continue
-            path = base / c.token
-            try:
-                path.mkdir(parents=True)
-            except OSError:
-                continue
-            return path
-        raise ContainerStartError("no directory to stage the mounts in")
-
-    # -- waiting -----------------------------------------------------------------------------
-
-    def _read_status(self, c: _Container) -> str | None:
-        """Read the init's report: ``"R"`` when the command starts, or the setup error."""
-        fd = c.status_fd
-        if fd is None:
-            return "R"
-        data = b""
-        try:
-            while b"\n" not in data or not data.startswith(b"R"):
-                timeout = None if c.deadline is None else max(0.0, c.deadline - time.monotonic())
-                ready, _, _ = select.select([fd], [], [], timeout)
-                if not ready:
-                    return None
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            os.close(fd)
-            c.status_fd = None
-        if data.startswith(b"R"):
-            return "R"
-        text = data.decode(errors="replace").strip()
-        return text[1:] if text.startswith("E") else (text or "the container init exited early")
-
-    def _wait(self, c: _Container) -> None:
-        proc = c.proc
-        assert proc is not None
-        status = self._read_status(c) if c.mode == "namespace" else "R"
-        if status == "R":
-            if c.mode == "namespace":
-                try:
-                    c.ns_fd = os.open(
-                        f"/proc/{proc.pid}/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC
-                    )
-                    c.ns_link = os.readlink(f"/proc/self/fd/{c.ns_fd}")
-                except OSError:
-                    c.ns_fd = None
-                c.init_pid = _proc.child_of(proc.pid)
-            with c.lock:
-                c.state = "running"
-            c.running_at = time.monotonic()
-            self._system(c, f"running (pid {proc.pid})")
-            try:
-                c.on_running()
-            except Exception:
-                logger.exception("on_running callback of %s failed", c.id)
-        elif status is None:
-            c.kill_reason = f"timed out after {c.spec.timeout_seconds} s"
-        else:
-            c.setup_error = status
-        if c.kill_reason is not None:
-            c.deadline = time.monotonic()
-        rc: int | None = None
-        while rc is None:
-            remaining = None if c.deadline is None else max(0.0, c.deadline - time.monotonic())
-            try:
-                rc = proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                rc = self._kill_on_timeout(c, proc)
-        self._sweep(c)
-        c.exited.set()
-        for t in c.pumps:
-            t.join(5.0)
-        code = rc if rc >= 0 else 128 - rc
-        if c.killed_init and code == 1:
-            code = 128 + signal.SIGKILL
-        reason: str | None = None
-        if c.setup_error is not None:
-            reason = f"failed to set up the container: {c.setup_error}"
-        elif c.kill_reason is not None:
-            reason = c.kill_reason
-        elif c.cgroup is not None and code != 0 and c.cgroup.oom_killed():
-            reason = f"out of memory (limit {c.cgroup.limit_mib} MiB)"
-        if reason is not None:
-            self._system(c, reason)
-        if c.stop_requested and reason is None:
-            self._system(c, f"stopped (exit code {code})")
-        else:
-            self._system(c, f"exited with code {code}")
-        self._cleanup(c)
-        self._finish(c, code, reason)
-
-    def _kill_on_timeout(self, c: _Container, proc: subprocess.Popen[bytes]) -> int:
-        """``timeout_seconds`` ran out: SIGTERM, SIGKILL after the grace; the exit status."""
-        if c.kill_reason is None:
-            c.kill_reason = f"timed out after {c.spec.timeout_seconds} s"
-        c.deadline = None
-        self._system(c, f"{c.kill_reason}: stopping")
-        self._signal(c, signal.SIGTERM)
-        try:
-            return proc.wait(self._timeout_grace)
-        except subprocess.TimeoutExpired:
-            pass
-        attempt = 0
-        while True:
-            self._signal(c, signal.SIGKILL, kill_init=attempt >= 4)
-            attempt += 1
-            try:
-                return proc.wait(0.05)
-            except subprocess.TimeoutExpired:
-                continue
-
-    def _finish(self, c: _Container, code: int | None, reason: str | None) -> None:
-        with c.lock:
-            c.state = "exited"
-            c.exit_code = code
-            c.reason = reason
-        c.exited.set()
-        try:
-            c.on_exit(code, reason)
-        except Exception:
-            logger.exception("on_exit callback of %s failed", c.id)
-        finally:
-            with self._lock:
-                if self._containers.get(c.id) is c:
-                    del self._containers[c.id]
-            c.done.set()
-
-    def _container_pids(self, c: _Container) -> set[int]:
-        pids: set[int] = set()
-        if c.ns_link is not None and c.ns_fd is not None:
-            pids |= _proc.pids_in_pid_namespace(c.ns_link)
-        if c.cgroup is not None:
-            pids |= c.cgroup.pids()
-        if c.mode == "process" or c.ns_link is None or c.exited.is_set():
-            pids |= _proc.pids_with_env_marker("ARCHIL_CONTAINER_TOKEN", c.token)
-        return pids
-
-    def _signal(self, c: _Container, sig: int, *, kill_init: bool = False) -> None:
-        """Signal every process of ``c``.
-
-        SIGKILL goes to the command's top process first, so the container's exit status is
-        the kill rather than the exit of a shell whose children happened to die before it.
-        In namespace mode the init (PID 1) is spared unless ``kill_init``: it exits by
-        itself with the command's status once the command is gone (util-linux ``unshare``
-        turns an init killed by SIGKILL into exit status 1).
-        """
-        proc = c.proc
-        alive = proc is not None and proc.returncode is None
-        pids = self._container_pids(c)
-        if c.mode == "namespace":
-            if proc is not None:
-                pids.discard(proc.pid)
-                if sig == signal.SIGKILL and c.ns_link is None and alive:
-                    kill_init = True
-                    pids.add(proc.pid)
-            top = _proc.child_of(c.init_pid) if c.init_pid is not None else None
-            if c.init_pid is not None and not (sig == signal.SIGKILL and kill_init):
-                pids.discard(c.init_pid)
-            if sig == signal.SIGKILL and kill_init:
-                c.killed_init = True
-        else:
-            top = proc.pid if proc is not None else None
-        if sig == signal.SIGKILL and top is not None and top in pids and alive:
-            _proc.kill_pids([top], sig)
-            pids.discard(top)
-        _proc.kill_pids(pids, sig)
-
-    def _sweep(self, c: _Container) -> None:
-        """After the top process ended: kill whatever of the container is left."""
-        proc = c.proc
-
-        def leftovers() -> set[int]:
-            return {p for p in self._container_pids(c) if proc is None or p != proc.pid}
-
-        _proc.sweep(leftovers, quiet_scans=1 if c.mode == "namespace" else 2)
-        if c.ns_fd is not None:
-            os.close(c.ns_fd)
-            c.ns_fd = None
-
-    def _cleanup(self, c: _Container) -> None:
-        if c.cgroup is not None:
-            c.cgroup.remove()
-        for lease in c.mountpoints:
-            _release_mountpoint(lease)
-        c.mountpoints = []
-        if c.stage_dir is not None:
-            shutil.rmtree(c.stage_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                c.stage_dir.parent.rmdir()
-            c.stage_dir = None
-        if c.cpus:
-            self._free_cpus(c.cpus)
-            c.cpus = []
-        if c.status_fd is not None:
-            os.close(c.status_fd)
-            c.status_fd = None
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._zygote_lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
+        self._cgroups.close()
 
 
-def _stream_sink(sink: Sink, stream: str) -> Callable[[str], None]:
-    def on_chunk(text: str) -> None:
-        sink(stream, text)
-
-    return on_chunk
-
-
-def _user_script(init: str | None, command: str | None) -> str:
-    """``/bin/sh -c`` text: the init script, stopping on its failure, then the command."""
-    parts: list[str] = []
-    if init and init.strip():
-        parts.append(init.rstrip("\n"))
-        parts.append(
-            'archil_rc=$?; if [ "$archil_rc" -ne 0 ]; then '
-            'echo "archil: the initialization script failed with exit code $archil_rc" >&2; '
-            'exit "$archil_rc"; fi'
-        )
-    parts.append(command if command and command.strip() else _IDLE)
-    return "\n".join(parts) + "\n"
-
-
-def _listening_inodes(ports: set[int]) -> dict[int, set[int]]:
-    """Port -> inodes of TCP sockets listening on it (IPv4 and IPv6)."""
-    out: dict[int, set[int]] = {}
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f, None)
-                for line in f:
-                    fields = line.split()
-                    if len(fields) < 10 or fields[3] != "0A":
-                        continue
-                    port = int(fields[1].rsplit(":", 1)[1], 16)
-                    if port in ports:
-                        out.setdefault(port, set()).add(int(fields[9]))
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                logger.debug("cannot read %s: %s", name, e)
-    return out
+def _rmtree(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    shutil.rmtree(path, ignore_errors=True)

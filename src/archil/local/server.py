@@ -28,7 +28,7 @@ from .errors import ApiError, describe_validation_error, error_response
 from .middleware import AuthMiddleware, IdempotencyMiddleware, RequestIdMiddleware
 from .objects import S3Error, object_routes, s3_error_response
 from .plane import ControlPlane, ServerSettings, load_api_key
-from .routes import containers, disks, exec, health, images, tokens
+from .routes import disks, exec, health, images, processes, sandboxes, tokens
 
 __all__ = [
     "ApiError",
@@ -104,14 +104,16 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error (request {rid})", "internal_error")
 
 
-def _routes() -> list[BaseRoute]:
+def _routes(settings: ServerSettings) -> list[BaseRoute]:
+    extensions = not settings.real_api_only
     return [
         *health.routes(),
-        *disks.routes(),
+        *disks.routes(extensions=extensions),
         *exec.routes(),
         *tokens.routes(),
         *images.routes(),
-        *containers.routes(),
+        *sandboxes.routes(),
+        *processes.routes(),
         *object_routes(),
     ]
 
@@ -147,12 +149,12 @@ def create_app(settings: ServerSettings, *, api_key: str | None = None) -> Local
         HTTPException: _on_http_exception,
         Exception: _on_unexpected,
     }
+    middleware = [Middleware(AuthMiddleware, plane=plane)]
+    if not settings.real_api_only:
+        middleware.append(Middleware(IdempotencyMiddleware, plane=plane))
     starlette = Starlette(
-        routes=_routes(),
-        middleware=[
-            Middleware(AuthMiddleware, plane=plane),
-            Middleware(IdempotencyMiddleware, plane=plane),
-        ],
+        routes=_routes(settings),
+        middleware=middleware,
         exception_handlers=handlers,
         lifespan=lifespan,
     )

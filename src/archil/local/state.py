@@ -104,6 +104,37 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (disk_id, key)
     );
     """,
+    # version 2: sandboxes and their checkpoints
+    """
+    CREATE TABLE sandboxes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        disks TEXT NOT NULL DEFAULT '[]',
+        image_digest TEXT,
+        layers TEXT NOT NULL DEFAULT '[]',
+        checkpoint TEXT,
+        previous_checkpoint TEXT,
+        parent_id TEXT,
+        ports TEXT NOT NULL DEFAULT '[]',
+        exit_reason TEXT,
+        created_at TEXT NOT NULL,
+        running_at TEXT,
+        finished_at TEXT,
+        last_active_at TEXT NOT NULL
+    );
+    CREATE INDEX sandboxes_parent ON sandboxes (parent_id);
+    CREATE TABLE checkpoints (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        layers TEXT NOT NULL,
+        committed INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX checkpoints_sandbox ON checkpoints (sandbox_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -487,6 +518,131 @@ class State:
         """How many container records exist."""
         row = self._one("SELECT COUNT(*) AS n FROM containers")
         return 0 if row is None else int(row["n"])
+
+    # -- sandboxes ------------------------------------------------------------
+
+    _SANDBOX_COLUMNS = frozenset(
+        {
+            "status",
+            "spec",
+            "disks",
+            "image_digest",
+            "layers",
+            "checkpoint",
+            "previous_checkpoint",
+            "ports",
+            "exit_reason",
+            "running_at",
+            "finished_at",
+            "last_active_at",
+        }
+    )
+
+    def insert_sandbox(
+        self,
+        *,
+        sandbox_id: str,
+        name: str,
+        status: str,
+        spec: dict[str, Any],
+        disks: list[str],
+        layers: list[str],
+        parent_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Insert a sandbox (``sqlite3.IntegrityError`` when its id or name is taken)."""
+        now = utcnow()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO sandboxes (id, name, status, spec, disks, layers, parent_id,"
+                " created_at, last_active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sandbox_id,
+                    name,
+                    status,
+                    json.dumps(spec),
+                    json.dumps(disks),
+                    json.dumps(layers),
+                    parent_id,
+                    now,
+                    now,
+                ),
+            )
+            row = db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        return dict(row)
+
+    def get_sandbox(self, sandbox_id: str) -> dict[str, Any] | None:
+        """A sandbox row by id."""
+        return self._one("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,))
+
+    def get_sandbox_by_name(self, name: str) -> dict[str, Any] | None:
+        """A sandbox row by name."""
+        return self._one("SELECT * FROM sandboxes WHERE name = ?", (name,))
+
+    def list_sandboxes(self) -> list[dict[str, Any]]:
+        """Every sandbox, oldest first."""
+        return self._all("SELECT * FROM sandboxes ORDER BY seq")
+
+    def update_sandbox(self, sandbox_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Set columns of a sandbox row (lists and dicts are stored as JSON); the new row."""
+        unknown = set(fields) - self._SANDBOX_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown sandbox columns: {sorted(unknown)}")
+        if not fields:
+            return self.get_sandbox(sandbox_id)
+        names = sorted(fields)
+        values = [
+            json.dumps(fields[n]) if isinstance(fields[n], (list, dict)) else fields[n]
+            for n in names
+        ]
+        assignments = ", ".join(f"{n} = ?" for n in names)
+        with self._tx() as db:
+            db.execute(f"UPDATE sandboxes SET {assignments} WHERE id = ?", (*values, sandbox_id))
+            row = db.execute("SELECT * FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def delete_sandbox(self, sandbox_id: str) -> bool:
+        """Remove a sandbox and its checkpoints."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,)).rowcount
+            db.execute("DELETE FROM checkpoints WHERE sandbox_id = ?", (sandbox_id,))
+        return n > 0
+
+    def children_of(self, sandbox_id: str) -> list[dict[str, Any]]:
+        """The sandboxes forked from ``sandbox_id``."""
+        return self._all("SELECT * FROM sandboxes WHERE parent_id = ? ORDER BY seq", (sandbox_id,))
+
+    def insert_checkpoint(
+        self, checkpoint_id: str, sandbox_id: str, layers: list[str], *, committed: bool
+    ) -> None:
+        """Record a checkpoint: the layers (newest first) a fork of it boots on."""
+        self._exec(
+            "INSERT INTO checkpoints (id, sandbox_id, layers, committed, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (checkpoint_id, sandbox_id, json.dumps(layers), int(committed), utcnow()),
+        )
+
+    def get_checkpoint(self, checkpoint_id: str) -> dict[str, Any] | None:
+        """A checkpoint row."""
+        return self._one("SELECT * FROM checkpoints WHERE id = ?", (checkpoint_id,))
+
+    def checkpoints_of(self, sandbox_id: str) -> list[str]:
+        """The ids of a sandbox's checkpoints."""
+        rows = self._all("SELECT id FROM checkpoints WHERE sandbox_id = ?", (sandbox_id,))
+        return [str(r["id"]) for r in rows]
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        """Forget a checkpoint (its layers are collected by the caller)."""
+        self._exec("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
+
+    def layers_in_use(self) -> set[str]:
+        """Every layer id some sandbox or kept checkpoint still needs."""
+        used: set[str] = set()
+        with self._lock:
+            for (text,) in self._db.execute("SELECT layers FROM sandboxes"):
+                used.update(json.loads(text))
+            for (text,) in self._db.execute("SELECT layers FROM checkpoints"):
+                used.update(json.loads(text))
+        return used
 
     # -- idempotency ----------------------------------------------------------
 

@@ -113,11 +113,13 @@ async def delete_disk(request: Request) -> Response:
     disk_id = request.path_params["disk_id"]
     if p.state.get_disk(disk_id) is None:
         raise ApiError(404, f"disk {disk_id!r} not found", "disk_not_found")
-    busy = p.state.containers_on_disk(disk_id, active_only=True)
+    busy = [
+        r for r in p.sandboxes.rows(disk_id) if r["status"] not in ("stopped", "exited", "failed")
+    ]
     if busy:
         raise ApiError(
             409,
-            f"disk {disk_id!r} is in use by {len(busy)} running container(s); stop them first",
+            f"disk {disk_id!r} is mounted by {len(busy)} live sandbox(es); stop them first",
             "disk_in_use",
         )
     p.state.delete_disk(disk_id)
@@ -205,9 +207,9 @@ async def grep_disk(request: Request) -> Response:
     raise ApiError(501, "grep is not implemented by the local control plane", "not_implemented")
 
 
-def routes() -> list[Route]:
-    """The disk routes."""
-    return [
+def routes(*, extensions: bool = True) -> list[Route]:
+    """The disk routes (directory listing is an archil extension)."""
+    table = [
         Route("/api/disks", list_disks, methods=["GET"]),
         Route("/api/disks", create_disk, methods=["POST"]),
         Route("/api/disks/{disk_id}", get_disk, methods=["GET"]),
@@ -215,5 +217,7 @@ def routes() -> list[Route]:
         Route("/api/disks/{disk_id}/users", add_disk_user, methods=["POST"]),
         Route("/api/disks/{disk_id}/users/{user_type}", remove_disk_user, methods=["DELETE"]),
         Route("/api/disks/{disk_id}/grep", grep_disk, methods=["POST"]),
-        Route("/api/disks/{disk_id}/directory", read_directory, methods=["GET"]),
     ]
+    if extensions:
+        table.append(Route("/api/disks/{disk_id}/directory", read_directory, methods=["GET"]))
+    return table

@@ -10,17 +10,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..._models import ExecDiskRequest, ExecMount, ExecRequest
-from ..containers import disk_mount
 from ..disks import DirectoryNotFound, PathEscapeError
 from ..errors import ApiError
 from ..plane import ControlPlane
-from ..runtime import ContainerStartError, MountSpec
+from ..runtime import BootError, SpawnError
+from ..sandboxes import ExecOutcome
+from ..spec import GUEST_DISK_PATH, MountSpec
 from .common import ok, plane, read_json, validated
 
 __all__ = ["routes"]
 
 
-def _exec_result(outcome: Any, started: float) -> dict[str, Any]:
+def _exec_result(outcome: ExecOutcome, started: float) -> dict[str, Any]:
     total = int((time.monotonic() - started) * 1000)
     return {
         "exitCode": outcome.exit_code,
@@ -38,8 +39,8 @@ async def _run_exec(p: ControlPlane, command: str, mounts: list[MountSpec]) -> R
     started = time.monotonic()
     timeout = p.settings.exec_timeout
     try:
-        outcome = await p.containers.exec(command, mounts, timeout)
-    except ContainerStartError as exc:
+        outcome = await p.sandboxes.run_once(command, mounts, timeout)
+    except (BootError, SpawnError) as exc:
         raise ApiError(
             500, f"the command could not be started: {exc}", "exec_start_failed"
         ) from None
@@ -51,18 +52,18 @@ async def _run_exec(p: ControlPlane, command: str, mounts: list[MountSpec]) -> R
 
 
 async def exec_disk(request: Request) -> Response:
-    """``POST /api/disks/{id}/exec``."""
+    """``POST /api/disks/{id}/exec``: the disk at ``/mnt/archil``."""
     p = plane(request)
     disk = p.disk(request.path_params["disk_id"])
-    req: ExecDiskRequest = validated(ExecDiskRequest, await read_json(request))
-    mount = disk_mount(p.disks.path(disk["id"]), "/mnt/archil", False)
+    req = validated(ExecDiskRequest, await read_json(request))
+    mount = MountSpec(p.disks.path(disk["id"]), GUEST_DISK_PATH, False)
     return await _run_exec(p, req.command, [mount])
 
 
 async def exec_multi(request: Request) -> Response:
     """``POST /api/exec``: several disks under ``/mnt/archil/<relpath>``."""
     p = plane(request)
-    req: ExecRequest = validated(ExecRequest, await read_json(request))
+    req = validated(ExecRequest, await read_json(request))
     mounts: list[MountSpec] = []
     for rel, target in req.disks.items():
         where = f"disks[{rel!r}]"
@@ -74,7 +75,7 @@ async def exec_multi(request: Request) -> Response:
                 host = p.disks.resolve_subdirectory(disk["id"], spec.subdirectory)
             except (PathEscapeError, DirectoryNotFound) as exc:
                 raise ApiError(400, f"{where}.subdirectory: {exc}", "validation_error") from None
-        mounts.append(disk_mount(host, f"/mnt/archil/{rel}", spec.read_only))
+        mounts.append(MountSpec(host, f"{GUEST_DISK_PATH}/{rel}", spec.read_only))
     return await _run_exec(p, req.command, mounts)
 
 

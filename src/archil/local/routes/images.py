@@ -1,4 +1,4 @@
-"""``/api/images``: sandbox images."""
+"""``/api/images``: sandbox images built from OCI references (:mod:`archil.local.images`)."""
 
 from __future__ import annotations
 
@@ -9,51 +9,41 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ... import _models as models
-from ..._models import CreateImageRequest
+from ..._models import BuildImageRequest
 from ..errors import ApiError
-from ..plane import ControlPlane
-from .common import ok, plane, read_json, shape, validated
+from ..images import ImageRecord
+from .common import ok, plane, read_json, validated
 
-__all__ = ["routes"]
+__all__ = ["image_wire", "routes"]
 
 
-async def _image_wire(p: ControlPlane, image_id: str) -> dict[str, Any] | None:
-    row = p.state.get_image(image_id)
-    if row is None:
-        return None
-    status, reason = p.images.status(image_id)
-    if status is None:
-        await anyio.to_thread.run_sync(p.images.ensure, row["dockerfile"])
-        status, reason = p.images.status(image_id)
-    status = status or row["status"]
-    if status != row["status"] or reason != row["failure_reason"]:
-        p.state.set_image_status(image_id, status, reason)
-    data: dict[str, Any] = {"imageId": image_id, "status": status}
-    if status == "failed":
-        data["failureReason"] = reason or "the build failed"
-    return shape(models.Image, data)
+def image_wire(record: ImageRecord, *, extensions: bool) -> dict[str, Any]:
+    """The live API's ``Image`` record (``failure_message`` is an archil extension)."""
+    data = record.to_wire()
+    if not extensions:
+        data.pop("failure_message", None)
+    return data
 
 
 async def create_image(request: Request) -> Response:
-    """``POST /api/images``: idempotent by Dockerfile content."""
+    """``POST /api/images``: build (or join the build of) an image from an OCI reference."""
     p = plane(request)
-    req: CreateImageRequest = validated(CreateImageRequest, await read_json(request))
-    image_id = p.images.image_id_for(req.dockerfile)
-    created = p.state.insert_image(image_id, req.dockerfile)
-    await anyio.to_thread.run_sync(p.images.ensure, req.dockerfile)
-    data = await _image_wire(p, image_id)
-    return ok(data, 201 if created else 200)
+    req = validated(BuildImageRequest, await read_json(request))
+    try:
+        record = await anyio.to_thread.run_sync(p.images.request, req.source)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), "validation_error") from None
+    return ok(image_wire(record, extensions=p.extensions), 202)
 
 
 async def get_image(request: Request) -> Response:
-    """``GET /api/images/{id}``."""
+    """``GET /api/images/{image_id}``: an image and its build state."""
     p = plane(request)
-    image_id = request.path_params["image_id"]
-    data = await _image_wire(p, image_id)
-    if data is None:
+    image_id = str(request.path_params["image_id"])
+    record = p.images.get(image_id)
+    if record is None:
         raise ApiError(404, f"image {image_id!r} not found", "image_not_found")
-    return ok(data)
+    return ok(image_wire(record, extensions=p.extensions))
 
 
 def routes() -> list[Route]:

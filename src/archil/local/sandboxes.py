@@ -1,0 +1,993 @@
+"""Sandbox and process lifecycle for the local control plane, over the runtime.
+
+:class:`SandboxManager` owns every sandbox's record (SQLite), its live
+environment (:mod:`archil.local.runtime`), its layers (:mod:`archil.local.layers`)
+and its processes. The states and transitions are the live API's:
+
+- create, start and fork boot a session: ``pending`` then ``running`` (or
+  ``failed`` with an ``exit_reason`` when the image, a mount or the boot fails);
+- stop ends every process and commits the session's writes as a checkpoint:
+  ``stopping`` then ``stopped``; pause freezes the processes and copies the
+  writes into a checkpoint: ``pausing`` then ``paused``; resume thaws them;
+- a session whose environment ends by itself ends ``exited``;
+- ``max_ttl_seconds`` and ``idle_ttl_seconds`` (no process connection
+  attached for that long) pause a running sandbox;
+- delete removes a stopped, exited or failed sandbox without forks, its
+  processes' output and the layers nothing else uses.
+
+Mounts: a plain disk mount is exclusive (a second plain mount of the disk
+waits up to its ``queue_ms``, then fails); ``read_only`` and ``conditional``
+mounts never take the disk exclusively.
+
+Lifecycle operations on one sandbox are serialized by a per-sandbox lock.
+Runtime callbacks arrive on runtime threads and hop to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import platform
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from .._models import (
+    SANDBOX_DELETABLE_STATES,
+    CreateSandboxRequest,
+    ForkSandboxRequest,
+    SandboxMount,
+    SandboxTimeoutRequest,
+)
+from .errors import ApiError
+from .imageref import parse_reference
+from .images import ImageStore, ImageUnavailable
+from .layers import LayerStore
+from .logs import OutputLog
+from .runtime import BootError, Environment, RunningProcess, Runtime, SpawnError
+from .spec import ExitInfo, ImageEnv, MountSpec, ProcessSpec, RootSpec, SandboxSpec
+from .state import State, utcnow
+
+__all__ = ["DEFAULT_BASE_IMAGE", "EXEC_IMAGE", "ExecOutcome", "Proc", "SandboxManager"]
+
+logger = logging.getLogger("archil.local")
+
+DEFAULT_BASE_IMAGE = "node:24-bookworm"
+"""The live API's image when a create names none."""
+
+EXEC_IMAGE = "debian:bookworm-slim"
+"""The image the exec endpoints run their command in (this machine's userland)."""
+
+DEFAULT_MAX_CONCURRENT_EXECS = 64
+_EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+WAIT_BUDGET = 60.0
+_IMAGE_WAIT = 1800.0
+_PLATFORM = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
+_LIVE_STATES = frozenset({"pending", "running", "pausing", "paused", "stopping"})
+
+
+def _conflict(message: str, code: str = "sandbox_conflict") -> ApiError:
+    return ApiError(409, message, code)
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """The result of a one-shot exec: exit code, output, and where the time went (ms)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    queue_ms: int
+    execute_ms: int
+
+
+@dataclass(eq=False)
+class Proc:
+    """A process of a sandbox: its output log, its state, and who is attached to it.
+
+    Output arrives on runtime threads; each append wakes the readers on ``loop``.
+    """
+
+    id: str
+    sandbox_id: str
+    path: Path
+    terminal: bool
+    loop: asyncio.AbstractEventLoop
+    running: RunningProcess | None = None
+    exit: ExitInfo | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    output: OutputLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.output = OutputLog(self.path, notify=self._notify)
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.wake)
+
+    @property
+    def status(self) -> str:
+        """``running`` until the process ends, then its exit status."""
+        return "running" if self.exit is None else self.exit.status
+
+    def wake(self) -> None:
+        """Wake every reader waiting for news of this process (on the loop)."""
+        event, self.changed = self.changed, asyncio.Event()
+        event.set()
+
+
+@dataclass(eq=False)
+class _Live:
+    """The in-memory side of a sandbox this server process runs."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    env: Environment | None = None
+    root: RootSpec | None = None
+    procs: dict[str, Proc] = field(default_factory=dict)
+    attached: int = 0
+    sockets: set[Callable[[], None]] = field(default_factory=set)
+    delegations: set[str] = field(default_factory=set)
+    idle_timer: asyncio.TimerHandle | None = None
+    deadline_timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None
+    session_started: float | None = None
+    boot: asyncio.Task[None] | None = None
+
+
+class SandboxManager:
+    """Creates, runs, pauses, forks, stops and deletes sandboxes, and runs their processes."""
+
+    def __init__(
+        self,
+        *,
+        state: State,
+        runtime: Runtime,
+        layers: LayerStore,
+        images: ImageStore,
+        process_root: Path,
+        resolve_mounts: Callable[[list[SandboxMount]], list[MountSpec]],
+        stop_grace: float = 10.0,
+        extensions: bool = True,
+    ) -> None:
+        self.state = state
+        self.runtime = runtime
+        self.layers = layers
+        self.images = images
+        self.process_root = process_root
+        self.resolve_mounts = resolve_mounts
+        self.stop_grace = stop_grace
+        self.extensions = extensions
+        self._live: dict[str, _Live] = {}
+        self._exclusive: dict[str, str] = {}
+        self._delegation_freed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- manager lifecycle ---------------------------------------------------------
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the event loop that runtime callbacks hop to."""
+        self._loop = loop
+
+    def recover(self) -> None:
+        """After a restart: no environment of a previous run is alive; stop their records."""
+        for row in self.state.list_sandboxes():
+            if row["status"] == "deleting":
+                self._purge(row)
+            elif row["status"] in _LIVE_STATES:
+                self._commit_leftover(row, "the local control plane restarted")
+
+    def _commit_leftover(self, row: dict[str, Any], reason: str) -> None:
+        """A session that ended without its server: keep what it wrote, as a checkpoint."""
+        sid = row["id"]
+        layers = json.loads(row["layers"])
+        sessions = self.layers.sessions_of(sid)
+        if sessions and sessions[-1].upper.exists():
+            layer = self.layers.commit(sessions[-1].upper)
+            layers = [layer, *layers]
+            self.state.insert_checkpoint(layer, sid, layers, committed=True)
+        for session in sessions:
+            self.layers.remove_session(session)
+        self.state.update_sandbox(
+            sid,
+            status="stopped",
+            layers=layers,
+            checkpoint=layers[0] if layers else None,
+            previous_checkpoint=row["checkpoint"],
+            exit_reason=reason,
+            finished_at=utcnow(),
+        )
+
+    def begin_shutdown(self) -> None:
+        """Close every process connection so the server can stop promptly."""
+        self._closing = True
+        for live in self._live.values():
+            for close in list(live.sockets):
+                close()
+
+    async def shutdown(self) -> None:
+        """Stop every live environment (their writes kept as checkpoints) and the runtime."""
+        self._closing = True
+        for live in self._live.values():
+            if live.boot is not None and not live.boot.done():
+                live.boot.cancel()
+            for timer in (live.idle_timer, live.deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+        await anyio.to_thread.run_sync(self.runtime.shutdown, min(self.stop_grace, 5.0))
+        for sid in list(self._live):
+            row = self.state.get_sandbox(sid)
+            if row is not None and row["status"] in _LIVE_STATES:
+                self._commit_leftover(row, "the local control plane shut down")
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the loop, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _live_of(self, sid: str) -> _Live:
+        live = self._live.get(sid)
+        if live is None:
+            live = self._live[sid] = _Live()
+        return live
+
+    # -- records -------------------------------------------------------------------
+
+    def get(self, sid: str) -> dict[str, Any]:
+        """A sandbox row, or a 404."""
+        row = self.state.get_sandbox(sid)
+        if row is None or row["status"] == "deleted":
+            raise ApiError(404, f"sandbox {sid!r} not found", "sandbox_not_found")
+        return row
+
+    def rows(self, filesystem: str | None = None) -> list[dict[str, Any]]:
+        """Every sandbox, oldest first; with ``filesystem``, those that mount that disk."""
+        rows = [r for r in self.state.list_sandboxes() if r["status"] != "deleted"]
+        if filesystem is not None:
+            rows = [r for r in rows if filesystem in json.loads(r["disks"])]
+        return rows
+
+    def wire(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The live API's ``Sandbox`` record of a row."""
+        spec = json.loads(row["spec"])
+        status = row["status"]
+        data: dict[str, Any] = {
+            "sandbox_id": row["id"],
+            "name": row["name"],
+            "status": status,
+            "vcpu_count": spec["vcpu_count"],
+            "mem_size_mib": spec["mem_size_mib"],
+            "max_ttl_seconds": spec["max_ttl_seconds"],
+            "idle_ttl_seconds": spec["idle_ttl_seconds"],
+            "max_concurrent_execs": spec.get("max_concurrent_execs")
+            or DEFAULT_MAX_CONCURRENT_EXECS,
+            "base_image": spec.get("base_image") or "",
+            "created_at": row["created_at"],
+            "last_active_at": row["last_active_at"],
+            "platform": _PLATFORM,
+            "endpoints": [],
+            "enable_service_ingress": bool(spec.get("enable_service_ingress")),
+            "mounts": spec.get("mounts") or [],
+        }
+        optional = {
+            "image_digest": row["image_digest"],
+            "running_at": row["running_at"],
+            "finished_at": row["finished_at"],
+            "exit_reason": row["exit_reason"],
+        }
+        if status in ("pausing", "paused", "stopping", "stopped"):
+            optional["checkpoint"] = row["checkpoint"]
+        if self.extensions:
+            optional["kernel_variant"] = spec.get("kernel_variant")
+        data.update({k: v for k, v in optional.items() if v is not None})
+        return data
+
+    # -- create / start / fork -----------------------------------------------------
+
+    def _new_name(self) -> str:
+        return f"sandbox-{secrets.token_hex(5)}"
+
+    def _insert(
+        self, spec: dict[str, Any], name: str | None, layers: list[str], parent: str | None
+    ) -> dict[str, Any]:
+        chosen = name or self._new_name()
+        disks = [m["disk_id"] for m in spec.get("mounts") or []]
+        try:
+            return self.state.insert_sandbox(
+                sandbox_id=str(uuid.uuid4()),
+                name=chosen,
+                status="pending",
+                spec={**spec, "name": chosen},
+                disks=disks,
+                layers=layers,
+                parent_id=parent,
+            )
+        except sqlite3.IntegrityError:
+            raise _conflict(
+                f"name: a sandbox named {chosen!r} already exists", "sandbox_name_taken"
+            ) from None
+
+    def check_request(self, req: CreateSandboxRequest) -> None:
+        """What a create needs beyond the model: the mounts' disks, the image (400/404)."""
+        if req.kernel_variant is not None and not self.extensions:
+            raise ApiError(
+                400,
+                "kernel_variant: not a field of the sandbox API (this server offers no extensions)",
+                "validation_error",
+            )
+        self.resolve_mounts(list(req.mounts or []))
+        if req.image_id is not None and self.images.get(req.image_id) is None:
+            raise ApiError(404, f"image_id: image {req.image_id!r} not found", "image_not_found")
+        if req.base_image is not None:
+            try:
+                parse_reference(req.base_image)
+            except ValueError as exc:
+                message = str(exc).removeprefix("source: ")
+                raise ApiError(400, f"base_image: {message}", "validation_error") from None
+
+    async def create(self, req: CreateSandboxRequest, *, wait: bool) -> dict[str, Any]:
+        """Record a new sandbox and boot it (waiting for ``running`` when ``wait``)."""
+        self.check_request(req)
+        spec = req.to_wire()
+        if req.base_image is None and req.image_id is None:
+            spec["base_image"] = DEFAULT_BASE_IMAGE
+        row = self._insert(spec, req.name, [], None)
+        for port in req.ports or []:
+            self._expose(row["id"], port)
+        return await self._start_session(row["id"], wait)
+
+    async def _start_session(self, sid: str, wait: bool) -> dict[str, Any]:
+        live = self._live_of(sid)
+        live.boot = asyncio.create_task(self._boot(sid))
+        if wait:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(live.boot), WAIT_BUDGET)
+        return self.get(sid)
+
+    def _image_env(self, spec: dict[str, Any]) -> ImageEnv:
+        image_id = spec.get("image_id")
+        if image_id is not None:
+            self.images.wait(image_id, _IMAGE_WAIT)
+            return self.images.environment(image_id)
+        return self.images.resolve(spec.get("base_image") or DEFAULT_BASE_IMAGE, _IMAGE_WAIT)
+
+    async def _boot(self, sid: str) -> None:
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            if row["status"] != "pending":
+                return
+            spec = json.loads(row["spec"])
+            try:
+                env, image = await self._boot_env(sid, row, spec)
+            except (BootError, ImageUnavailable, LookupError, ApiError, OSError) as exc:
+                self._fail_boot(sid, exc)
+                return
+            live.env = env
+            live.session_started = time.monotonic()
+            row = (
+                self.state.update_sandbox(
+                    sid,
+                    status="running",
+                    running_at=utcnow(),
+                    last_active_at=utcnow(),
+                    image_digest=image.digest,
+                    exit_reason=None,
+                    finished_at=None,
+                )
+                or row
+            )
+            self._arm_deadline(sid, spec["max_ttl_seconds"])
+            self._arm_idle(sid)
+
+    async def _boot_env(
+        self, sid: str, row: dict[str, Any], spec: dict[str, Any]
+    ) -> tuple[Environment, ImageEnv]:
+        image = await anyio.to_thread.run_sync(self._image_env, spec)
+        mounts = [SandboxMount.model_validate(m) for m in spec.get("mounts") or []]
+        resolved = self.resolve_mounts(mounts)
+        await self._take_delegations(sid, mounts)
+        live = self._live_of(sid)
+        lowers = tuple(self.layers.path(layer) for layer in json.loads(row["layers"]))
+        live.root = dataclasses.replace(self.layers.new_session(sid), lowers=lowers)
+        sandbox_spec = SandboxSpec(
+            sandbox_id=sid,
+            hostname=row["name"],
+            root=live.root,
+            image=image,
+            mounts=tuple(resolved),
+            vcpu_count=spec["vcpu_count"],
+            mem_size_mib=spec["mem_size_mib"],
+            env=dict(spec.get("env") or {}),
+        )
+        on_end = self._threadsafe(lambda reason: self._on_env_end(sid, reason))
+        env = await anyio.to_thread.run_sync(lambda: self.runtime.boot(sandbox_spec, on_end=on_end))
+        return env, image
+
+    def _fail_boot(self, sid: str, exc: BaseException) -> None:
+        live = self._live_of(sid)
+        self._release_delegations(sid)
+        self._drop_session(live)
+        reason = exc.message if isinstance(exc, ApiError) else str(exc)
+        logger.info("sandbox %s failed to start: %s", sid, reason)
+        self.state.update_sandbox(
+            sid,
+            status="failed",
+            exit_reason=reason or "the sandbox failed to start",
+            finished_at=utcnow(),
+        )
+
+    async def start(
+        self, sid: str, mounts: list[SandboxMount] | None, *, wait: bool
+    ) -> tuple[dict[str, Any], int]:
+        """Cold-boot a stopped, exited, failed or paused sandbox (idempotent while running)."""
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            status = row["status"]
+            if status in ("running", "pending"):
+                if mounts is not None:
+                    raise _conflict(f"mounts: cannot be replaced while the sandbox is {status}")
+                return row, 200
+            if status in ("stopping", "pausing"):
+                raise _conflict(f"the sandbox is {status}; start it once that is done")
+            if status == "paused":
+                await self._discard_paused(sid, row)
+            fields: dict[str, Any] = {"status": "pending", "exit_reason": None}
+            if mounts is not None:
+                resolved = [m.model_dump(mode="json", exclude_none=True) for m in mounts]
+                self.resolve_mounts(mounts)
+                spec = {**json.loads(row["spec"]), "mounts": resolved}
+                fields.update(spec=spec, disks=[m.disk_id for m in mounts])
+            self.state.update_sandbox(sid, **fields)
+        return await self._start_session(sid, wait), 202
+
+    async def _discard_paused(self, sid: str, row: dict[str, Any]) -> None:
+        """A paused sandbox's memory goes; its disk state is its checkpoint."""
+        live = self._live_of(sid)
+        await self._end_env(live, grace=0.0)
+        self._drop_session(live)
+        checkpoint = self.state.get_checkpoint(row["checkpoint"]) if row["checkpoint"] else None
+        if checkpoint is not None:
+            self.state.update_sandbox(sid, layers=json.loads(checkpoint["layers"]))
+
+    async def fork(self, sid: str, req: ForkSandboxRequest, *, wait: bool) -> dict[str, Any]:
+        """A new sandbox booted from a checkpoint of ``sid`` (its disk state; see the decisions)."""
+        source = self.get(sid)
+        spec = json.loads(source["spec"])
+        if req.checkpoint is not None:
+            checkpoint = self._forkable_checkpoint(source, req.checkpoint)
+        elif source["status"] in ("stopped", "paused", "exited") and source["checkpoint"]:
+            checkpoint = self._forkable_checkpoint(source, source["checkpoint"])
+        elif source["status"] == "running" and not spec.get("mounts"):
+            checkpoint = await self._snapshot_running(sid)
+        elif source["status"] == "running":
+            raise _conflict("a sandbox with mounts must be stopped before it can be forked")
+        else:
+            raise _conflict(f"the sandbox is {source['status']} and has no checkpoint to fork")
+        layers = json.loads(checkpoint["layers"])
+        row = self._insert({**spec, "name": None}, req.name, layers, sid)
+        return await self._start_session(row["id"], wait)
+
+    def _forkable_checkpoint(self, source: dict[str, Any], checkpoint_id: str) -> dict[str, Any]:
+        if checkpoint_id not in (source["checkpoint"], source["previous_checkpoint"]):
+            raise _conflict(
+                f"checkpoint: {checkpoint_id!r} is not the current or the previous checkpoint "
+                "of this sandbox",
+                "checkpoint_superseded",
+            )
+        checkpoint = self.state.get_checkpoint(checkpoint_id)
+        if checkpoint is None or not checkpoint["committed"]:
+            raise _conflict(
+                f"checkpoint: {checkpoint_id!r} is not committed yet", "checkpoint_pending"
+            )
+        return checkpoint
+
+    async def _snapshot_running(self, sid: str) -> dict[str, Any]:
+        """Pause a running sandbox for a snapshot of its disk state, then resume it."""
+        await self.pause(sid)
+        try:
+            row = self.get(sid)
+            checkpoint = self.state.get_checkpoint(row["checkpoint"])
+            assert checkpoint is not None
+            return checkpoint
+        finally:
+            with contextlib.suppress(ApiError):
+                await self.resume(sid)
+
+    # -- stop / pause / resume / delete ------------------------------------------------
+
+    async def stop(self, sid: str) -> dict[str, Any]:
+        """End every process; commit the session's writes as the checkpoint."""
+        live = self._live_of(sid)
+        if live.boot is not None and not live.boot.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(live.boot)
+        async with live.lock:
+            row = self.get(sid)
+            status = row["status"]
+            if status in ("stopped", "exited", "failed", "deleting"):
+                return row
+            if status == "paused":
+                await self._discard_paused(sid, row)
+                return self._mark_stopped(sid, self.get(sid), commit=False)
+            self.state.update_sandbox(sid, status="stopping")
+            await self._end_env(live, grace=self.stop_grace)
+            return self._mark_stopped(sid, self.get(sid), commit=True)
+
+    async def _end_env(self, live: _Live, *, grace: float) -> None:
+        """Stop the environment; its processes' exits reach their connections as ``exit``."""
+        env, live.env = live.env, None
+        for timer in (live.idle_timer, live.deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        live.idle_timer = live.deadline_timer = None
+        if env is not None:
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(env.thaw)
+            await anyio.to_thread.run_sync(env.stop, grace)
+
+    def _mark_stopped(self, sid: str, row: dict[str, Any], *, commit: bool) -> dict[str, Any]:
+        live = self._live_of(sid)
+        layers = json.loads(row["layers"])
+        checkpoint = row["checkpoint"]
+        previous = row["previous_checkpoint"]
+        if commit and live.root is not None and live.root.upper.exists():
+            layer = self.layers.commit(live.root.upper)
+            layers = [layer, *layers]
+            self.state.insert_checkpoint(layer, sid, layers, committed=True)
+            previous, checkpoint = checkpoint, layer
+        self._drop_session(live)
+        self._release_delegations(sid)
+        self._finish_procs(live, "the sandbox stopped")
+        updated = self.state.update_sandbox(
+            sid,
+            status="stopped",
+            layers=layers,
+            checkpoint=checkpoint,
+            previous_checkpoint=previous,
+            finished_at=utcnow(),
+        )
+        self._collect_checkpoints(sid)
+        return updated or row
+
+    async def pause(self, sid: str) -> dict[str, Any]:
+        """Freeze every process and snapshot the session's writes as the checkpoint."""
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            status = row["status"]
+            if status == "pending":
+                raise _conflict("the sandbox is pending: it must reach running before a pause")
+            if status in ("stopping", "pausing"):
+                raise _conflict(f"the sandbox is {status}")
+            if status != "running":
+                return row
+            self.state.update_sandbox(sid, status="pausing")
+            for close in list(live.sockets):
+                close()
+            env = live.env
+            if env is not None:
+                await anyio.to_thread.run_sync(env.freeze)
+            layers = json.loads(row["layers"])
+            if live.root is not None:
+                layer = await anyio.to_thread.run_sync(self.layers.snapshot, live.root.upper)
+                layers = [layer, *layers]
+            else:
+                layer = row["checkpoint"]
+            if layer is not None and self.state.get_checkpoint(layer) is None:
+                self.state.insert_checkpoint(layer, sid, layers, committed=True)
+            for timer in (live.idle_timer, live.deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+            updated = self.state.update_sandbox(
+                sid,
+                status="paused",
+                checkpoint=layer,
+                previous_checkpoint=row["checkpoint"],
+            )
+            self._collect_checkpoints(sid)
+            return updated or row
+
+    async def resume(self, sid: str) -> tuple[dict[str, Any], int]:
+        """Thaw a paused sandbox (idempotent while running or pending)."""
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            status = row["status"]
+            if status in ("running", "pending"):
+                return row, 200
+            if status != "paused":
+                raise _conflict(f"only a paused sandbox can be resumed; it is {status}")
+            if live.env is None:
+                raise _conflict("the paused sandbox has no live session; start it instead")
+            await anyio.to_thread.run_sync(live.env.thaw)
+            live.session_started = live.session_started or time.monotonic()
+            updated = (
+                self.state.update_sandbox(sid, status="running", last_active_at=utcnow()) or row
+            )
+            spec = json.loads(row["spec"])
+            self._arm_deadline(sid, spec["max_ttl_seconds"], keep=True)
+            self._arm_idle(sid)
+            return updated, 200
+
+    async def delete(self, sid: str) -> None:
+        """Remove a stopped, exited or failed sandbox that has no forks."""
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            if row["status"] not in SANDBOX_DELETABLE_STATES:
+                raise _conflict(
+                    f"the sandbox is {row['status']}: stop it before deleting it", "sandbox_running"
+                )
+            children = [c for c in self.state.children_of(sid) if c["status"] != "deleted"]
+            if children:
+                raise _conflict(
+                    f"the sandbox has {len(children)} fork(s); delete them first",
+                    "sandbox_has_forks",
+                )
+            self.state.update_sandbox(sid, status="deleting")
+            self._purge(row)
+
+    def _purge(self, row: dict[str, Any]) -> None:
+        sid = row["id"]
+        live = self._live.pop(sid, None)
+        if live is not None:
+            for proc in live.procs.values():
+                proc.output.discard()
+        with contextlib.suppress(OSError):
+            (self.process_root / sid).rmdir()
+        for session in self.layers.sessions_of(sid):
+            self.layers.remove_session(session)
+        self.state.delete_sandbox(sid)
+        self._collect_layers()
+
+    def _collect_checkpoints(self, sid: str) -> None:
+        """Forget this sandbox's checkpoints that are neither current nor previous."""
+        row = self.state.get_sandbox(sid)
+        if row is None:
+            return
+        keep = {row["checkpoint"], row["previous_checkpoint"]}
+        for checkpoint_id in self.state.checkpoints_of(sid):
+            if checkpoint_id not in keep:
+                self.state.delete_checkpoint(checkpoint_id)
+        self._collect_layers()
+
+    def _collect_layers(self) -> None:
+        used = self.state.layers_in_use()
+        for layer in self.layers.layer_ids():
+            if layer not in used:
+                self.layers.remove(layer)
+
+    def _drop_session(self, live: _Live) -> None:
+        root, live.root = live.root, None
+        if root is not None:
+            self.layers.remove_session(root)
+
+    # -- environments ending by themselves ---------------------------------------------
+
+    def _threadsafe(self, fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        loop = self._loop
+
+        def call(arg: Any) -> None:
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(fn, arg)
+
+        return call
+
+    def _on_env_end(self, sid: str, reason: str | None) -> None:
+        live = self._live.get(sid)
+        if live is None or live.env is None or self._closing:
+            return
+        live.env = None
+        self._background(self._exited(sid, reason or "the sandbox's init process ended"))
+
+    async def _exited(self, sid: str, reason: str) -> None:
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.state.get_sandbox(sid)
+            if row is None or row["status"] not in ("running", "paused", "pausing"):
+                return
+            stopped = self._mark_stopped(sid, row, commit=True)
+            self.state.update_sandbox(stopped["id"], status="exited", exit_reason=reason)
+
+    # -- mount delegations ---------------------------------------------------------------
+
+    async def _take_delegations(self, sid: str, mounts: list[SandboxMount]) -> None:
+        live = self._live_of(sid)
+        for mount in mounts:
+            if mount.read_only or mount.conditional:
+                continue
+            deadline = time.monotonic() + (mount.queue_ms or 0) / 1000.0
+            while self._exclusive.get(mount.disk_id) not in (None, sid):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    holder = self._exclusive[mount.disk_id]
+                    self._release_delegations(sid)
+                    raise BootError(
+                        f"disk {mount.disk_id} is mounted exclusively by sandbox {holder}; "
+                        "use a conditional or read-only mount to share it, or queue_ms to wait"
+                    )
+                self._delegation_freed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._delegation_freed.wait(), remaining)
+            self._exclusive[mount.disk_id] = sid
+            live.delegations.add(mount.disk_id)
+
+    def _release_delegations(self, sid: str) -> None:
+        live = self._live_of(sid)
+        for disk_id in live.delegations:
+            if self._exclusive.get(disk_id) == sid:
+                del self._exclusive[disk_id]
+        live.delegations.clear()
+        self._delegation_freed.set()
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _arm_deadline(self, sid: str, seconds: int, *, keep: bool = False) -> None:
+        loop = self._loop
+        live = self._live_of(sid)
+        if loop is None:
+            return
+        if live.deadline_timer is not None:
+            live.deadline_timer.cancel()
+        now = time.monotonic()
+        if not keep or live.deadline is None:
+            live.deadline = now + seconds
+        delay = max(0.0, live.deadline - now)
+        live.deadline_timer = loop.call_later(delay, self._expire, sid, "max_ttl_seconds")
+
+    def _arm_idle(self, sid: str) -> None:
+        loop = self._loop
+        live = self._live_of(sid)
+        if live.idle_timer is not None:
+            live.idle_timer.cancel()
+            live.idle_timer = None
+        row = self.state.get_sandbox(sid)
+        if loop is None or row is None or row["status"] != "running" or live.attached:
+            return
+        idle = json.loads(row["spec"])["idle_ttl_seconds"]
+        if idle > 0:
+            live.idle_timer = loop.call_later(idle, self._expire, sid, "idle_ttl_seconds")
+
+    def _expire(self, sid: str, which: str) -> None:
+        live = self._live.get(sid)
+        if live is None or (which == "idle_ttl_seconds" and live.attached):
+            return
+        self._background(self._pause_on_expiry(sid, which))
+
+    async def _pause_on_expiry(self, sid: str, which: str) -> None:
+        with contextlib.suppress(ApiError):
+            row = await self.pause(sid)
+            if row["status"] == "paused":
+                logger.info("sandbox %s paused: its %s ran out", sid, which)
+                self.state.update_sandbox(sid, exit_reason=f"{which} ran out")
+
+    async def set_timeout(self, sid: str, req: SandboxTimeoutRequest) -> dict[str, Any]:
+        """Move the running session's deadline and/or change the idle TTL (kept for later sessions)."""
+        live = self._live_of(sid)
+        async with live.lock:
+            row = self.get(sid)
+            if row["status"] in ("pending", "stopping", "pausing"):
+                raise _conflict(f"the sandbox is {row['status']}")
+            spec = json.loads(row["spec"])
+            if req.timeout is not None:
+                spec["max_ttl_seconds"] = req.timeout
+            if req.idle_ttl_seconds is not None:
+                spec["idle_ttl_seconds"] = req.idle_ttl_seconds
+            updated = self.state.update_sandbox(sid, spec=spec) or row
+            if row["status"] == "running":
+                if req.timeout is not None:
+                    started = live.session_started or time.monotonic()
+                    cap = started + 86_400 - time.monotonic()
+                    live.deadline = time.monotonic() + min(req.timeout, max(cap, 0.0))
+                    self._arm_deadline(sid, req.timeout, keep=True)
+                if req.idle_ttl_seconds is not None:
+                    self._arm_idle(sid)
+            return updated
+
+    # -- ports ---------------------------------------------------------------------------
+
+    def _expose(self, sid: str, port: int) -> bool:
+        row = self.get(sid)
+        ports: list[int] = json.loads(row["ports"])
+        if port in ports:
+            return False
+        self.state.update_sandbox(sid, ports=sorted([*ports, port]))
+        return True
+
+    def expose(self, sid: str, port: int) -> tuple[dict[str, Any], bool]:
+        """Expose ``port``; the port record and whether it is new."""
+        created = self._expose(sid, port)
+        return self.port_wire(port), created
+
+    def ports(self, sid: str) -> list[dict[str, Any]]:
+        """The explicitly exposed ports."""
+        return [self.port_wire(p) for p in json.loads(self.get(sid)["ports"])]
+
+    def unexpose(self, sid: str, port: int) -> None:
+        """Stop exposing ``port`` (a no-op for a port that is not exposed)."""
+        ports = [p for p in json.loads(self.get(sid)["ports"]) if p != port]
+        self.state.update_sandbox(sid, ports=ports)
+
+    @staticmethod
+    def port_wire(port: int) -> dict[str, Any]:
+        """A port record: sandboxes share this machine's network, so it is reachable here."""
+        return {"port": port, "hostname": f"127.0.0.1:{port}"}
+
+    # -- processes -----------------------------------------------------------------------
+
+    def running_env(self, sid: str) -> Environment:
+        """The environment of a running sandbox, or a 409."""
+        row = self.get(sid)
+        live = self._live.get(sid)
+        if row["status"] != "running" or live is None or live.env is None:
+            raise _conflict(f"the sandbox is {row['status']}, not running", "sandbox_not_running")
+        return live.env
+
+    def max_execs(self, sid: str) -> int:
+        """How many connections may be attached to the sandbox's processes at once."""
+        spec = json.loads(self.get(sid)["spec"])
+        limit: int = spec.get("max_concurrent_execs") or DEFAULT_MAX_CONCURRENT_EXECS
+        return limit
+
+    def start_process(self, sid: str, spec: ProcessSpec) -> Proc:
+        """Start a process in a running sandbox (``SpawnError`` when it cannot be started)."""
+        env = self.running_env(sid)
+        live = self._live_of(sid)
+        pid = "proc-" + secrets.token_hex(8)
+        loop = self._loop
+        assert loop is not None
+        proc = Proc(
+            id=pid,
+            sandbox_id=sid,
+            path=self.process_root / sid / f"{pid}.out",
+            terminal=spec.terminal is not None,
+            loop=loop,
+        )
+
+        def on_exit(info: ExitInfo) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._process_ended, proc, info)
+
+        try:
+            proc.running = env.spawn(spec, on_output=proc.output.append, on_exit=on_exit)
+        except SpawnError:
+            proc.output.discard()
+            raise
+        live.procs[pid] = proc
+        return proc
+
+    def _process_ended(self, proc: Proc, info: ExitInfo) -> None:
+        if proc.exit is None:
+            proc.exit = info
+            proc.output.close()
+            proc.wake()
+
+    def _finish_procs(self, live: _Live, reason: str) -> None:
+        for proc in live.procs.values():
+            if proc.exit is None:
+                self._process_ended(proc, ExitInfo("failed", None, reason))
+
+    def process(self, sid: str, process_id: str) -> Proc | None:
+        """A process of the sandbox, or ``None``."""
+        live = self._live.get(sid)
+        return None if live is None else live.procs.get(process_id)
+
+    def attached_count(self, sid: str) -> int:
+        """How many process connections are attached to the sandbox now."""
+        live = self._live.get(sid)
+        return 0 if live is None else live.attached
+
+    def attach(self, sid: str, close: Callable[[], None]) -> None:
+        """A process connection attached: the sandbox is not idle."""
+        live = self._live_of(sid)
+        live.attached += 1
+        live.sockets.add(close)
+        if live.idle_timer is not None:
+            live.idle_timer.cancel()
+            live.idle_timer = None
+        self.state.update_sandbox(sid, last_active_at=utcnow())
+
+    def detach(self, sid: str, close: Callable[[], None]) -> None:
+        """A process connection ended; the idle countdown starts when none is left."""
+        live = self._live.get(sid)
+        if live is None:
+            return
+        live.sockets.discard(close)
+        live.attached = max(0, live.attached - 1)
+        with contextlib.suppress(Exception):
+            self.state.update_sandbox(sid, last_active_at=utcnow())
+        if live.attached == 0:
+            self._arm_idle(sid)
+
+    async def follow(self, proc: Proc, offset: int) -> AsyncIterator[tuple[int, int, bytes]]:
+        """Output pieces of ``proc`` from ``offset`` on, waiting for more until it is closed."""
+        while True:
+            event = proc.changed
+            pieces = proc.output.frames(offset)
+            if pieces:
+                for piece in pieces:
+                    yield piece
+                last = pieces[-1]
+                offset = last[1] + len(last[2])
+                continue
+            if proc.output.closed:
+                return
+            await event.wait()
+
+    # -- one-shot exec -------------------------------------------------------------------
+
+    async def run_once(self, command: str, mounts: list[MountSpec], timeout: float) -> ExecOutcome:
+        """Run ``command`` in a throwaway environment with ``mounts``; ``TimeoutError`` past ``timeout``."""
+        t0 = time.monotonic()
+        image = await anyio.to_thread.run_sync(self.images.resolve, EXEC_IMAGE, _IMAGE_WAIT)
+        sid = "exec-" + secrets.token_hex(8)
+        root = self.layers.new_session(sid)
+        spec = SandboxSpec(
+            sandbox_id=sid,
+            hostname="exec",
+            root=root,
+            image=image,
+            mounts=tuple(mounts),
+        )
+        try:
+            env = await anyio.to_thread.run_sync(
+                lambda: self.runtime.boot(spec, on_end=lambda reason: None)
+            )
+            try:
+                t1 = time.monotonic()
+                code, out, err = await self._collect(env, command, timeout)
+                t2 = time.monotonic()
+            finally:
+                await anyio.to_thread.run_sync(env.stop, 0.0)
+        finally:
+            self.layers.remove_session(root)
+        return ExecOutcome(code, out, err, int((t1 - t0) * 1000), int((t2 - t1) * 1000))
+
+    async def _collect(
+        self, env: Environment, command: str, timeout: float
+    ) -> tuple[int, str, str]:
+        loop = asyncio.get_running_loop()
+        chunks: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        done: asyncio.Future[ExitInfo] = loop.create_future()
+
+        def on_output(stream: int, data: bytes) -> None:
+            buf = chunks[stream]
+            if len(buf) < _EXEC_OUTPUT_CAP:
+                buf += data[: _EXEC_OUTPUT_CAP - len(buf)]
+
+        def on_exit(info: ExitInfo) -> None:
+            loop.call_soon_threadsafe(_settle, done, info)
+
+        running = env.spawn(ProcessSpec(command=command), on_output=on_output, on_exit=on_exit)
+        try:
+            info = await asyncio.wait_for(asyncio.shield(done), timeout)
+        except asyncio.TimeoutError:
+            await anyio.to_thread.run_sync(running.cancel)
+            raise TimeoutError(f"the command did not finish within {timeout:g} s") from None
+        stderr = chunks[2].decode("utf-8", "replace")
+        if info.status != "completed" and info.exit_reason:
+            stderr += (
+                ("" if not stderr or stderr.endswith("\n") else "\n") + info.exit_reason + "\n"
+            )
+        code = info.exit_code if info.exit_code is not None else 128 + 9
+        return code, chunks[1].decode("utf-8", "replace"), stderr
+
+
+def _settle(future: asyncio.Future[ExitInfo], info: ExitInfo) -> None:
+    if not future.done():
+        future.set_result(info)
