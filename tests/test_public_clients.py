@@ -29,6 +29,20 @@ sandbox_server = fake_sandbox_server.sandbox_server
 BASE = "http://127.0.0.1:8932"
 KEY = "key-public-client-test"
 DISK = "dsk-0123456789abcdef"
+SANDBOX = {
+    "sandbox_id": "0b7c1f0e-5d2a-4e8b-9c3f-7a6d5e4c3b2a",
+    "name": "cntr-0123456789abcdef",
+    "status": "running",
+    "vcpu_count": 2,
+    "mem_size_mib": 512,
+    "max_ttl_seconds": 86400,
+    "idle_ttl_seconds": 0,
+    "max_concurrent_execs": 8,
+    "base_image": "node:24-bookworm",
+    "created_at": "2026-01-01T00:00:00Z",
+    "last_active_at": "2026-01-01T00:00:00Z",
+    "mounts": [{"disk_id": "disk_abc123", "path": "/mnt/archil", "conditional": True}],
+}
 
 
 def ok(data: object, cursor: str | None = None) -> httpx.Response:
@@ -58,11 +72,11 @@ def router() -> Iterator[respx.MockRouter]:
                 else ok([disk("dsk-a")], cursor="c1")
             )
         )
-        mock.post("/api/containers").mock(
-            return_value=httpx.Response(
-                201,
-                json={"success": True, "data": {"containerId": "cntr_abc123", "status": "pending"}},
-            )
+        mock.post("/api/sandboxes").mock(
+            return_value=httpx.Response(202, json={"success": True, "data": SANDBOX})
+        )
+        mock.put(url__regex=r"/s3/[^/]+/\.archil/containers/.*").mock(
+            return_value=httpx.Response(200)
         )
         yield mock
 
@@ -171,7 +185,7 @@ async def test_seed_async_with(router: respx.MockRouter) -> None:
         container = await client.containers.create(
             archil_mount=mount, vcpu_count=2, mem_size_mib=512
         )
-        assert container.container_id == "cntr_abc123"
+        assert container.container_id == SANDBOX["sandbox_id"]
         disks = await client.disks.list()
         assert len(disks) == 2
         aio = client
@@ -182,7 +196,7 @@ def test_blocking_with(router: respx.MockRouter) -> None:
     with archil.Archil(api_key=KEY, base_url=BASE) as client:
         assert isinstance(client, Archil)
         container = client.containers.create(archil_mount=archil.ArchilMount(disk_id=DISK))
-        assert container.status == "pending"
+        assert container.status == "running"
         assert client.with_options(max_retries=0).config.max_retries == 0
         assert isinstance(client.with_options(timeout=3), Archil)
 

@@ -1,37 +1,49 @@
-"""The ``fn.remote()`` protocol, without I/O: payloads, the in-container bootstrap, results.
+"""The ``fn.remote()`` protocol, without I/O: payloads, the in-sandbox bootstrap, results.
 
 A call lives under ``.archil/calls/<call-id>/`` on the app's disk: the caller
-uploads ``input.pkl`` (cloudpickle of ``(fn, args, kwargs)``), the container
-runs :data:`BOOTSTRAP` (which needs only Python and cloudpickle) and writes
-``output.pkl``, and the caller reads it back and returns the value or
-re-raises the remote exception.
+uploads ``input.pkl`` (cloudpickle of ``(fn, args, kwargs)``), the sandbox
+runs :data:`BOOTSTRAP` (which needs only Python; cloudpickle comes from the
+disk, see :class:`CloudpickleLib`) and writes ``output.pkl``, and the caller
+reads it back and returns the value or re-raises the remote exception.
+
+:class:`FunctionSpec` is what a declared function runs on: a validated
+``CreateSandboxRequest`` used as a template, and the :class:`ImagePlan` of its
+image (the base reference, and the steps replayed once in a preparation sandbox).
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import importlib
-import io
+import json
 import os
 import shlex
 import sys
 import sysconfig
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
 
 from ._errors import RemoteError
-from ._models import AdditionalMount, KernelVariant
+from ._models import SANDBOX_DISK_PATH, CreateSandboxRequest
 
 __all__ = [
     "BOOTSTRAP",
     "CALLS_PREFIX",
     "CallPaths",
-    "ContainerOptions",
+    "CloudpickleLib",
+    "FunctionSpec",
+    "ImagePlan",
     "LogPrinter",
+    "OutputTail",
+    "PlanCache",
     "bootstrap_command",
     "check_python_version",
     "decode_result",
@@ -40,7 +52,8 @@ __all__ = [
 ]
 
 CALLS_PREFIX = ".archil/calls"
-CONTAINER_DISK_ROOT = "/mnt/archil"
+LIB_PREFIX = ".archil/lib"
+CONTAINER_DISK_ROOT = SANDBOX_DISK_PATH
 
 BOOTSTRAP = r"""
 import os, sys, traceback
@@ -213,39 +226,183 @@ def decode_result(data: bytes) -> Any:
 
 
 class LogPrinter:
-    """Writes a container's log entries to the caller's terminal as they arrive."""
+    """Writes a process's output to the caller's terminal as it arrives.
 
-    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+    Output comes as bytes; each stream is decoded incrementally (a character split
+    across frames survives). ``prefix`` marks every line (``[build] `` for image
+    preparation).
+    """
+
+    def __init__(
+        self,
+        stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None,
+        *,
+        prefix: str = "",
+    ) -> None:
         self._stdout = stdout
         self._stderr = stderr
+        self._prefix = prefix
+        self._decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        }
+        self._at_line_start = {"stdout": True, "stderr": True}
 
-    def write(self, stream: str, data: str) -> None:
-        """Print one log chunk: stdout to stdout, stderr and build output to stderr."""
-        if stream == "stdout":
-            out = self._stdout or sys.stdout
-        elif stream in ("stderr", "build"):
-            out = self._stderr or sys.stderr
-        else:
+    def write(self, stream: str, data: bytes | str) -> None:
+        """Print a chunk of ``stream`` (``stdout`` to stdout; anything else to stderr)."""
+        key = "stdout" if stream == "stdout" else "stderr"
+        text = data if isinstance(data, str) else self._decoders[key].decode(data)
+        if not text:
             return
-        if stream == "build":
-            data = "".join(f"[build] {line}" for line in io.StringIO(data))
-        out.write(data)
+        if self._prefix:
+            text = self._prefixed(key, text)
+        out = (self._stdout or sys.stdout) if key == "stdout" else (self._stderr or sys.stderr)
+        out.write(text)
         out.flush()
+
+    def _prefixed(self, key: str, text: str) -> str:
+        parts = text.split("\n")
+        out: list[str] = []
+        for i, part in enumerate(parts):
+            start = self._at_line_start[key] if i == 0 else True
+            if part and start:
+                part = self._prefix + part
+            out.append(part)
+        self._at_line_start[key] = text.endswith("\n")
+        return "\n".join(out)
+
+
+class OutputTail:
+    """The last lines of a process's output, for error messages."""
+
+    def __init__(self, max_lines: int = 40, max_bytes: int = 64 * 1024) -> None:
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Add output bytes (both streams, in order)."""
+        self._buf += data
+        if len(self._buf) > 2 * self._max_bytes:
+            del self._buf[: len(self._buf) - self._max_bytes]
+
+    def text(self) -> str:
+        """The last lines, decoded."""
+        lines = bytes(self._buf[-self._max_bytes :]).decode("utf-8", "replace").splitlines()
+        return "\n".join(lines[-self._max_lines :])
 
 
 @dataclass(frozen=True)
-class ContainerOptions:
-    """What a function's or job's container looks like (validated by the decorators)."""
+class ImagePlan:
+    """How to get an image on the control plane.
+
+    ``base`` is built with ``images.build(source=base)``; ``prepare`` (a shell
+    script, or ``None`` when there is nothing to do) runs once in a sandbox of the
+    base, which is then stopped and forked per call. ``env`` and ``workdir`` are
+    the image's environment and working directory; ``key`` identifies the steps.
+    """
+
+    base: str
+    prepare: str | None
+    env: dict[str, str]
+    workdir: str | None
+    key: str
+    python_version: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What a declared function or job runs on (validated when it is declared).
+
+    ``template`` is a validated ``CreateSandboxRequest`` without an image or a
+    name (the runner fills them in with ``model_copy``): the app's disk, the
+    volumes, the shape, the ports. ``env`` goes to the process (never to the
+    sandbox record or the preparation); ``timeout`` is the process's
+    ``timeout_seconds``.
+    """
 
     disk_id: str
-    disk_env: str
-    dockerfile: str | None = None
-    vcpu_count: int = 1
-    mem_size_mib: int = 512
-    kernel_variant: KernelVariant = "base"
-    additional_mounts: tuple[AdditionalMount, ...] = ()
-    ports: tuple[int, ...] = ()
+    template: CreateSandboxRequest
+    image: ImagePlan
     env: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    timeout_seconds: int | None = None
+    timeout: int | None = None
     stream_logs: bool = True
+
+    @property
+    def cwd(self) -> str:
+        """Where the call runs: the image's ``WORKDIR``, else the disk."""
+        return self.image.workdir or CONTAINER_DISK_ROOT
+
+    def prepared_name(self) -> str:
+        """The name of the stopped sandbox that holds this image's preparation.
+
+        It depends on everything a fork inherits: the image, the shape and the mounts.
+        """
+        inherited = self.template.model_dump(
+            mode="json", include={"vcpu_count", "mem_size_mib", "mounts", "kernel_variant"}
+        )
+        blob = json.dumps({"image": self.image.key, "sandbox": inherited}, sort_keys=True)
+        return "archil-img-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class CloudpickleLib:
+    """This process's cloudpickle, shipped to a disk so a sandbox can import it.
+
+    The real control plane's Python images have no cloudpickle; the bootstrap finds
+    the caller's own version on the disk (``PYTHONPATH``), so no image needs a pip
+    step for it and no network is needed. ``files`` are ``(object key, bytes)``,
+    written before ``marker_key``, which says the set is complete.
+    """
+
+    def __init__(self) -> None:
+        version = str(cloudpickle.__version__)
+        package = Path(cloudpickle.__file__).parent
+        sources = sorted(package.glob("*.py"))
+        digest = hashlib.sha256()
+        files: list[tuple[str, bytes]] = []
+        for path in sources:
+            data = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + data)
+            files.append((path.name, data))
+        self.prefix = f"{LIB_PREFIX}/cloudpickle-{version}-{digest.hexdigest()[:12]}"
+        self.files = [(f"{self.prefix}/cloudpickle/{name}", data) for name, data in files]
+        self.marker_key = f"{self.prefix}/.complete"
+
+    @property
+    def guest_path(self) -> str:
+        """The directory to put on ``PYTHONPATH`` inside a sandbox."""
+        return f"{CONTAINER_DISK_ROOT}/{self.prefix}"
+
+
+class PlanCache:
+    """Thread-safe memory of what this process already did on a control plane.
+
+    Keys are ``(base URL, kind, name)``: built images (source -> image id),
+    prepared sandboxes (name -> sandbox id and checkpoint), disks that have the
+    cloudpickle library. Entries are dropped when the control plane says they
+    are stale.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[tuple[str, str, str], Any] = {}
+
+    def get(self, base_url: str, kind: str, name: str) -> Any:
+        """The remembered value, or ``None``."""
+        with self._lock:
+            return self._data.get((base_url, kind, name))
+
+    def put(self, base_url: str, kind: str, name: str, value: Any) -> None:
+        """Remember ``value``."""
+        with self._lock:
+            self._data[(base_url, kind, name)] = value
+
+    def drop(self, base_url: str, kind: str, name: str) -> None:
+        """Forget an entry."""
+        with self._lock:
+            self._data.pop((base_url, kind, name), None)
+
+
+PLANS = PlanCache()
+"""The process-wide :class:`PlanCache` the runners share."""

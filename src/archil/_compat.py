@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -29,9 +30,11 @@ __all__ = [
     "Lock",
     "aenter_detached",
     "agather_bounded",
+    "areceive_event",
     "asleep",
     "enter_detached",
     "gather_bounded",
+    "receive_event",
     "sleep",
 ]
 
@@ -265,3 +268,19 @@ def _close_all_detached() -> None:
 def enter_detached(cm: AbstractContextManager[T]) -> Detached[T]:
     """Enter ``cm`` and keep it open until :meth:`Detached.close`."""
     return Detached(cm)
+
+
+async def areceive_event(session: Any, timeout: float) -> Any:
+    """The next event of an async WebSocket session, or ``None`` after ``timeout`` seconds."""
+    try:
+        return await session.receive(timeout=timeout)
+    except TimeoutError:
+        return None
+
+
+def receive_event(session: Any, timeout: float) -> Any:
+    """The next event of a blocking WebSocket session, or ``None`` after ``timeout`` seconds."""
+    try:
+        return session.receive(timeout=timeout)
+    except queue.Empty:
+        return None

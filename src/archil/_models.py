@@ -37,7 +37,6 @@ __all__ = [
     "CreateContainerRequest",
     "CreateDiskRequest",
     "CreateDiskResult",
-    "CreateImageRequest",
     "CreateTokenRequest",
     "CreatedApiToken",
     "DirectoryEntry",
@@ -49,7 +48,6 @@ __all__ = [
     "ExecRequest",
     "ExecResult",
     "ExecTiming",
-    "Image",
     "KernelVariant",
     "LogEntry",
     "Mount",
@@ -65,9 +63,7 @@ __all__ = [
 ]
 
 KernelVariant = Literal["base", "extended"]
-ContainerStatus = Literal[
-    "pending", "building", "starting", "running", "exited", "failed", "stopped"
-]
+ContainerStatus = Literal["pending", "running", "paused", "exited", "failed", "stopped"]
 TERMINAL_STATES: frozenset[str] = frozenset({"exited", "failed", "stopped"})
 MountProvider = Literal["s3", "gcs", "r2", "s3-compatible", "azure-blob"]
 
@@ -504,25 +500,6 @@ class CreatedApiToken(ApiToken):
 
 
 # ---------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------
-
-
-class CreateImageRequest(_Request):
-    """``POST /api/images``: an image from Dockerfile text."""
-
-    dockerfile: str = Field(min_length=1, max_length=1_000_000)
-
-
-class Image(_Response):
-    """A container image: ``status`` is building, ready or failed."""
-
-    image_id: str
-    status: Literal["building", "ready", "failed"]
-    failure_reason: str | None = None
-
-
-# ---------------------------------------------------------------------------
 # Containers
 # ---------------------------------------------------------------------------
 
@@ -559,7 +536,12 @@ class AdditionalMount(_Request):
 
 
 class CreateContainerRequest(_Request):
-    """``POST /api/containers``."""
+    """The arguments of ``client.containers.create``, validated before anything is sent.
+
+    A container is a sandbox with ``archil_mount``'s disk at ``/mnt/archil`` and one
+    process running ``initialization_script`` then ``command`` (see
+    :meth:`to_sandbox_request`).
+    """
 
     archil_mount: ArchilMount
     additional_mounts: list[AdditionalMount] = Field(default_factory=list, max_length=16)
@@ -567,6 +549,7 @@ class CreateContainerRequest(_Request):
     mem_size_mib: int = Field(default=512, ge=MEM_MIN_MIB, le=MEM_MAX_MIB)
     kernel_variant: KernelVariant = "base"
     image_id: str | None = Field(default=None, min_length=1, max_length=128)
+    base_image: str | None = Field(default=None, min_length=1, max_length=512)
     initialization_script: str | None = None
     command: str | None = None
     env: dict[str, str] | None = None
@@ -613,7 +596,37 @@ class CreateContainerRequest(_Request):
             if m.path in seen:
                 raise ValueError(f"additional_mounts: two mounts at {m.path!r}")
             seen.add(m.path)
+        if self.image_id is not None and self.base_image is not None:
+            raise ValueError("image_id and base_image are mutually exclusive: give one")
         return self
+
+    def to_sandbox_request(self, name: str) -> CreateSandboxRequest:
+        """The sandbox this container is: its disk shared at ``/mnt/archil``, never idled out."""
+        mounts = [
+            SandboxMount(
+                disk_id=self.archil_mount.disk_id, path=SANDBOX_DISK_PATH, conditional=True
+            )
+        ]
+        for extra in self.additional_mounts:
+            mounts.append(
+                SandboxMount(
+                    disk_id=extra.disk_id,
+                    path=extra.path,
+                    read_only=extra.read_only,
+                    conditional=not extra.read_only,
+                )
+            )
+        return CreateSandboxRequest(
+            name=name,
+            vcpu_count=self.vcpu_count,
+            mem_size_mib=self.mem_size_mib,
+            base_image=self.base_image,
+            image_id=self.image_id,
+            ports=list(self.ports) or None,
+            mounts=mounts,
+            idle_ttl_seconds=0,
+            kernel_variant=None if self.kernel_variant == "base" else self.kernel_variant,
+        )
 
 
 class PortMapping(_Response):
@@ -625,35 +638,42 @@ class PortMapping(_Response):
 
 
 class Container(_Response):
-    """A container record."""
+    """A container: a sandbox with a disk at ``/mnt/archil`` and one command.
+
+    ``status`` is ``pending`` while the sandbox starts, ``running`` while the
+    command runs, ``exited`` (with ``exit_code``) once it has ended, ``paused``,
+    ``stopped`` when the sandbox was stopped first, and ``failed`` when the
+    sandbox could not start (``failure_reason``). ``sandbox`` is the sandbox record.
+    """
 
     container_id: str
     status: ContainerStatus
     exit_code: int | None = None
     failure_reason: str | None = None
+    process_id: str | None = None
     archil_mount: dict[str, Any] | None = None
     additional_mounts: list[dict[str, Any]] = Field(default_factory=list)
     vcpu_count: int | None = None
     mem_size_mib: int | None = None
     kernel_variant: str | None = None
-    image_id: str | None = None
     command: str | None = None
     ports: list[PortMapping] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    sandbox: SandboxData | None = None
 
     @property
     def is_terminal(self) -> bool:
-        """True once the container has exited, failed or been stopped."""
+        """True once the command has ended, or the sandbox stopped or failed."""
         return self.status in TERMINAL_STATES
 
 
 class LogEntry(_Response):
-    """One chunk of a container's log stream."""
+    """A piece of a container's output: its stream, its byte offset in the whole output, its text."""
 
-    stream: Literal["build", "stdout", "stderr", "system"]
+    stream: Literal["stdout", "stderr"]
     offset: int
     data: str
 

@@ -10,6 +10,8 @@ import email.utils
 import functools
 import json
 import math
+import posixpath
+import shlex
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,22 +25,27 @@ from typing_extensions import TypedDict
 
 from ._errors import APIConnectionError, APIError, APIStatusError, APITimeoutError, error_for_status
 from ._models import (
+    SANDBOX_DISK_PATH,
     AuthorizedUser,
+    Container,
     ContainerStatus,
     CreateDiskRequest,
     CreateDiskResult,
     Disk,
-    LogEntry,
     Mount,
     MountProvider,
     ObjectInfo,
     ObjectListing,
+    PortMapping,
+    SandboxData,
+    SandboxEndpoint,
     validate_container_id,
     validate_disk_id,
     validate_object_key,
 )
 
 __all__ = [
+    "CONTAINERS_PREFIX",
     "MAX_PAGE_SIZE",
     "Envelope",
     "RequestOptions",
@@ -47,9 +54,10 @@ __all__ = [
     "check_name",
     "check_seconds",
     "check_user_type",
-    "container_path",
+    "container_from",
+    "container_keys",
+    "container_script",
     "decode_envelope",
-    "decode_log_line",
     "disk_create_request",
     "disk_path",
     "error_from_response",
@@ -57,6 +65,7 @@ __all__ = [
     "map_transport_error",
     "object_info_from_headers",
     "object_url",
+    "parse_exit_code",
     "parse_list_objects",
     "parse_model",
     "query",
@@ -153,12 +162,6 @@ def disk_path(disk_id: str, *rest: str) -> str:
     """``/api/disks/{id}[/rest...]`` for a validated disk id."""
     validate_disk_id(disk_id)
     return "/".join(("/api/disks", quote(disk_id, safe=""), *rest))
-
-
-def container_path(container_id: str, *rest: str) -> str:
-    """``/api/containers/{id}[/rest...]`` for a validated container id."""
-    validate_container_id(container_id)
-    return "/".join(("/api/containers", quote(container_id, safe=""), *rest))
 
 
 def object_url(base: str, disk_id: str, key: str | None = None) -> str:
@@ -414,16 +417,113 @@ def with_created_users(disk: Disk, created: CreateDiskResult) -> Disk:
 
 
 # ---------------------------------------------------------------------------
-# Logs
+# Containers (a facade over sandboxes: see archil._async.resources.containers)
 # ---------------------------------------------------------------------------
 
+CONTAINERS_PREFIX = ".archil/containers"
+CONTAINER_NAME_PREFIX = "cntr-"
+_IDLE = "exec sleep 2147483647"
 
-def decode_log_line(line: str) -> LogEntry:
-    """One line of the ``application/x-ndjson`` log stream."""
+
+def container_keys(container_id: str) -> tuple[str, str]:
+    """The object keys of a container's record and of its command's exit code, on its disk."""
+    validate_container_id(container_id)
+    return (
+        f"{CONTAINERS_PREFIX}/{container_id}.json",
+        f"{CONTAINERS_PREFIX}/{container_id}.exit",
+    )
+
+
+def container_script(init: str | None, command: str | None, container_id: str) -> str:
+    """The container's process: the initialization script, then the command, then its exit code
+    written to the disk (so ``get`` knows it ended even with nobody attached)."""
+    exit_path = f"{SANDBOX_DISK_PATH}/{container_keys(container_id)[1]}"
+    parts: list[str] = []
+    if init and init.strip():
+        parts.append(init.rstrip("\n"))
+        parts.append(
+            'archil_rc=$?; if [ "$archil_rc" -ne 0 ]; then '
+            'echo "archil: the initialization script failed with exit code $archil_rc" >&2; '
+            'exit "$archil_rc"; fi'
+        )
+    parts.append(command if command and command.strip() else _IDLE)
+    body = "\n".join(parts)
+    quoted = shlex.quote(exit_path)
+    return (
+        f"( {body}\n)\narchil_rc=$?\n"
+        f"mkdir -p {shlex.quote(posixpath.dirname(exit_path))} && "
+        f'printf "%s" "$archil_rc" > {quoted}.tmp && mv -f {quoted}.tmp {quoted}\n'
+        'exit "$archil_rc"\n'
+    )
+
+
+def _port_mappings(endpoints: Sequence[SandboxEndpoint]) -> list[PortMapping]:
+    out: list[PortMapping] = []
+    for endpoint in endpoints:
+        local = ":" in endpoint.hostname
+        host_port = int(endpoint.hostname.rsplit(":", 1)[1]) if local else None
+        scheme = "http" if local else "https"
+        out.append(
+            PortMapping(
+                container_port=endpoint.port,
+                host_port=host_port,
+                url=f"{scheme}://{endpoint.hostname}",
+            )
+        )
+    return out
+
+
+def container_from(
+    data: SandboxData,
+    record: Mapping[str, Any] | None,
+    exit_code: int | None,
+    ports: Sequence[SandboxEndpoint] = (),
+) -> Container:
+    """A :class:`Container` from its sandbox, its record on the disk and its exit code, if any."""
+    status: ContainerStatus
+    if data.status == "pending":
+        status = "pending"
+    elif data.status == "failed":
+        status = "failed"
+    elif exit_code is not None:
+        status = "exited"
+    elif data.status in ("running", "stopping"):
+        status = "running"
+    elif data.status in ("paused", "pausing"):
+        status = "paused"
+    else:
+        status = "stopped"
+    rec = record or {}
+    mounts = [m.model_dump(exclude_none=True) for m in data.mounts]
+    main = next((m for m in mounts if m.get("path") == SANDBOX_DISK_PATH), None)
+    metadata = rec.get("metadata")
+    return Container(
+        container_id=data.sandbox_id,
+        status=status,
+        exit_code=exit_code,
+        failure_reason=data.exit_reason if status == "failed" else None,
+        process_id=rec.get("process_id"),
+        archil_mount=main,
+        additional_mounts=[m for m in mounts if m is not main],
+        vcpu_count=data.vcpu_count,
+        mem_size_mib=data.mem_size_mib,
+        kernel_variant=rec.get("kernel_variant") or data.kernel_variant or "base",
+        command=rec.get("command"),
+        ports=_port_mappings([*data.endpoints, *ports]),
+        metadata=dict(metadata) if isinstance(metadata, dict) else {},
+        created_at=data.created_at,
+        started_at=data.running_at,
+        finished_at=data.finished_at,
+        sandbox=data,
+    )
+
+
+def parse_exit_code(data: bytes) -> int | None:
+    """The exit code a container's command left on its disk (``None`` if unreadable)."""
     try:
-        return LogEntry.model_validate_json(line)
-    except ValidationError:
-        raise APIError("the control plane sent a malformed log line") from None
+        return int(data.decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------

@@ -79,19 +79,6 @@ async def test_tokens_list_shape(client: AsyncArchil, router: respx.MockRouter) 
     assert tokens[1].token_suffix == "ab12"
 
 
-async def test_containers_list_filters(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.get("/api/containers").mock(
-        return_value=ok([{"containerId": "cntr-1", "status": "running"}])
-    )
-    found = await client.containers.list(status="running", disk_id="dsk-1", limit=10).to_list()
-    assert [c.container_id for c in found] == ["cntr-1"]
-    assert dict(route.calls[0].request.url.params) == {
-        "status": "running",
-        "diskId": "dsk-1",
-        "limit": "10",
-    }
-
-
 @pytest.mark.parametrize("limit", [0, 101, -1])
 async def test_bad_limit(client: AsyncArchil, router: respx.MockRouter, limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):

@@ -1,4 +1,4 @@
-"""Containers, disks, tokens, images and exec against a mocked control plane."""
+"""Containers, disks, tokens and exec against a mocked control plane."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import respx
 
 from archil._async.client import AsyncArchil
-from archil._errors import APIConnectionError, APITimeoutError, InternalServerError, NotFoundError
+from archil._errors import APITimeoutError, InternalServerError, NotFoundError
 from archil._models import AdditionalMount, ArchilMount, ExecMount, Mount
 
-from .helpers import CNTR, DISK, DroppingStream, FakeClock, container_json, disk_json, err, ok
+from .helpers import CHILD, CNTR, DISK, SID, FakeClock, disk_json, err, ok, sandbox_json
 
 EXEC_RESULT = {
     "exitCode": 0,
@@ -24,171 +24,173 @@ EXEC_RESULT = {
 }
 
 
-def log_lines(*entries: tuple[str, int, str]) -> bytes:
-    return b"".join(
-        json.dumps({"stream": s, "offset": o, "data": d}).encode() + b"\n" for s, o, d in entries
+OBJ = "http://127.0.0.1:8931/s3"
+RECORD_KEY = f".archil/containers/{SID}.json"
+EXIT_KEY = f".archil/containers/{SID}.exit"
+
+
+def container_sandbox(status: str = "running", **extra: Any) -> dict[str, Any]:
+    """The sandbox record of a container: its name says it is one, its disk is at /mnt/archil."""
+    mounts = [{"disk_id": DISK, "path": "/mnt/archil", "conditional": True}]
+    return sandbox_json(status, name="cntr-0123456789abcdef", mounts=mounts, **extra)
+
+
+def mock_records(
+    router: respx.MockRouter, record: dict[str, Any] | None, exit_code: int | None
+) -> None:
+    """The container's record and exit code on its disk (404 when absent)."""
+    router.get(f"{OBJ}/{DISK}/{RECORD_KEY}").mock(
+        return_value=httpx.Response(200, json=record) if record is not None else httpx.Response(404)
     )
+    router.get(f"{OBJ}/{DISK}/{EXIT_KEY}").mock(
+        return_value=httpx.Response(200, content=str(exit_code).encode())
+        if exit_code is not None
+        else httpx.Response(404)
+    )
+    router.get(f"/api/sandboxes/{SID}/ports").mock(return_value=ok({"ports": []}))
 
 
-# -- containers -------------------------------------------------------------------
+# -- containers (a facade over sandboxes) ---------------------------------------------
 
 
-async def test_create_container_body(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.post("/api/containers").mock(
-        return_value=ok(container_json("pending", vcpuCount=2), 201)
+async def test_create_container_without_a_command(
+    client: AsyncArchil, router: respx.MockRouter
+) -> None:
+    create = router.post("/api/sandboxes").mock(return_value=ok(container_sandbox(), 202))
+    record = router.put(f"{OBJ}/{DISK}/{RECORD_KEY}").mock(return_value=httpx.Response(200))
+    router.get(f"/api/sandboxes/{SID}/ports").mock(
+        return_value=ok({"ports": [{"port": 8080, "hostname": "127.0.0.1:8080"}]})
     )
     container = await client.containers.create(
         archil_mount=ArchilMount(disk_id=DISK, env="production"),
         vcpu_count=2,
         mem_size_mib=1024,
         kernel_variant="extended",
-        initialization_script="pip install numpy",
-        command="python train.py",
-        env={"A": "1"},
         additional_mounts=[AdditionalMount(path="/datasets", disk_id="dsk-2", read_only=True)],
         ports=[8080],
         metadata={"experiment_id": "exp_123"},
-        timeout_seconds=600,
     )
-    assert container.container_id == CNTR
-    assert container.status == "pending"
-    body = json.loads(route.calls[0].request.content)
-    assert body == {
-        "archilMount": {"diskId": DISK, "env": "production"},
-        "additionalMounts": [
-            {"path": "/datasets", "diskId": "dsk-2", "env": "production", "readOnly": True}
-        ],
-        "vcpuCount": 2,
-        "memSizeMib": 1024,
-        "kernelVariant": "extended",
-        "initializationScript": "pip install numpy",
-        "command": "python train.py",
-        "env": {"A": "1"},
-        "ports": [8080],
+    assert container.container_id == SID
+    assert container.status == "running"
+    assert container.metadata == {"experiment_id": "exp_123"}
+    assert [(p.container_port, p.url) for p in container.ports] == [(8080, "http://127.0.0.1:8080")]
+    body = json.loads(create.calls[0].request.content)
+    assert body["name"].startswith("cntr-")
+    assert body["mounts"] == [
+        {"disk_id": DISK, "path": "/mnt/archil", "read_only": False, "conditional": True},
+        {"disk_id": "dsk-2", "path": "/datasets", "read_only": True, "conditional": False},
+    ]
+    assert (body["vcpu_count"], body["mem_size_mib"], body["ports"]) == (2, 1024, [8080])
+    assert body["kernel_variant"] == "extended"
+    assert body["idle_ttl_seconds"] == 0
+    assert "metadata" not in body and "env" not in body
+    assert json.loads(record.calls[0].request.content) == {
+        "process_id": None,
+        "command": None,
         "metadata": {"experiment_id": "exp_123"},
-        "timeoutSeconds": 600,
+        "kernel_variant": "extended",
     }
 
 
-async def test_get_stop_delete_container(client: AsyncArchil, router: respx.MockRouter) -> None:
-    router.get(f"/api/containers/{CNTR}").mock(return_value=ok(container_json()))
-    stop = router.post(f"/api/containers/{CNTR}/stop").mock(
-        return_value=ok(container_json("stopped"))
+@pytest.mark.parametrize(
+    ("sandbox_status", "exit_code", "expected"),
+    [
+        ("pending", None, "pending"),
+        ("running", None, "running"),
+        ("running", 3, "exited"),
+        ("stopped", 0, "exited"),
+        ("stopped", None, "stopped"),
+        ("paused", None, "paused"),
+        ("failed", None, "failed"),
+    ],
+)
+async def test_container_status_comes_from_its_sandbox_and_its_exit_code(
+    client: AsyncArchil,
+    router: respx.MockRouter,
+    sandbox_status: str,
+    exit_code: int | None,
+    expected: str,
+) -> None:
+    router.get(f"/api/sandboxes/{SID}").mock(
+        return_value=ok(container_sandbox(sandbox_status, exit_reason="no image"))
     )
-    delete = router.delete(f"/api/containers/{CNTR}").mock(return_value=ok(None))
-    assert (await client.containers.get(CNTR)).status == "running"
-    stopped = await client.containers.stop(CNTR)
+    record = {"process_id": "proc-1", "command": "make", "metadata": {"k": "v"}}
+    mock_records(router, record, exit_code)
+    container = await client.containers.get(SID)
+    assert container.status == expected
+    assert container.exit_code == exit_code
+    assert (container.process_id, container.command, container.metadata) == (
+        "proc-1",
+        "make",
+        {"k": "v"},
+    )
+    assert container.failure_reason == ("no image" if expected == "failed" else None)
+    assert container.is_terminal == (expected in ("exited", "failed", "stopped"))
+
+
+async def test_list_containers_keeps_only_containers(
+    client: AsyncArchil, router: respx.MockRouter
+) -> None:
+    other = sandbox_json(sandbox_id=CHILD, name="not-a-container")
+    listing = router.get("/api/sandboxes").mock(
+        return_value=ok({"sandboxes": [container_sandbox(), other]})
+    )
+    mock_records(router, None, 0)
+    found = await client.containers.list(disk_id=DISK).to_list()
+    assert [c.container_id for c in found] == [SID]
+    assert listing.calls[0].request.url.params["filesystem"] == DISK
+    assert [c.container_id async for c in client.containers.list(status="exited")] == [SID]
+    assert await client.containers.list(status="running").to_list() == []
+
+
+async def test_stop_and_delete_container(client: AsyncArchil, router: respx.MockRouter) -> None:
+    router.get(f"/api/sandboxes/{SID}").mock(return_value=ok(container_sandbox()))
+    stop = router.post(f"/api/sandboxes/{SID}/stop").mock(
+        return_value=ok(container_sandbox("stopped"))
+    )
+    delete = router.delete(f"/api/sandboxes/{SID}").mock(return_value=httpx.Response(204))
+    removed = [
+        router.delete(f"{OBJ}/{DISK}/{key}").mock(return_value=httpx.Response(204))
+        for key in (RECORD_KEY, EXIT_KEY)
+    ]
+    mock_records(router, None, None)
+    stopped = await client.containers.stop(SID)
     assert stopped.status == "stopped" and stopped.is_terminal
-    await client.containers.delete(CNTR)
-    assert stop.call_count == 1 and delete.call_count == 1
+    await client.containers.delete(SID)
+    assert stop.call_count == 2 and delete.call_count == 1
+    assert all(r.call_count == 1 for r in removed)
 
 
 async def test_unknown_container_is_not_found(
     client: AsyncArchil, router: respx.MockRouter
 ) -> None:
-    router.get("/api/containers/invalid_id").mock(return_value=err(404, "no such container"))
+    router.get(f"/api/sandboxes/{SID}").mock(return_value=err(404, "no such sandbox"))
     with pytest.raises(NotFoundError):
-        await client.containers.get("invalid_id")
+        await client.containers.get(SID)
 
 
-async def test_wait_long_polls(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.get(f"/api/containers/{CNTR}").mock(
-        side_effect=[ok(container_json("running")), ok(container_json("exited", exitCode=0))]
-    )
-    final = await client.containers.wait(CNTR)
-    assert final.status == "exited" and final.exit_code == 0
-    for call in route.calls:
-        wait = int(call.request.url.params["wait"])
-        assert 1 <= wait <= 30
-        assert call.request.extensions["timeout"]["read"] > wait
-
-
-async def test_wait_polls_when_the_server_ignores_wait(
+async def test_wait_with_a_timeout_polls_for_the_exit_code(
     client: AsyncArchil, router: respx.MockRouter, clock: FakeClock
 ) -> None:
-    route = router.get(f"/api/containers/{CNTR}").mock(
-        side_effect=[
-            ok(container_json("pending")),
-            ok(container_json("starting")),
-            ok(container_json("running")),
-            ok(container_json("failed", failureReason="oom")),
-        ]
+    router.get(f"/api/sandboxes/{SID}").mock(return_value=ok(container_sandbox()))
+    router.get(f"{OBJ}/{DISK}/{RECORD_KEY}").mock(return_value=httpx.Response(404))
+    router.get(f"/api/sandboxes/{SID}/ports").mock(return_value=ok({"ports": []}))
+    router.get(f"{OBJ}/{DISK}/{EXIT_KEY}").mock(
+        side_effect=[httpx.Response(404)] * 3 + [httpx.Response(200, content=b"7")]
     )
-    final = await client.containers.wait(CNTR, timeout=60)
-    assert final.status == "failed" and final.failure_reason == "oom"
-    assert route.call_count == 4
+    final = await client.containers.wait(SID, timeout=60)
+    assert final.status == "exited" and final.exit_code == 7
     assert clock.sleeps == [0.25, 0.5, 1.0]
 
 
 async def test_wait_deadline(
     client: AsyncArchil, router: respx.MockRouter, clock: FakeClock
 ) -> None:
-    router.get(f"/api/containers/{CNTR}").mock(return_value=ok(container_json("running")))
-    with pytest.raises(APITimeoutError, match=CNTR):
-        await client.containers.wait(CNTR, timeout=5)
+    router.get(f"/api/sandboxes/{SID}").mock(return_value=ok(container_sandbox()))
+    mock_records(router, None, None)
+    with pytest.raises(APITimeoutError, match=SID):
+        await client.containers.wait(SID, timeout=5)
     assert sum(clock.sleeps) == pytest.approx(5.0)
-
-
-async def test_logs(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.get(f"/api/containers/{CNTR}/logs").mock(
-        return_value=httpx.Response(
-            200,
-            content=log_lines(("build", 0, "step 1\n"), ("stdout", 1, "hello\n"))
-            + b"\n"
-            + log_lines(("stderr", 2, "oops\n")),
-            headers={"content-type": "application/x-ndjson"},
-        )
-    )
-    entries = [e async for e in client.containers.logs(CNTR)]
-    assert [(e.stream, e.offset, e.data) for e in entries] == [
-        ("build", 0, "step 1\n"),
-        ("stdout", 1, "hello\n"),
-        ("stderr", 2, "oops\n"),
-    ]
-    assert dict(route.calls[0].request.url.params) == {"offset": "0", "follow": "false"}
-
-
-async def test_logs_follow_resumes_after_a_dropped_connection(
-    client: AsyncArchil, router: respx.MockRouter, clock: FakeClock
-) -> None:
-    route = router.get(f"/api/containers/{CNTR}/logs").mock(
-        side_effect=[
-            httpx.Response(
-                200, stream=DroppingStream(log_lines(("stdout", 3, "a\n"), ("stdout", 4, "b\n")))
-            ),
-            httpx.Response(
-                200,
-                stream=DroppingStream(
-                    log_lines(("stdout", 4, "b\n"), ("stdout", 5, "c\n")), b'{"stream": "std'
-                ),
-            ),
-            httpx.Response(200, content=log_lines(("system", 6, "exited 0\n"))),
-        ]
-    )
-    entries = [e async for e in client.containers.logs(CNTR, follow=True, offset=3)]
-    assert [e.offset for e in entries] == [3, 4, 5, 6]
-    offsets = [call.request.url.params["offset"] for call in route.calls]
-    assert offsets == ["3", "5", "6"]
-    assert all(call.request.url.params["follow"] == "true" for call in route.calls)
-    assert len(clock.sleeps) == 2
-
-
-async def test_logs_give_up_after_the_retry_budget(
-    client: AsyncArchil, router: respx.MockRouter
-) -> None:
-    router.get(f"/api/containers/{CNTR}/logs").mock(
-        side_effect=lambda request: httpx.Response(200, stream=DroppingStream())
-    )
-    with pytest.raises(APIConnectionError):
-        async for _ in client.containers.logs(CNTR, follow=True, max_retries=2):
-            pass
-
-
-async def test_logs_error_status(client: AsyncArchil, router: respx.MockRouter) -> None:
-    router.get(f"/api/containers/{CNTR}/logs").mock(return_value=err(404, "gone"))
-    with pytest.raises(NotFoundError, match="gone"):
-        async for _ in client.containers.logs(CNTR):
-            pass
 
 
 # -- disks --------------------------------------------------------------------------
@@ -358,33 +360,6 @@ async def test_tokens(client: AsyncArchil, router: respx.MockRouter) -> None:
     assert json.loads(create.calls[0].request.content) == {"name": "ci", "description": "for CI"}
     await client.tokens.delete("t1")
     assert delete.call_count == 1
-
-
-async def test_images(client: AsyncArchil, router: respx.MockRouter, clock: FakeClock) -> None:
-    create = router.post("/api/images").mock(
-        return_value=ok({"imageId": "img-1", "status": "building"}, 201)
-    )
-    router.get("/api/images/img-1").mock(
-        side_effect=[
-            ok({"imageId": "img-1", "status": "building"}),
-            ok({"imageId": "img-1", "status": "building"}),
-            ok({"imageId": "img-1", "status": "ready"}),
-        ]
-    )
-    image = await client.images.create("FROM python:3.11-slim\n")
-    assert image.status == "building"
-    assert json.loads(create.calls[0].request.content) == {"dockerfile": "FROM python:3.11-slim\n"}
-    ready = await client.images.wait("img-1", timeout=60)
-    assert ready.status == "ready"
-    assert clock.sleeps == [0.5, 0.75]
-
-
-async def test_image_wait_deadline(client: AsyncArchil, router: respx.MockRouter) -> None:
-    router.get("/api/images/img-1").mock(
-        return_value=ok({"imageId": "img-1", "status": "building"})
-    )
-    with pytest.raises(APITimeoutError, match="img-1"):
-        await client.images.wait("img-1", timeout=3)
 
 
 # -- bad input: rejected before any request ------------------------------------------

@@ -24,7 +24,6 @@ from archil._errors import (
 )
 from archil._models import (
     CreateSandboxRequest,
-    Image,
     RegistryAuth,
     SandboxImage,
     SandboxMount,
@@ -712,10 +711,5 @@ async def test_build_rejects_bad_input_before_any_request(
 
 async def test_get_an_image(client: AsyncArchil, router: respx.MockRouter) -> None:
     router.get(f"/api/images/{IMG}").mock(return_value=ok(image_json("ready")))
-    router.get("/api/images/img-old").mock(
-        return_value=ok({"imageId": "img-old", "status": "failed", "failureReason": "no pip"})
-    )
     image = await client.images.get(IMG)
     assert isinstance(image, SandboxImage) and image.status == "ready"
-    legacy = await client.images.get("img-old")
-    assert isinstance(legacy, Image) and legacy.failure_reason == "no pip"

@@ -24,22 +24,22 @@ from archil._errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from archil._models import ArchilMount
+from archil._models import SandboxMount
 
 from .helpers import (
     API_KEY,
     BASE,
-    CNTR,
     DISK,
     FakeClock,
-    container_json,
     disk_json,
     err,
     make_client,
     ok,
+    sandbox_json,
 )
 
 RETRYABLE = [408, 429, 500, 502, 503, 504]
+TOKEN = "tok-0123456789abcdef"
 NOT_RETRYABLE = [400, 401, 403, 404, 409, 422]
 
 
@@ -151,10 +151,10 @@ async def test_read_timeout_is_retried_then_api_timeout_error(
 async def test_post_read_timeout_is_retried_with_the_same_key(
     client: AsyncArchil, router: respx.MockRouter
 ) -> None:
-    route = router.post("/api/containers").mock(
-        side_effect=[httpx.ReadTimeout("slow"), ok(container_json("pending"), 201)]
+    route = router.post("/api/sandboxes").mock(
+        side_effect=[httpx.ReadTimeout("slow"), ok(sandbox_json("running"), 202)]
     )
-    await client.containers.create(archil_mount=ArchilMount(disk_id=DISK))
+    await client.sandboxes.create(mounts=[SandboxMount(disk_id=DISK)])
     keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
     assert len(keys) == 2 and keys[0] == keys[1]
 
@@ -204,18 +204,17 @@ async def test_retry_after_is_capped(
 async def test_idempotency_key_is_kept_across_retries_and_new_per_call(
     client: AsyncArchil, router: respx.MockRouter
 ) -> None:
-    route = router.post("/api/containers").mock(
+    route = router.post("/api/sandboxes").mock(
         side_effect=[
             err(503),
             err(500),
-            ok(container_json("pending"), 201),
+            ok(sandbox_json("running"), 202),
             err(502),
-            ok(container_json("pending"), 201),
+            ok(sandbox_json("running"), 202),
         ]
     )
-    mount = ArchilMount(disk_id=DISK)
-    await client.containers.create(archil_mount=mount)
-    await client.containers.create(archil_mount=mount)
+    await client.sandboxes.create()
+    await client.sandboxes.create()
     keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
     assert len(keys) == 5
     assert keys[0] == keys[1] == keys[2]
@@ -226,25 +225,19 @@ async def test_idempotency_key_is_kept_across_retries_and_new_per_call(
 async def test_delete_answering_404_on_a_retry_is_done(
     client: AsyncArchil, router: respx.MockRouter
 ) -> None:
-    route = router.delete(f"/api/containers/{CNTR}").mock(
-        side_effect=[httpx.RemoteProtocolError("dropped"), err(404, "no such container")]
+    route = router.delete(f"/api/tokens/{TOKEN}").mock(
+        side_effect=[httpx.RemoteProtocolError("dropped"), err(404, "no such token")]
     )
-    await client.containers.delete(CNTR)
+    await client.tokens.delete(TOKEN)
     assert route.call_count == 2
     router.delete(f"/api/disks/{DISK}").mock(return_value=err(404, "no such disk"))
     with pytest.raises(NotFoundError):
         await client.disks.delete(DISK)
 
 
-async def test_explicit_idempotency_key(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.post("/api/containers").mock(return_value=ok(container_json(), 201))
-    await client.containers.create(archil_mount=ArchilMount(disk_id=DISK), idempotency_key="k-1")
-    assert route.calls[0].request.headers["Idempotency-Key"] == "k-1"
-
-
 async def test_get_has_no_idempotency_key(client: AsyncArchil, router: respx.MockRouter) -> None:
-    route = router.get(f"/api/containers/{CNTR}").mock(return_value=ok(container_json()))
-    await client.containers.get(CNTR)
+    route = router.get(f"/api/disks/{DISK}").mock(return_value=ok(disk_json()))
+    await client.disks.get(DISK)
     assert "Idempotency-Key" not in route.calls[0].request.headers
 
 

@@ -44,10 +44,6 @@ def disk_json(disk_id: str = DISK, name: str = "data", **extra: Any) -> dict[str
     return {"id": disk_id, "name": name, "status": "available", **extra}
 
 
-def container_json(status: str = "running", **extra: Any) -> dict[str, Any]:
-    return {"containerId": CNTR, "status": status, **extra}
-
-
 def sandbox_json(
     status: str = "running", sandbox_id: str = SID, name: str = "box", **extra: Any
 ) -> dict[str, Any]:

@@ -81,19 +81,6 @@ def test_tokens_list_shape(client: Archil, router: respx.MockRouter) -> None:
     assert tokens[1].token_suffix == "ab12"
 
 
-def test_containers_list_filters(client: Archil, router: respx.MockRouter) -> None:
-    route = router.get("/api/containers").mock(
-        return_value=ok([{"containerId": "cntr-1", "status": "running"}])
-    )
-    found = client.containers.list(status="running", disk_id="dsk-1", limit=10).to_list()
-    assert [c.container_id for c in found] == ["cntr-1"]
-    assert dict(route.calls[0].request.url.params) == {
-        "status": "running",
-        "diskId": "dsk-1",
-        "limit": "10",
-    }
-
-
 @pytest.mark.parametrize("limit", [0, 101, -1])
 def test_bad_limit(client: Archil, router: respx.MockRouter, limit: int) -> None:
     with pytest.raises(ValueError, match="limit"):

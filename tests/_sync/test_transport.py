@@ -25,23 +25,23 @@ from archil._errors import (
     RateLimitError,
     UnprocessableEntityError,
 )
-from archil._models import ArchilMount
+from archil._models import SandboxMount
 from archil._sync.client import Archil
 
 from .helpers import (
     API_KEY,
     BASE,
-    CNTR,
     DISK,
     FakeClock,
-    container_json,
     disk_json,
     err,
     make_client,
     ok,
+    sandbox_json,
 )
 
 RETRYABLE = [408, 429, 500, 502, 503, 504]
+TOKEN = "tok-0123456789abcdef"
 NOT_RETRYABLE = [400, 401, 403, 404, 409, 422]
 
 
@@ -153,10 +153,10 @@ def test_read_timeout_is_retried_then_api_timeout_error(
 def test_post_read_timeout_is_retried_with_the_same_key(
     client: Archil, router: respx.MockRouter
 ) -> None:
-    route = router.post("/api/containers").mock(
-        side_effect=[httpx.ReadTimeout("slow"), ok(container_json("pending"), 201)]
+    route = router.post("/api/sandboxes").mock(
+        side_effect=[httpx.ReadTimeout("slow"), ok(sandbox_json("running"), 202)]
     )
-    client.containers.create(archil_mount=ArchilMount(disk_id=DISK))
+    client.sandboxes.create(mounts=[SandboxMount(disk_id=DISK)])
     keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
     assert len(keys) == 2 and keys[0] == keys[1]
 
@@ -198,18 +198,17 @@ def test_retry_after_is_capped(client: Archil, router: respx.MockRouter, clock: 
 def test_idempotency_key_is_kept_across_retries_and_new_per_call(
     client: Archil, router: respx.MockRouter
 ) -> None:
-    route = router.post("/api/containers").mock(
+    route = router.post("/api/sandboxes").mock(
         side_effect=[
             err(503),
             err(500),
-            ok(container_json("pending"), 201),
+            ok(sandbox_json("running"), 202),
             err(502),
-            ok(container_json("pending"), 201),
+            ok(sandbox_json("running"), 202),
         ]
     )
-    mount = ArchilMount(disk_id=DISK)
-    client.containers.create(archil_mount=mount)
-    client.containers.create(archil_mount=mount)
+    client.sandboxes.create()
+    client.sandboxes.create()
     keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
     assert len(keys) == 5
     assert keys[0] == keys[1] == keys[2]
@@ -218,25 +217,19 @@ def test_idempotency_key_is_kept_across_retries_and_new_per_call(
 
 
 def test_delete_answering_404_on_a_retry_is_done(client: Archil, router: respx.MockRouter) -> None:
-    route = router.delete(f"/api/containers/{CNTR}").mock(
-        side_effect=[httpx.RemoteProtocolError("dropped"), err(404, "no such container")]
+    route = router.delete(f"/api/tokens/{TOKEN}").mock(
+        side_effect=[httpx.RemoteProtocolError("dropped"), err(404, "no such token")]
     )
-    client.containers.delete(CNTR)
+    client.tokens.delete(TOKEN)
     assert route.call_count == 2
     router.delete(f"/api/disks/{DISK}").mock(return_value=err(404, "no such disk"))
     with pytest.raises(NotFoundError):
         client.disks.delete(DISK)
 
 
-def test_explicit_idempotency_key(client: Archil, router: respx.MockRouter) -> None:
-    route = router.post("/api/containers").mock(return_value=ok(container_json(), 201))
-    client.containers.create(archil_mount=ArchilMount(disk_id=DISK), idempotency_key="k-1")
-    assert route.calls[0].request.headers["Idempotency-Key"] == "k-1"
-
-
 def test_get_has_no_idempotency_key(client: Archil, router: respx.MockRouter) -> None:
-    route = router.get(f"/api/containers/{CNTR}").mock(return_value=ok(container_json()))
-    client.containers.get(CNTR)
+    route = router.get(f"/api/disks/{DISK}").mock(return_value=ok(disk_json()))
+    client.disks.get(DISK)
     assert "Idempotency-Key" not in route.calls[0].request.headers
 
 

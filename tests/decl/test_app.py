@@ -28,13 +28,15 @@ def test_function_keeps_options_and_runs_locally() -> None:
     assert add.local(1, 2) == 3
     assert add(2, 3) == 5
     assert add.__name__ == "add"
-    opts = add.options
-    assert (opts.vcpu_count, opts.mem_size_mib, opts.ports) == (2, 1024, (8080,))
-    assert opts.additional_mounts[0].path == "/datasets"
-    assert opts.additional_mounts[0].read_only is True
-    assert (
-        opts.dockerfile is not None and f"cloudpickle=={cloudpickle.__version__}" in opts.dockerfile
-    )
+    template = add.options.template
+    assert (template.vcpu_count, template.mem_size_mib, template.ports) == (2, 1024, [8080])
+    main, extra = template.mounts or []
+    assert (main.disk_id, main.path, main.conditional) == ("disk_abc123", "/mnt/archil", True)
+    assert (extra.disk_id, extra.path, extra.read_only) == ("disk_shared", "/datasets", True)
+    assert template.name is None and template.image_id is None and template.base_image is None
+    assert add.options.image.base == f"python:{PY}-slim"
+    assert add.options.image.prepare is None
+    assert add.options.cwd == "/mnt/archil"
     assert app.functions["test_function_keeps_options_and_runs_locally.<locals>.add"] is add
 
 
@@ -46,7 +48,11 @@ def test_function_keeps_options_and_runs_locally() -> None:
         ({"kernel_variant": "gpu"}, "kernel_variant"),
         ({"ports": [70000]}, "ports"),
         ({"additional_volumes": {"../etc": archil.Volume("d")}}, "path"),
-        ({"additional_volumes": {"/mnt/archil/x": archil.Volume("d")}}, "path"),
+        ({"additional_volumes": {"/mnt/archil/x": archil.Volume("d")}}, "mnt/archil"),
+        ({"additional_volumes": {"/usr/data": archil.Volume("d")}}, "reserved"),
+        ({"additional_volumes": {"/x": archil.Volume("disk_abc123")}}, "app's own disk"),
+        ({"timeout": 0}, "timeout"),
+        ({"env": {"1BAD": "x"}}, "env"),
         ({"additional_volumes": {"/data": "disk_x"}}, "additional_volumes"),
         ({"image": "python:3.11"}, "image"),
         ({"image": archil.Image.ubuntu("22.04")}, "Python"),
@@ -84,7 +90,8 @@ def test_run_requires_a_command_and_allows_any_image() -> None:
         pass
 
     assert job.command == "echo hi\necho there\n"
-    assert job.options.dockerfile == "FROM ubuntu:22.04\n"
+    assert job.options.image.base == "ubuntu:22.04"
+    assert job.options.image.prepare is None
 
 
 def test_no_secret_in_reprs_or_pickles() -> None:

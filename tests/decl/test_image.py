@@ -72,3 +72,33 @@ def test_dockerfile_on_class_and_instance() -> None:
 def test_bad_input_names_the_method(call, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_plan_replays_the_steps_once_and_keeps_env_and_workdir() -> None:
+    image = (
+        Image.python("3.11")
+        .apt_install("git")
+        .pip_install("numpy")
+        .env(GREETING="hello world")
+        .workdir("/workspace")
+    )
+    plan = image.plan()
+    assert plan.base == "python:3.11-slim"
+    assert plan.env == {"GREETING": "hello world"}
+    assert plan.workdir == "/workspace"
+    assert plan.prepare is not None
+    lines = plan.prepare.splitlines()
+    assert lines[0] == "set -e"
+    assert any("apt-get install -y --no-install-recommends git" in line for line in lines)
+    assert any("pip install numpy" in line for line in lines)
+    assert "export GREETING='hello world'" in lines
+    assert lines[-1] == "mkdir -p /workspace && cd /workspace"
+    assert plan.key == image.plan().key != Image.python("3.11").plan().key
+    assert Image.python("3.11").env(A="1").plan().prepare is None
+
+
+def test_dockerfile_copy_is_refused_and_cmd_ignored() -> None:
+    with pytest.raises(ValueError, match="COPY"):
+        Image.dockerfile("FROM python:3.11-slim\nCOPY . /app\n")
+    image = Image.dockerfile("FROM python:3.11-slim\nCMD ['python']\nENV A=1\n")
+    assert image.plan().env == {"A": "1"}

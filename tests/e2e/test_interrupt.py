@@ -1,4 +1,4 @@
-"""Ctrl-C during fn.remote(): the container is stopped and deleted, no process is left."""
+"""Ctrl-C during fn.remote(): its sandbox is stopped and deleted, no process is left."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_stops_and_deletes_the_container(conn: dict[str, str], tmp_path: Path) -> None:
+def test_ctrl_c_stops_and_deletes_the_sandbox(conn: dict[str, str], tmp_path: Path) -> None:
     disk = f"disk_{uuid.uuid4().hex[:10]}"
     script = tmp_path / "interrupt.py"
     script.write_text(SCRIPT)
@@ -46,11 +46,11 @@ def test_ctrl_c_stops_and_deletes_the_container(conn: dict[str, str], tmp_path: 
     client = archil.Archil(**conn)
     try:
         deadline = time.monotonic() + 60
-        running: list[archil.Container] = []
+        running: list[archil.Sandbox] = []
         while time.monotonic() < deadline and not running:
-            running = [c for c in client.containers.list(disk_id=disk) if c.status == "running"]
+            running = [s for s in client.sandboxes.list(disk_id=disk) if s.status == "running"]
             time.sleep(0.1)
-        assert running, "the container never started"
+        assert running, "the sandbox never started"
         assert proc.stdout is not None
         line = proc.stdout.readline()
         while line and "sleeping" not in line:
@@ -60,15 +60,15 @@ def test_ctrl_c_stops_and_deletes_the_container(conn: dict[str, str], tmp_path: 
         out, _ = proc.communicate(timeout=30)
         gone = False
         while time.monotonic() - t0 < 5:
-            if not list(client.containers.list(disk_id=disk)):
+            if not client.sandboxes.list(disk_id=disk):
                 gone = True
                 break
             time.sleep(0.05)
-        assert gone, "the container was not deleted within 5 s of Ctrl-C"
+        assert gone, "the sandbox was not deleted within 5 s of Ctrl-C"
         assert proc.returncode != 0
         assert "KeyboardInterrupt" in out
-        # No process of the container survives.
-        assert _processes_with_env(f"ARCHIL_CONTAINER_ID={running[0].container_id}") == []
+        # No process of the sandbox survives.
+        assert _processes_with_env(f"ARCHIL_SANDBOX_ID={running[0].id}") == []
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -41,8 +41,8 @@ def test_remote_returns_the_value_and_writes_to_the_disk(
     assert "working on answer" in capfd.readouterr().out
     client = app.client()
     assert client.objects.get(app.disk_id, "out/result.txt") == b"42"
-    # Nothing is left behind: no container, no call files.
-    assert [c for c in client.containers.list(disk_id=app.disk_id)] == []
+    # Nothing is left behind: no sandbox, no call files.
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
     assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
 
 
@@ -174,4 +174,4 @@ def test_unpicklable_result_and_failed_build_give_clear_errors(conn: dict[str, s
         never_runs.remote()
     assert "no-such-package-xyz" in str(info.value)
     assert info.value.image_id is not None
-    assert [c for c in app.client().containers.list(disk_id=app.disk_id)] == []
+    assert app.client().sandboxes.list(disk_id=app.disk_id) == []

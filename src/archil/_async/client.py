@@ -75,12 +75,12 @@ class AsyncArchil:
 
     def _setup(self, transport: AsyncTransport) -> None:
         self._transport = transport
-        self.containers = AsyncContainers(transport)
         self.disks = AsyncDisks(transport)
         self.tokens = AsyncTokens(transport)
         self.images = AsyncImages(transport)
         self.objects = AsyncObjects(transport)
         self.sandboxes = AsyncSandboxes(transport)
+        self.containers = AsyncContainers(transport, self.sandboxes, self.objects)
 
     @classmethod
     def _from_transport(cls, transport: AsyncTransport) -> Self:

@@ -1,10 +1,13 @@
-"""Runs one function call or shell job in a container and cleans up after it.
+"""Runs function calls and shell jobs in sandboxes, and cleans up after them.
 
-The steps are sequential on purpose: upload the call, create the container,
-follow its log stream to the end (the server closes it when the container
-stops), read the final state, then fetch the result. Cleanup always runs:
-on success, on error and on interruption, when the container is stopped
-first.
+One call: the payload goes to the app's disk (``.archil/calls/<id>/``), a
+sandbox is created from the function's template (or forked from the stopped
+sandbox that holds its image's preparation), the bootstrap runs as the
+sandbox's process while its output streams to the terminal, then the result is
+read back from the disk. The steps are sequential on purpose (see DESIGN
+section 3): one loop follows the process to its ``exit`` event. Cleanup always
+runs, on success, on error and on interruption (when the process is killed
+first): the sandbox is stopped and deleted and the call's files removed.
 """
 
 from __future__ import annotations
@@ -14,21 +17,36 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._callproto import (
+    PLANS,
     CallPaths,
-    ContainerOptions,
+    CloudpickleLib,
+    FunctionSpec,
     LogPrinter,
+    OutputTail,
     bootstrap_command,
     decode_result,
     encode_call,
 )
 from .._compat import agather_bounded
-from .._errors import ArchilError, ContainerError, ImageBuildError, NotFoundError
-from .._models import ArchilMount, Container
+from .._errors import (
+    APIError,
+    ArchilError,
+    ConflictError,
+    ContainerError,
+    ImageBuildError,
+    NotFoundError,
+)
+from .._models import SandboxData
+from .._process import ProcessResult
 from .client import AsyncArchil
+from .resources.sandboxes import AsyncSandbox
 
 __all__ = ["AsyncCallRunner"]
 
 log = logging.getLogger("archil")
+
+_CLOUDPICKLE = CloudpickleLib()
+_PREPARE_POLL = 0.5
 
 
 class AsyncCallRunner:
@@ -36,121 +54,207 @@ class AsyncCallRunner:
 
     def __init__(self, client: AsyncArchil, printer: LogPrinter | None = None) -> None:
         self._client = client
-        self._printer = printer or LogPrinter()
-        self._images: dict[str, str] = {}
+        self._printer = printer
 
-    async def _image_id(self, dockerfile: str | None) -> str | None:
-        if dockerfile is None:
-            return None
-        cached = self._images.get(dockerfile)
+    @property
+    def _base_url(self) -> str:
+        return self._client.config.base_url
+
+    # -- what every call needs once ------------------------------------------------------
+
+    async def _image_id(self, source: str) -> str:
+        cached = PLANS.get(self._base_url, "image", source)
         if cached is not None:
-            return cached
-        image = await self._client.images.create(dockerfile)
-        self._images[dockerfile] = image.image_id
+            return str(cached)
+        image = await self._client.images.build(source)
+        PLANS.put(self._base_url, "image", source, image.image_id)
         return image.image_id
 
-    async def _create(
-        self, opts: ContainerOptions, command: str, metadata: dict[str, str]
-    ) -> Container:
-        image_id = await self._image_id(opts.dockerfile)
-        return await self._client.containers.create(
-            archil_mount=ArchilMount(disk_id=opts.disk_id, env=opts.disk_env),
-            additional_mounts=list(opts.additional_mounts),
-            vcpu_count=opts.vcpu_count,
-            mem_size_mib=opts.mem_size_mib,
-            kernel_variant=opts.kernel_variant,
-            image_id=image_id,
-            command=command,
-            env=dict(opts.env) or None,
-            ports=list(opts.ports),
-            metadata={**opts.metadata, **metadata} or None,
-            timeout_seconds=opts.timeout_seconds,
-        )
+    async def _cloudpickle(self, disk_id: str) -> str:
+        """The guest path of this process's cloudpickle on the disk (written once)."""
+        lib = _CLOUDPICKLE
+        if PLANS.get(self._base_url, "cloudpickle", disk_id) is None:
+            objects = self._client.objects
+            try:
+                await objects.head(disk_id, lib.marker_key)
+            except NotFoundError:
+                for key, data in lib.files:
+                    await objects.put(disk_id, key, data)
+                await objects.put(disk_id, lib.marker_key, b"")
+            PLANS.put(self._base_url, "cloudpickle", disk_id, True)
+        return lib.guest_path
 
-    async def _follow(self, container: Container, opts: ContainerOptions) -> tuple[Container, str]:
-        """Stream the logs to the end, then return the final state and the output's tail."""
-        tail: list[str] = []
-        async for entry in self._client.containers.logs(container.container_id, follow=True):
-            if entry.stream in ("stdout", "stderr", "build"):
-                tail.append(entry.data)
-                if len(tail) > 200:
-                    del tail[:100]
-            if opts.stream_logs:
-                self._printer.write(entry.stream, entry.data)
-        final = await self._client.containers.wait(container.container_id)
-        text = "".join(tail)
-        return final, "\n".join(text.splitlines()[-40:])
+    async def _prepared(self, spec: FunctionSpec) -> SandboxData | None:
+        """The stopped sandbox holding the image's preparation (made if needed); None if none."""
+        plan = spec.image
+        if plan.prepare is None:
+            return None
+        name = spec.prepared_name()
+        cached = PLANS.get(self._base_url, "prepared", name)
+        if isinstance(cached, SandboxData):
+            return cached
+        sandboxes = self._client.sandboxes
+        while True:
+            found = await sandboxes.find(name)
+            if found is None:
+                found = await self._prepare(spec, name)
+                if found is None:
+                    continue
+            if found.status == "stopped" and found.checkpoint:
+                PLANS.put(self._base_url, "prepared", name, found.data)
+                return found.data
+            if found.status in ("pending", "running", "stopping"):
+                await self._client._transport.sleep(_PREPARE_POLL)
+                continue
+            await self._discard(found)
 
-    async def _cleanup(self, container_id: str | None, interrupted: bool) -> None:
-        if container_id is None:
-            return
+    async def _prepare(self, spec: FunctionSpec, name: str) -> AsyncSandbox | None:
+        """Run the image's steps in a new sandbox and stop it; ``None`` if another caller won."""
+        image_id = await self._image_id(spec.image.base)
+        template = spec.template.model_copy(update={"name": name, "image_id": image_id})
         try:
-            if interrupted:
-                await self._client.with_options(max_retries=1, timeout=10).containers.stop(
-                    container_id
-                )
-            await self._client.containers.delete(container_id)
+            sandbox = await self._client.sandboxes.create_from(template, wait=True)
+        except ConflictError:
+            return None
+        printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
+        try:
+            result, tail = await self._follow(
+                sandbox, spec.image.prepare or "", {}, "/", None, printer
+            )
+        except BaseException:
+            await self._discard(sandbox)
+            raise
+        if not result.ok:
+            await self._discard(sandbox)
+            raise ImageBuildError(
+                f"preparing the image {spec.image.base} failed: the steps "
+                f"{_ended(result)} in sandbox {sandbox.id}",
+                image_id=image_id,
+                logs=tail,
+            )
+        return await sandbox.stop(wait=True)
+
+    async def _discard(self, sandbox: AsyncSandbox) -> None:
+        """Stop and delete a sandbox, tolerating one that is already gone."""
+        quick = self._client.with_options(max_retries=1, timeout=30)
+        try:
+            handle = await quick.sandboxes.get(sandbox.id)
+            if handle.status not in ("stopped", "exited", "failed"):
+                handle = await handle.stop(wait=True)
+            await handle.delete()
         except NotFoundError:
             pass
-        except Exception as exc:
-            log.warning("could not clean up container %s: %s", container_id, exc)
+        except ArchilError as exc:
+            log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
+
+    async def _sandbox(self, spec: FunctionSpec, call_id: str) -> AsyncSandbox:
+        """A running sandbox for one call: a fork of the image's preparation, or a new one."""
+        name = f"archil-call-{call_id[:20]}"
+        prepared = await self._prepared(spec)
+        if prepared is None:
+            image_id = await self._image_id(spec.image.base)
+            template = spec.template.model_copy(update={"name": name, "image_id": image_id})
+            return await self._client.sandboxes.create_from(template, wait=True, unique_name=True)
+        source = AsyncSandbox(self._client._transport, prepared)
+        try:
+            return await source.fork(
+                name=name, checkpoint=prepared.checkpoint, wait=True, unique_name=True
+            )
+        except (NotFoundError, ConflictError):
+            PLANS.drop(self._base_url, "prepared", spec.prepared_name())
+            return await self._sandbox(spec, call_id)
+
+    # -- following a process ---------------------------------------------------------------
+
+    async def _follow(
+        self,
+        sandbox: AsyncSandbox,
+        command: str,
+        env: dict[str, str],
+        cwd: str,
+        timeout: int | None,
+        printer: LogPrinter | None,
+    ) -> tuple[ProcessResult, str]:
+        """Run ``command`` in ``sandbox`` to its end, printing its output; its result and tail."""
+        tail = OutputTail()
+        process = await sandbox.run(
+            command, env=env, cwd=cwd, timeout_seconds=timeout, collect_output=False
+        )
+        try:
+            async for out in process:
+                tail.feed(out.data)
+                if printer is not None:
+                    printer.write(out.stream, out.data)
+            result = await process.wait()
+        except BaseException:
+            try:
+                await process.kill()
+            except Exception as exc:
+                log.debug("could not kill process %s: %s", process.id, exc)
+            raise
+        finally:
+            await process.close()
+        return result, tail.text()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        spec: FunctionSpec,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value."""
+        payload = encode_call(fn, args, kwargs)
+        paths = CallPaths.new()
+        what = getattr(fn, "__qualname__", "function")
+        disk = spec.disk_id
+        sandbox: AsyncSandbox | None = None
+        try:
+            lib = await self._cloudpickle(disk)
+            await self._client.objects.put(disk, paths.input_key, payload)
+            sandbox = await self._sandbox(spec, paths.call_id)
+            env = {**spec.env, "PYTHONPATH": lib}
+            result, tail = await self._follow(
+                sandbox,
+                bootstrap_command(paths),
+                env,
+                spec.cwd,
+                spec.timeout,
+                self._printer_for(spec),
+            )
+            if not result.ok:
+                raise _container_error(result, tail, what, sandbox.id)
+            try:
+                data = await self._client.objects.get(disk, paths.output_key)
+            except NotFoundError:
+                raise _container_error(
+                    result, tail, f"{what} produced no result", sandbox.id
+                ) from None
+            return decode_result(data)
+        finally:
+            if sandbox is not None:
+                await self._discard(sandbox)
+            await self._remove_call_files(disk, paths)
+
+    def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
+        if not spec.stream_logs:
+            return None
+        return self._printer or LogPrinter()
 
     async def _remove_call_files(self, disk_id: str, paths: CallPaths) -> None:
         for key in (paths.input_key, paths.output_key):
             try:
                 await self._client.objects.delete(disk_id, key)
-            except Exception as exc:
-                log.debug("could not remove %s: %s", key, exc)
-
-    async def _failure(self, final: Container, tail: str, what: str) -> ArchilError:
-        """The error for a container that did not run to its end: a failed build or a failed container."""
-        if final.status == "failed" and final.image_id:
-            image = await self._client.images.get(final.image_id)
-            if image.status == "failed":
-                return ImageBuildError(
-                    f"{what}: image {image.image_id} failed to build: {image.failure_reason}",
-                    image_id=image.image_id,
-                    logs=tail,
-                )
-        return _container_error(final, tail, what)
-
-    async def call(
-        self,
-        opts: ContainerOptions,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Run ``fn(*args, **kwargs)`` in a container on the disk and return its value."""
-        payload = encode_call(fn, args, kwargs)
-        paths = CallPaths.new()
-        name = getattr(fn, "__qualname__", "function")
-        container_id: str | None = None
-        interrupted = True
-        try:
-            await self._client.objects.put(opts.disk_id, paths.input_key, payload)
-            container = await self._create(
-                opts,
-                bootstrap_command(paths),
-                {"archil.function": name, "archil.call": paths.call_id},
-            )
-            container_id = container.container_id
-            final, tail = await self._follow(container, opts)
-            interrupted = False
-            if final.status != "exited":
-                raise await self._failure(final, tail, name)
-            try:
-                data = await self._client.objects.get(opts.disk_id, paths.output_key)
             except NotFoundError:
-                raise _container_error(final, tail, f"{name} produced no result") from None
-            return decode_result(data)
-        finally:
-            await self._cleanup(container_id, interrupted)
-            await self._remove_call_files(opts.disk_id, paths)
+                pass
+            except APIError as exc:
+                log.debug("could not remove %s: %s", key, exc)
 
     async def map(
         self,
-        opts: ContainerOptions,
+        spec: FunctionSpec,
         fn: Callable[..., Any],
         inputs: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
         concurrency: int,
@@ -158,37 +262,45 @@ class AsyncCallRunner:
         """Run one call per input with at most ``concurrency`` at once; results in input order."""
         items = list(inputs)
         if items:
-            await self._image_id(opts.dockerfile)
+            await self._cloudpickle(spec.disk_id)
+            await self._prepared(spec) if spec.image.prepare else await self._image_id(
+                spec.image.base
+            )
 
         async def one(item: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
-            return await self.call(opts, fn, item[0], item[1])
+            return await self.call(spec, fn, item[0], item[1])
 
         return [r async for r in agather_bounded(one, items, concurrency)]
 
-    async def run(self, opts: ContainerOptions, command: str, name: str) -> int:
-        """Run a shell command in a container; return 0 or raise :class:`ContainerError`."""
-        container_id: str | None = None
-        interrupted = True
+    async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
+        """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`."""
+        sandbox: AsyncSandbox | None = None
         try:
-            container = await self._create(opts, command, {"archil.job": name})
-            container_id = container.container_id
-            final, tail = await self._follow(container, opts)
-            interrupted = False
-            if final.status == "exited" and final.exit_code == 0:
+            sandbox = await self._sandbox(spec, CallPaths.new().call_id)
+            result, tail = await self._follow(
+                sandbox, command, dict(spec.env), spec.cwd, spec.timeout, self._printer_for(spec)
+            )
+            if result.ok:
                 return 0
-            raise await self._failure(final, tail, f"job {name}")
+            raise _container_error(result, tail, f"job {name}", sandbox.id)
         finally:
-            await self._cleanup(container_id, interrupted)
+            if sandbox is not None:
+                await self._discard(sandbox)
 
 
-def _container_error(final: Container, tail: str, what: str) -> ContainerError:
-    if final.status == "exited":
-        msg = f"{what} exited with code {final.exit_code} in container {final.container_id}"
-    elif final.status == "stopped":
-        msg = f"{what}: container {final.container_id} was stopped"
-    else:
-        reason = final.failure_reason or "unknown reason"
-        msg = f"{what}: container {final.container_id} failed: {reason}"
+def _ended(result: ProcessResult) -> str:
+    if result.status == "completed":
+        return f"exited with code {result.exit_code}"
+    reason = f": {result.exit_reason}" if result.exit_reason else ""
+    return f"{result.status.replace('_', ' ')}{reason}"
+
+
+def _container_error(
+    result: ProcessResult, tail: str, what: str, sandbox_id: str
+) -> ContainerError:
     return ContainerError(
-        msg, container_id=final.container_id, exit_code=final.exit_code, logs=tail
+        f"{what} {_ended(result)} (sandbox {sandbox_id})",
+        container_id=sandbox_id,
+        exit_code=result.exit_code,
+        logs=tail,
     )

@@ -77,12 +77,12 @@ class Archil:
 
     def _setup(self, transport: Transport) -> None:
         self._transport = transport
-        self.containers = Containers(transport)
         self.disks = Disks(transport)
         self.tokens = Tokens(transport)
         self.images = Images(transport)
         self.objects = Objects(transport)
         self.sandboxes = Sandboxes(transport)
+        self.containers = Containers(transport, self.sandboxes, self.objects)
 
     @classmethod
     def _from_transport(cls, transport: Transport) -> Self:

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
-from .._callproto import ContainerOptions, check_python_version
-from .._models import CreateContainerRequest, KernelVariant, validate_disk_id
+from .._callproto import FunctionSpec, check_python_version
+from .._models import (
+    SANDBOX_DISK_PATH,
+    CreateSandboxRequest,
+    KernelVariant,
+    SandboxMount,
+    validate_disk_id,
+)
 from .image import Image
 from .volume import Volume
 
@@ -24,6 +30,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_MAP_CONCURRENCY = 8
+FUNCTION_IDLE_TTL = 600
+"""Seconds a function's sandbox may sit with no process connection before the control
+plane pauses it: a caller that died cannot leave it running for long."""
 
 
 class App:
@@ -114,7 +123,7 @@ class App:
 
     # -- decorators -------------------------------------------------------------
 
-    def _options(
+    def _spec(
         self,
         *,
         image: Image | None,
@@ -127,50 +136,74 @@ class App:
         timeout: int | None,
         stream_logs: bool,
         needs_python: bool,
-    ) -> ContainerOptions:
-
+    ) -> FunctionSpec:
+        """Validate a decorator's arguments into the :class:`FunctionSpec` every call uses."""
         if image is not None and not isinstance(image, Image):
             raise ValueError(f"image must be an archil.Image, got {type(image).__name__}")
         if needs_python:
             image = image if image is not None else Image.python()
             check_python_version(image.python_version)
-            image = image.pip_install(f"cloudpickle=={_cloudpickle_version()}")
-        mounts = []
-        for path, vol in (additional_volumes or {}).items():
+        elif image is None:
+            image = Image.debian_slim()
+        if kernel_variant not in ("base", "extended"):
+            raise ValueError(f"kernel_variant must be 'base' or 'extended', got {kernel_variant!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86_400
+        ):
+            raise ValueError(
+                f"timeout must be a number of seconds from 1 to 86400, got {timeout!r}"
+            )
+        plan = image.plan()
+        try:
+            template = CreateSandboxRequest.model_validate(
+                {
+                    "vcpu_count": vcpu_count,
+                    "mem_size_mib": mem_size_mib,
+                    "kernel_variant": None if kernel_variant == "base" else kernel_variant,
+                    "mounts": self._mounts(additional_volumes),
+                    "ports": list(ports) if ports else None,
+                    "env": plan.env or None,
+                    "idle_ttl_seconds": FUNCTION_IDLE_TTL,
+                }
+            )
+            process_env = CreateSandboxRequest(env=dict(env) if env else None).env or {}
+        except ValidationError as exc:
+            raise ValueError(_describe(exc)) from None
+        return FunctionSpec(
+            disk_id=self.disk_id,
+            template=template,
+            image=plan,
+            env=process_env,
+            timeout=timeout,
+            stream_logs=stream_logs,
+        )
+
+    def _mounts(self, volumes: Mapping[str, Volume] | None) -> list[SandboxMount]:
+        """The app's disk at /mnt/archil (writable by many sandboxes at once), then the volumes."""
+        mounts = [SandboxMount(disk_id=self.disk_id, path=SANDBOX_DISK_PATH, conditional=True)]
+        for path, vol in (volumes or {}).items():
             if not isinstance(vol, Volume):
                 raise ValueError(
                     f"additional_volumes[{path!r}] must be an archil.Volume, got {type(vol).__name__}"
                 )
-            mounts.append(vol.mount_at(path))
-        try:
-            req = CreateContainerRequest.model_validate(
-                {
-                    "archil_mount": {"disk_id": self.disk_id, "env": self.disk_env},
-                    "additional_mounts": mounts,
-                    "vcpu_count": vcpu_count,
-                    "mem_size_mib": mem_size_mib,
-                    "kernel_variant": kernel_variant,
-                    "ports": list(ports or []),
-                    "env": dict(env) if env else None,
-                    "timeout_seconds": timeout,
-                }
-            )
-        except ValidationError as exc:
-            raise ValueError(_describe(exc)) from None
-        return ContainerOptions(
-            disk_id=self.disk_id,
-            disk_env=self.disk_env,
-            dockerfile=image.to_dockerfile() if image is not None else None,
-            vcpu_count=req.vcpu_count,
-            mem_size_mib=req.mem_size_mib,
-            kernel_variant=req.kernel_variant,
-            additional_mounts=tuple(req.additional_mounts),
-            ports=tuple(req.ports),
-            env=dict(req.env or {}),
-            metadata={"archil.app": self.name},
-            timeout_seconds=req.timeout_seconds,
-            stream_logs=stream_logs,
-        )
+            if vol.disk_id == self.disk_id:
+                raise ValueError(
+                    f"additional_volumes[{path!r}]: disk {vol.disk_id!r} is the app's own disk, "
+                    "already at /mnt/archil (a disk can be mounted once per sandbox)"
+                )
+            try:
+                mount = vol.mount_at(path)
+            except (ValueError, ValidationError) as exc:
+                detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+                raise ValueError(f"additional_volumes[{path!r}]: {detail}") from None
+            assert mount.path is not None
+            if mount.path == SANDBOX_DISK_PATH or mount.path.startswith(SANDBOX_DISK_PATH + "/"):
+                raise ValueError(
+                    f"additional_volumes[{path!r}]: the app's disk is at /mnt/archil; "
+                    "mount volumes elsewhere"
+                )
+            mounts.append(mount)
+        return mounts
 
     def function(
         self,
@@ -198,7 +231,7 @@ class App:
             timeout: seconds after which the container is killed.
             stream_logs: print the container's output while it runs.
         """
-        opts = self._options(
+        opts = self._spec(
             image=image,
             vcpu_count=vcpu_count,
             mem_size_mib=mem_size_mib,
@@ -241,7 +274,7 @@ class App:
         """
         if not isinstance(command, str) or not command.strip():
             raise ValueError("command must be a non-empty shell command")
-        opts = self._options(
+        opts = self._spec(
             image=image,
             vcpu_count=vcpu_count,
             mem_size_mib=mem_size_mib,
@@ -322,7 +355,7 @@ class Function(Generic[P, R]):
     - ``fn.local(...)`` (or calling ``fn(...)``) runs it here, in-process.
     """
 
-    def __init__(self, app: App, fn: Callable[P, R], options: ContainerOptions) -> None:
+    def __init__(self, app: App, fn: Callable[P, R], options: FunctionSpec) -> None:
         self.app = app
         self.fn = fn
         self.options = options
@@ -372,7 +405,7 @@ class _JobRemote:
 class Job:
     """A shell job declared with ``@app.run``; ``job.remote()`` runs it and returns 0."""
 
-    def __init__(self, app: App, name: str, command: str, options: ContainerOptions) -> None:
+    def __init__(self, app: App, name: str, command: str, options: FunctionSpec) -> None:
         self.app = app
         self.name = name
         self.command = command
@@ -408,16 +441,13 @@ def _dedent_script(command: str) -> str:
 
 
 def _describe(exc: ValidationError) -> str:
-    names = {
-        "archil_mount": "disk_id",
-        "additional_mounts": "additional_volumes",
-        "timeout_seconds": "timeout",
-    }
+    names = {"mounts": "additional_volumes", "timeout_seconds": "timeout"}
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err["loc"]]
         if loc:
             loc[0] = names.get(loc[0], loc[0])
         where = ".".join(loc) or "options"
-        parts.append(f"{where}: {err['msg']}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
     return "invalid function options: " + "; ".join(parts)

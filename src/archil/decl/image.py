@@ -1,12 +1,22 @@
-"""A chainable, immutable container image builder that renders to a Dockerfile."""
+"""A chainable, immutable image builder.
+
+An :class:`Image` is an OCI base reference plus steps (``RUN``, ``ENV``,
+``WORKDIR``, as in a Dockerfile). The control plane builds the base with
+``POST /api/images``; the steps are replayed once in a sandbox of that image
+(its *preparation*) and the result is reused for every call: see
+:meth:`Image.plan`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
+
+from .._callproto import ImagePlan
 
 __all__ = ["Image"]
 
@@ -175,6 +185,42 @@ class Image:
         """The image's Python ``major.minor``, when known."""
         return self._python_version
 
+    @property
+    def base(self) -> str:
+        """The OCI reference of the base image (``python:3.11-slim``)."""
+        return self._base
+
+    def plan(self) -> ImagePlan:
+        """How to get this image on a control plane: its base, its preparation, its environment."""
+        env: dict[str, str] = {}
+        workdir: str | None = None
+        lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "cd /"]
+        work = False
+        for step in self._steps:
+            keyword, _, rest = step.partition(" ")
+            keyword = keyword.upper()
+            if keyword == "RUN":
+                lines.append(f"printf '%s\\n' {shlex.quote('==> RUN ' + _summary(rest))}")
+                lines.append(f"/bin/sh -ec {shlex.quote(rest)}")
+                work = True
+            elif keyword in ("ENV", "ARG"):
+                for name, value in _assignments(rest, keyword):
+                    env[name] = value
+                    lines.append(f"export {name}={shlex.quote(value)}")
+            elif keyword == "WORKDIR":
+                workdir = rest.strip()
+                lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}")
+                work = True
+        key = hashlib.sha256(self.to_dockerfile().encode()).hexdigest()
+        return ImagePlan(
+            base=self._base,
+            prepare="\n".join(lines) + "\n" if work else None,
+            env=env,
+            workdir=workdir,
+            key=key,
+            python_version=self._python_version,
+        )
+
     def to_dockerfile(self) -> str:
         """The Dockerfile this image builds from."""
         return "\n".join([f"FROM {self._base}", *self._steps]) + "\n"
@@ -187,6 +233,47 @@ class Image:
 
     def __repr__(self) -> str:
         return f"Image({self._base!r}, steps={len(self._steps)})"
+
+
+_IGNORED_KEYWORDS = frozenset(
+    {
+        "CMD",
+        "ENTRYPOINT",
+        "EXPOSE",
+        "LABEL",
+        "MAINTAINER",
+        "USER",
+        "VOLUME",
+        "STOPSIGNAL",
+        "HEALTHCHECK",
+        "ONBUILD",
+        "SHELL",
+    }
+)
+_DOCKERFILE_KEYWORDS = _IGNORED_KEYWORDS | {"FROM", "RUN", "ENV", "ARG", "WORKDIR"}
+
+
+def _summary(command: str, limit: int = 100) -> str:
+    text = " ".join(command.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _assignments(rest: str, keyword: str) -> list[tuple[str, str]]:
+    """``NAME=value`` pairs of an ``ENV`` (also the legacy ``ENV NAME value``) or ``ARG`` line."""
+    try:
+        words = shlex.split(rest.replace("\\\n", " "))
+    except ValueError:
+        raise ValueError(f"dockerfile: cannot parse {keyword} {rest!r}") from None
+    if keyword == "ENV" and len(words) >= 2 and "=" not in words[0]:
+        return [(words[0], " ".join(words[1:]))]
+    pairs: list[tuple[str, str]] = []
+    for word in words:
+        name, sep, value = word.partition("=")
+        if not _ENV_RE.match(name):
+            raise ValueError(f"dockerfile: {keyword} {name!r} is not a valid variable name")
+        if sep or keyword == "ENV":
+            pairs.append((name, value))
+    return pairs
 
 
 def _local_python() -> str:
@@ -232,6 +319,16 @@ def _parse_dockerfile(content: str) -> tuple[str | None, tuple[str, ...], str | 
             continue
         full = (pending + line).strip()
         pending = ""
+        keyword = full.split(None, 1)[0].upper()
+        if keyword in ("COPY", "ADD"):
+            raise ValueError(
+                f"dockerfile: {keyword} is not supported: the steps run in a sandbox that has "
+                "no build context; put the files on the app's disk instead"
+            )
+        if keyword not in _DOCKERFILE_KEYWORDS:
+            raise ValueError(f"dockerfile: unknown instruction {keyword!r}")
+        if keyword in _IGNORED_KEYWORDS:
+            continue
         if full.upper().startswith("FROM "):
             if base is not None or steps:
                 raise ValueError("dockerfile: only one FROM line, at the top, is supported")

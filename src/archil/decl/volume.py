@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._models import AdditionalMount, validate_disk_id
+from .._models import SandboxMount, validate_disk_id
 
 if TYPE_CHECKING:
     from .._models import Disk
@@ -50,6 +50,12 @@ class Volume:
             raise ValueError(f"disk must be an archil Disk, got {type(disk).__name__}")
         return cls(disk_id=disk_id, env=env, shared=shared)
 
-    def mount_at(self, path: str) -> AdditionalMount:
-        """The wire form of this volume mounted at ``path`` (validated)."""
-        return AdditionalMount(path=path, disk_id=self.disk_id, env=self.env, read_only=self.shared)
+    def mount_at(self, path: str) -> SandboxMount:
+        """The wire form of this volume mounted at ``path`` (validated).
+
+        A shared volume is mounted read-only; a writable one is mounted
+        ``conditional``, so that many sandboxes (``fn.map``) can write it at once.
+        """
+        return SandboxMount(
+            disk_id=self.disk_id, path=path, read_only=self.shared, conditional=not self.shared
+        )

@@ -1,4 +1,4 @@
-"""The SDK against the real local control plane: disks, objects, containers, idempotency, chaos."""
+"""The SDK against the real local control plane: disks, objects, containers, restarts, chaos."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _name() -> str:
 
 
 def _live_processes(container_id: str) -> list[int]:
-    needle = f"ARCHIL_CONTAINER_ID={container_id}".encode()
+    needle = f"ARCHIL_SANDBOX_ID={container_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -50,7 +50,7 @@ async def _run(sdk: AsyncArchil, disk_id: str, command: str, **kwargs: object) -
         mem_size_mib=256,
         **kwargs,
     )
-    return await sdk.containers.wait(container.container_id, timeout=60)
+    return await sdk.containers.wait(container.container_id)
 
 
 async def test_disk_crud_and_users(sdk: AsyncArchil) -> None:
@@ -205,16 +205,19 @@ async def test_twenty_containers_at_once(sdk: AsyncArchil) -> None:
     )
 
 
-async def test_same_idempotency_key_gives_one_container(sdk: AsyncArchil) -> None:
+async def test_containers_are_listed_by_disk_and_cleaned_up(sdk: AsyncArchil) -> None:
     disk = await sdk.disks.create(_name())
-    key = uuid.uuid4().hex
     mount = archil.ArchilMount(disk_id=disk.id)
-    first = await sdk.containers.create(archil_mount=mount, command="true", idempotency_key=key)
-    second = await sdk.containers.create(archil_mount=mount, command="true", idempotency_key=key)
-    assert first.container_id == second.container_id
-    assert [c.container_id async for c in sdk.containers.list(disk_id=disk.id)] == [
-        first.container_id
-    ]
+    first = await sdk.containers.create(archil_mount=mount, metadata={"run": "1"})
+    second = await sdk.containers.create(archil_mount=mount, command="true")
+    listed = {c.container_id: c async for c in sdk.containers.list(disk_id=disk.id)}
+    assert set(listed) == {first.container_id, second.container_id}
+    assert listed[first.container_id].metadata == {"run": "1"}
+    assert listed[first.container_id].status == "running"
+    for c in (first, second):
+        await sdk.containers.delete(c.container_id)
+    assert [c async for c in sdk.containers.list(disk_id=disk.id)] == []
+    assert [o.key async for o in sdk.objects.list(disk.id, prefix=".archil/containers/")] == []
 
 
 async def test_wrong_key_is_401(shared_server: LocalServer) -> None:
@@ -247,18 +250,21 @@ async def test_restart_keeps_everything(make_server: ServerFactory, tmp_path: Pa
         assert (await sdk.containers.get(done.container_id)).status == "exited"
 
 
-async def test_chaos_100_creates_give_exactly_100_containers(make_server: ServerFactory) -> None:
+async def test_chaos_100_creates_give_exactly_100_sandboxes(make_server: ServerFactory) -> None:
     server = make_server(chaos_rate=0.2, chaos_seed=7)
     async with AsyncArchil(base_url=server.base_url, api_key=server.api_key, max_retries=8) as sdk:
         # The chaos RNG also hits this request; retries carry it through.
         disk = await sdk.disks.create("chaos-disk")
-        mount = archil.ArchilMount(disk_id=disk.id)
-        ids = [
-            (await sdk.containers.create(archil_mount=mount, mem_size_mib=128)).container_id
-            for _ in range(100)
-        ]
+        mount = archil.SandboxMount(disk_id=disk.id, conditional=True)
+        ids = []
+        for _ in range(100):
+            sandbox = await sdk.sandboxes.create(mounts=[mount], mem_size_mib=128)
+            ids.append(sandbox.id)
+            await sandbox.stop()
         server.set_chaos(0.0)
-        listed = [c.container_id async for c in sdk.containers.list(disk_id=disk.id)]
+        listed = [s.id for s in await sdk.sandboxes.list(disk_id=disk.id)]
+        for sid in listed:
+            await (await sdk.sandboxes.get(sid)).delete()
     assert len(set(ids)) == 100
     assert sorted(listed) == sorted(ids)
 

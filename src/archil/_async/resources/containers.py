@@ -1,16 +1,29 @@
-"""``client.containers``: create, inspect, wait for, stream the logs of, stop and delete containers."""
+"""``client.containers``: the seed's containers, built on the sandbox API.
+
+A container is a sandbox with its disk at ``/mnt/archil`` (shared: a
+``conditional`` mount, so many containers can use one disk) and one process
+that runs ``initialization_script`` then ``command``; ``container.container_id``
+is the sandbox's id. What the sandbox API does not keep (the process's id, the
+``metadata``, the command, the exit code once nobody is attached) lives on the
+container's disk under ``.archil/containers/``, so it works on any control
+plane that has the sandbox and object APIs.
+"""
 
 from __future__ import annotations
 
-import math
+import builtins
+import codecs
+import contextlib
+import json
+import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
-import httpx
 from typing_extensions import Unpack
 
-from ..._config import LONG_POLL_TIMEOUT
-from ..._errors import APITimeoutError
+from ..._errors import APITimeoutError, ArchilError, NotFoundError
 from ..._models import (
+    SANDBOX_DISK_PATH,
     AdditionalMount,
     ArchilMount,
     Container,
@@ -20,34 +33,38 @@ from ..._models import (
     validate_container_id,
     validate_disk_id,
 )
-from ..._retry import describe_failure, log_retry
+from ..._pagination import Page
 from ..._wire import (
+    CONTAINER_NAME_PREFIX,
     RequestOptions,
     check_container_status,
-    check_limit,
     check_seconds,
-    container_path,
-    decode_log_line,
-    items_decoder,
-    map_transport_error,
-    parse_model,
-    query,
+    container_from,
+    container_keys,
+    container_script,
+    parse_exit_code,
 )
 from .._transport import AsyncTransport
-from ..pagers import AsyncCursorPager
+from ..pagers import AsyncPager
+from .objects import AsyncObjects
+from .sandboxes import AsyncSandbox, AsyncSandboxes
 
-__all__ = ["AsyncContainers"]
+__all__ = ["AsyncContainerPager", "AsyncContainers"]
 
-LONG_POLL_SLICE = 30.0
 MIN_POLL_INTERVAL = 0.25
 MAX_POLL_INTERVAL = 2.0
+_FAR = 1 << 62
 
 
 class AsyncContainers:
     """Containers: each one lives on a disk mounted at ``/mnt/archil``."""
 
-    def __init__(self, transport: AsyncTransport) -> None:
+    def __init__(
+        self, transport: AsyncTransport, sandboxes: AsyncSandboxes, objects: AsyncObjects
+    ) -> None:
         self._transport = transport
+        self._sandboxes = sandboxes
+        self._objects = objects
 
     async def create(
         self,
@@ -60,18 +77,20 @@ class AsyncContainers:
         command: str | None = None,
         env: Mapping[str, str] | None = None,
         image_id: str | None = None,
+        base_image: str | None = None,
         additional_mounts: Sequence[AdditionalMount | Mapping[str, object]] | None = None,
         ports: Sequence[int] | None = None,
         metadata: Mapping[str, str] | None = None,
         timeout_seconds: int | None = None,
-        idempotency_key: str | None = None,
         **options: Unpack[RequestOptions],
     ) -> Container:
-        """Create a container on the disk of ``archil_mount``.
+        """Create a container on the disk of ``archil_mount`` and start its command.
 
         Arguments are checked before anything is sent (a ``ValidationError``
-        names the bad field). The request carries ``idempotency_key`` (a fresh
-        one by default), so a retried create never makes a second container.
+        names the bad field). ``env`` reaches the command only (it is never
+        stored or echoed). ``metadata`` is kept with the container on its disk.
+        ``kernel_variant="extended"`` needs a control plane that offers it.
+        ``timeout_seconds`` kills the command when it runs out.
         """
         request = CreateContainerRequest(
             archil_mount=archil_mount,
@@ -82,107 +101,165 @@ class AsyncContainers:
             command=command,
             env=dict(env) if env is not None else None,
             image_id=image_id,
+            base_image=base_image,
             additional_mounts=list(additional_mounts or ()),
             ports=list(ports or ()),
             metadata=dict(metadata) if metadata is not None else None,
             timeout_seconds=timeout_seconds,
         )
-        envelope = await self._transport.request_json(
-            "POST",
-            "/api/containers",
-            json=request.to_wire(),
-            idempotency_key=idempotency_key,
-            **options,
+        name = CONTAINER_NAME_PREFIX + secrets.token_hex(8)
+        sandbox = await self._sandboxes.create_from(
+            request.to_sandbox_request(name), wait=True, unique_name=True, **options
         )
-        return parse_model(Container, envelope.data, envelope.status_code)
+        process_id: str | None = None
+        if request.command or request.initialization_script:
+            script = container_script(request.initialization_script, request.command, sandbox.id)
+            process = await sandbox.run(
+                script,
+                env=request.env,
+                cwd=SANDBOX_DISK_PATH,
+                timeout_seconds=request.timeout_seconds,
+                collect_output=False,
+            )
+            process_id = process.id
+            await process.close()
+        record = {
+            "process_id": process_id,
+            "command": request.command,
+            "metadata": request.metadata or {},
+            "kernel_variant": request.kernel_variant,
+        }
+        disk = request.archil_mount.disk_id
+        await self._objects.put(
+            disk, container_keys(sandbox.id)[0], json.dumps(record).encode(), **options
+        )
+        exposed = await sandbox.list_ports() if request.ports else []
+        return container_from(sandbox.data, record, None, exposed)
+
+    async def _disk_of(self, sandbox: AsyncSandbox) -> str | None:
+        main = next((m for m in sandbox.mounts if m.path == SANDBOX_DISK_PATH), None)
+        return None if main is None else main.disk_id
+
+    async def _record(self, disk: str | None, container_id: str) -> dict[str, Any] | None:
+        if disk is None:
+            return None
+        try:
+            data = await self._objects.get(disk, container_keys(container_id)[0])
+        except NotFoundError:
+            return None
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def _exit_code(self, disk: str | None, container_id: str) -> int | None:
+        if disk is None:
+            return None
+        try:
+            return parse_exit_code(await self._objects.get(disk, container_keys(container_id)[1]))
+        except NotFoundError:
+            return None
+
+    async def _assemble(self, sandbox: AsyncSandbox) -> Container:
+        disk = await self._disk_of(sandbox)
+        record = await self._record(disk, sandbox.id)
+        code = await self._exit_code(disk, sandbox.id)
+        ports = await sandbox.list_ports()
+        return container_from(sandbox.data, record, code, ports)
+
+    async def get(self, container_id: str, **options: Unpack[RequestOptions]) -> Container:
+        """The container ``container_id`` (:class:`NotFoundError` if there is none)."""
+        validate_container_id(container_id)
+        return await self._assemble(await self._sandboxes.get(container_id, **options))
 
     def list(
         self,
         *,
         status: str | None = None,
         disk_id: str | None = None,
-        limit: int | None = None,
         **options: Unpack[RequestOptions],
-    ) -> AsyncCursorPager[Container]:
-        """All containers, optionally only those with ``status`` or on ``disk_id``.
-
-        ``limit`` is the page size (at most 100); the pager fetches every page.
-        """
+    ) -> AsyncContainerPager:
+        """Every container (of ``disk_id``, in ``status``), as a pager to iterate or collect."""
         check_container_status(status)
         if disk_id is not None:
             validate_disk_id(disk_id)
-        params = query(status=status, diskId=disk_id, limit=check_limit(limit))
-        return AsyncCursorPager(
-            self._transport,
-            "/api/containers",
-            params,
-            items_decoder(Container, "containers"),
-            **options,
-        )
+        return AsyncContainerPager(self, status, disk_id, options)
 
-    async def get(self, container_id: str, **options: Unpack[RequestOptions]) -> Container:
-        """The container with id ``container_id`` (``NotFoundError`` if there is none)."""
-        envelope = await self._transport.request_json(
-            "GET", container_path(container_id), **options
-        )
-        return parse_model(Container, envelope.data, envelope.status_code)
+    async def _all(
+        self, status: str | None, disk_id: str | None, options: RequestOptions
+    ) -> builtins.list[Container]:
+        sandboxes = await self._sandboxes.list(disk_id=disk_id, **options)
+        out: builtins.list[Container] = []
+        for sandbox in sandboxes:
+            if not sandbox.name.startswith(CONTAINER_NAME_PREFIX):
+                continue
+            container = await self._assemble(sandbox)
+            if status is None or container.status == status:
+                out.append(container)
+        return out
 
     async def stop(self, container_id: str, **options: Unpack[RequestOptions]) -> Container:
-        """Stop a running container and return its record."""
-        envelope = await self._transport.request_json(
-            "POST", container_path(container_id, "stop"), **options
-        )
-        return parse_model(Container, envelope.data, envelope.status_code)
+        """Stop the container's sandbox (its processes end) and return its record."""
+        validate_container_id(container_id)
+        sandbox = await self._sandboxes.get(container_id, **options)
+        await sandbox.stop(wait=True, **options)
+        return await self._assemble(sandbox)
 
     async def delete(self, container_id: str, **options: Unpack[RequestOptions]) -> None:
-        """Delete a container (stopping it first if it still runs)."""
-        await self._transport.request_json("DELETE", container_path(container_id), **options)
+        """Delete a container (stopping it first if it still runs) and its records on the disk."""
+        validate_container_id(container_id)
+        sandbox = await self._sandboxes.get(container_id, **options)
+        disk = await self._disk_of(sandbox)
+        if sandbox.status not in ("stopped", "exited", "failed"):
+            await sandbox.stop(wait=True, **options)
+        await sandbox.delete(**options)
+        if disk is not None:
+            for key in container_keys(container_id):
+                with contextlib.suppress(NotFoundError):
+                    await self._objects.delete(disk, key, **options)
 
-    async def wait(
-        self,
-        container_id: str,
-        *,
-        timeout: float | None = None,
-        max_retries: int | None = None,
-    ) -> Container:
-        """Block until the container exits, fails or is stopped, and return its final record.
+    async def wait(self, container_id: str, *, timeout: float | None = None) -> Container:
+        """Block until the command ends (or the sandbox stops or fails) and return the record.
 
-        The server holds each request open until the state is terminal (at most
-        about 30 s per request); with a server that answers at once, the state
-        is polled at a short interval instead. ``timeout`` bounds the whole wait
-        (``None`` waits for ever); when it runs out, :class:`APITimeoutError` is raised.
+        With no ``timeout`` it follows the command's process and returns the
+        moment it ends; with one it polls, and raises :class:`APITimeoutError`
+        when the time runs out.
         """
-        path = container_path(container_id)
+        validate_container_id(container_id)
         limit = check_seconds(timeout, "timeout")
+        if limit is None:
+            container = await self.get(container_id)
+            if not container.is_terminal and container.process_id and container.sandbox:
+                await self._follow_to_exit(container)
+        return await self._poll(container_id, limit)
+
+    async def _follow_to_exit(self, container: Container) -> None:
+        assert container.sandbox is not None and container.process_id is not None
+        sandbox = AsyncSandbox(self._transport, container.sandbox)
+        try:
+            process = await sandbox.attach(container.process_id, offset=_FAR, collect_output=False)
+            async with process:
+                await process.wait()
+        except ArchilError:
+            return
+
+    async def _poll(self, container_id: str, limit: float | None) -> Container:
         transport = self._transport
-        clock = transport.clock
-        deadline = None if limit is None else clock() + limit
+        deadline = None if limit is None else transport.clock() + limit
         interval = MIN_POLL_INTERVAL
         while True:
-            started = clock()
-            budget = (
-                LONG_POLL_SLICE if deadline is None else min(LONG_POLL_SLICE, deadline - started)
-            )
-            seconds = max(0, math.floor(budget))
-            envelope = await transport.request_json(
-                "GET",
-                path,
-                params={"wait": seconds},
-                timeout=transport.timeout(read=seconds + transport.config.timeout),
-                max_retries=max_retries,
-            )
-            container = parse_model(Container, envelope.data, envelope.status_code)
-            if container.is_terminal:
+            container = await self.get(container_id)
+            if container.is_terminal or container.status == "paused":
                 return container
-            now = clock()
+            now = transport.clock()
             if deadline is not None and now >= deadline:
                 raise APITimeoutError(
                     f"container {container_id} is still {container.status} after {limit:g} s"
                 )
-            if now - started < seconds / 2 or seconds == 0:
-                pause = interval if deadline is None else min(interval, deadline - now)
-                await transport.sleep(pause)
-                interval = min(interval * 2, MAX_POLL_INTERVAL)
+            pause = interval if deadline is None else min(interval, deadline - now)
+            await transport.sleep(pause)
+            interval = min(interval * 2, MAX_POLL_INTERVAL)
 
     def logs(
         self,
@@ -190,66 +267,56 @@ class AsyncContainers:
         *,
         follow: bool = False,
         offset: int = 0,
-        **options: Unpack[RequestOptions],
     ) -> AsyncIterator[LogEntry]:
-        """The container's log entries (build, stdout, stderr, system) from ``offset`` on.
+        """The container's output (``stdout``/``stderr`` entries, byte ``offset`` on).
 
-        With ``follow=True`` the stream stays open while the container runs and
-        ends when the server closes it. A dropped connection is resumed from the
-        entry after the last one received, with the client's retry policy.
+        With ``follow=True`` the entries come as the command writes them, until
+        it ends; without, the output written so far (all of it once the
+        command has ended). A dropped connection is resumed from the last byte received.
         """
         validate_container_id(container_id)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
-        return self._iter_logs(container_id, follow, offset, **options)
+        return self._iter_logs(container_id, follow, offset)
 
     async def _iter_logs(
-        self,
-        container_id: str,
-        follow: bool,
-        offset: int,
-        *,
-        timeout: float | None = None,
-        max_retries: int | None = None,
+        self, container_id: str, follow: bool, offset: int
     ) -> AsyncIterator[LogEntry]:
-        transport = self._transport
-        url = transport.config.base_url + container_path(container_id, "logs")
-        budget = transport.config.max_retries if max_retries is None else max_retries
-        request_timeout = transport.timeout(timeout, read=LONG_POLL_TIMEOUT if follow else None)
-        next_offset = offset
-        failures = 0
-        while True:
-            params: dict[str, str | int] = {
-                "offset": next_offset,
-                "follow": "true" if follow else "false",
-            }
-            response = await transport.send(
-                "GET",
-                url,
-                params=params,
-                timeout=request_timeout,
-                max_retries=max_retries,
-                stream=True,
-            )
-            try:
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    entry = decode_log_line(line)
-                    if entry.offset < next_offset:
-                        continue
-                    next_offset = entry.offset + 1
-                    failures = 0
-                    yield entry
-                return
-            except httpx.RequestError as exc:
-                if follow and isinstance(exc, httpx.ReadTimeout):
-                    continue
-                if failures >= budget or not transport.policy.is_retryable(exc):
-                    raise map_transport_error(exc) from exc
-                failures += 1
-                pause = transport.policy.backoff(failures)
-                log_retry("GET", url, describe_failure(exc), pause, failures + 1, budget + 1)
-                await transport.sleep(pause)
-            finally:
-                await response.aclose()
+        container = await self.get(container_id)
+        if container.process_id is None or container.sandbox is None:
+            return
+        sandbox = AsyncSandbox(self._transport, container.sandbox)
+        decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        }
+        process = await sandbox.attach(container.process_id, offset=offset, collect_output=False)
+        async with process:
+            outputs = process if follow or container.is_terminal else process.available()
+            async for out in outputs:
+                text = decoders[out.stream].decode(out.data)
+                if text:
+                    yield LogEntry(stream=out.stream, offset=out.offset, data=text)
+
+
+class AsyncContainerPager(AsyncPager[Container]):
+    """The containers, in one page (the sandbox API lists everything at once)."""
+
+    def __init__(
+        self,
+        containers: AsyncContainers,
+        status: str | None,
+        disk_id: str | None,
+        options: RequestOptions,
+    ) -> None:
+        self._containers = containers
+        self._status = status
+        self._disk_id = disk_id
+        self._options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self._status!r}, disk_id={self._disk_id!r})"
+
+    async def _fetch_page(self, cursor: str | None) -> Page[Container]:
+        items = await self._containers._all(self._status, self._disk_id, self._options)
+        return Page(items, None)

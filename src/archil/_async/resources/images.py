@@ -1,25 +1,21 @@
-"""``client.images``: sandbox images built from OCI references (and the older Dockerfile images)."""
+"""``client.images``: sandbox images built from OCI references."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import quote
 
 from typing_extensions import Unpack
 
 from ..._errors import APITimeoutError, ImageBuildError
-from ..._models import BuildImageRequest, CreateImageRequest, Image, RegistryAuth, SandboxImage
+from ..._models import BuildImageRequest, RegistryAuth, SandboxImage
 from ..._wire import RequestOptions, check_name, check_seconds, parse_model
 from .._transport import AsyncTransport
 
 __all__ = ["AsyncImages"]
 
 logger = logging.getLogger("archil")
-
-MIN_POLL_INTERVAL = 0.5
-MAX_POLL_INTERVAL = 5.0
 
 DEFAULT_BUILD_TIMEOUT = 1800.0
 BUILD_FIRST_POLL = 0.1
@@ -34,13 +30,6 @@ def _image_path(image_id: str) -> str:
     return "/api/images/" + quote(check_name(image_id, "image_id"), safe="")
 
 
-def _sandbox_image(data: Any, status_code: int) -> SandboxImage | Image:
-    # A control plane that still serves Dockerfile images answers them camelCase.
-    if isinstance(data, dict) and "imageId" in data and "image_id" not in data:
-        return parse_model(Image, data, status_code)
-    return parse_model(SandboxImage, data, status_code)
-
-
 def _build_error(image: SandboxImage, source: str) -> ImageBuildError:
     reason = image.failure_reason or "unknown"
     text = f"the image {source!r} could not be built ({reason})"
@@ -50,22 +39,10 @@ def _build_error(image: SandboxImage, source: str) -> ImageBuildError:
 
 
 class AsyncImages:
-    """Images: sandbox images built from OCI references (:meth:`build`), and Dockerfile images."""
+    """Images: sandbox images built from OCI references (:meth:`build`), built once and reused."""
 
     def __init__(self, transport: AsyncTransport) -> None:
         self._transport = transport
-
-    async def create(self, dockerfile: str, **options: Unpack[RequestOptions]) -> Image:
-        """Build an image from Dockerfile text, or return the image already built from it.
-
-        The older Dockerfile images, kept while the declarative layer uses them;
-        :meth:`build` makes sandbox images.
-        """
-        request = CreateImageRequest(dockerfile=dockerfile)
-        envelope = await self._transport.request_json(
-            "POST", "/api/images", json=request.to_wire(), **options
-        )
-        return parse_model(Image, envelope.data, envelope.status_code)
 
     async def build(
         self,
@@ -150,44 +127,7 @@ class AsyncImages:
         )
         return parse_model(SandboxImage, envelope.data, envelope.status_code)
 
-    async def get(self, image_id: str, **options: Unpack[RequestOptions]) -> SandboxImage | Image:
-        """The image ``image_id`` and its build status.
-
-        A sandbox image (:class:`SandboxImage`); a Dockerfile image made by
-        :meth:`create` comes back as an :class:`Image` while control planes still serve them.
-        """
+    async def get(self, image_id: str, **options: Unpack[RequestOptions]) -> SandboxImage:
+        """The image ``image_id`` and its build status (:class:`NotFoundError` if there is none)."""
         envelope = await self._transport.request_json("GET", _image_path(image_id), **options)
-        return _sandbox_image(envelope.data, envelope.status_code)
-
-    async def _get_dockerfile_image(
-        self, image_id: str, **options: Unpack[RequestOptions]
-    ) -> Image:
-        envelope = await self._transport.request_json("GET", _image_path(image_id), **options)
-        return parse_model(Image, envelope.data, envelope.status_code)
-
-    async def wait(
-        self, image_id: str, *, timeout: float | None = None, max_retries: int | None = None
-    ) -> Image:
-        """Poll until the image is ``ready`` or ``failed`` and return it.
-
-        ``timeout`` bounds the whole wait (``None`` waits for ever); when it
-        runs out, :class:`APITimeoutError` is raised.
-        """
-        check_name(image_id, "image_id")
-        limit = check_seconds(timeout, "timeout")
-        transport = self._transport
-        deadline = None if limit is None else transport.clock() + limit
-        interval = MIN_POLL_INTERVAL
-        while True:
-            if max_retries is None:
-                image = await self._get_dockerfile_image(image_id)
-            else:
-                image = await self._get_dockerfile_image(image_id, max_retries=max_retries)
-            if image.status != "building":
-                return image
-            now = transport.clock()
-            if deadline is not None and now >= deadline:
-                raise APITimeoutError(f"image {image_id} is still building after {limit:g} s")
-            pause = interval if deadline is None else min(interval, deadline - now)
-            await transport.sleep(pause)
-            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+        return parse_model(SandboxImage, envelope.data, envelope.status_code)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from typing_extensions import Self, Unpack
 
-from ..._compat import ADetached, aenter_detached
+from ..._compat import ADetached, aenter_detached, areceive_event
 from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
@@ -213,6 +213,7 @@ class AsyncSandboxes:
         template: CreateSandboxRequest,
         *,
         wait: bool = True,
+        unique_name: bool = False,
         **options: Unpack[RequestOptions],
     ) -> AsyncSandbox:
         """Create a sandbox from a validated request model (the declarative layer's template).
@@ -221,14 +222,19 @@ class AsyncSandboxes:
         plane answers 409 for a generated name (an earlier attempt of this very
         call created it and its answer was lost), the sandbox of that name is
         returned instead, so a retry never makes a second sandbox even where
-        idempotency keys are not honoured.
+        idempotency keys are not honoured. ``unique_name=True`` says the
+        template's own name was made for this call alone, and gets the same treatment.
         """
         if not isinstance(template, CreateSandboxRequest):
             raise TypeError(
                 f"template must be a CreateSandboxRequest, not {type(template).__name__}"
             )
-        generated = template.name is None
-        request = template.model_copy(update={"name": generated_name()}) if generated else template
+        generated = template.name is None or unique_name
+        request = (
+            template.model_copy(update={"name": generated_name()})
+            if template.name is None
+            else template
+        )
         assert request.name is not None
         sandbox = await _create_or_find(
             self._transport,
@@ -537,6 +543,8 @@ class AsyncSandbox:
         name: str | None = None,
         checkpoint: str | None = None,
         wait: bool = True,
+        *,
+        unique_name: bool = False,
         **options: Unpack[RequestOptions],
     ) -> AsyncSandbox:
         """A new sandbox started from a checkpoint of this one.
@@ -547,14 +555,15 @@ class AsyncSandbox:
         is waited for, the fork requested, and a sandbox that was live is
         resumed (best effort) as soon as the fork is accepted. Like a create,
         a fork always sends a name (a generated one by default) and finds the
-        fork by that name after a 409 for a generated name.
+        fork by that name after a 409 for a generated name (or for ``name``,
+        with ``unique_name=True``: a name made for this call alone).
 
         Raises:
             SandboxError: with ``wait=True``, the fork did not start.
         """
         request = ForkSandboxRequest(name=name, checkpoint=checkpoint)
-        generated = request.name is None
-        if generated:
+        generated = request.name is None or unique_name
+        if request.name is None:
             request = request.model_copy(update={"name": generated_name()})
         assert request.name is not None
         live = False
@@ -997,6 +1006,10 @@ class AsyncProcess:
         except Exception as exc:
             await self._lost(exc)
             return None
+        return await self._handle(event)
+
+    async def _handle(self, event: Any) -> ProcessOutput | None:
+        """One received event: an output frame's new bytes, or a control event handled."""
         data = getattr(event, "data", None)
         if isinstance(data, str):
             await self._on_message(data)
@@ -1037,6 +1050,32 @@ class AsyncProcess:
     async def _outputs(self) -> AsyncIterator[ProcessOutput]:
         while self._result is None:
             output = await self._next()
+            if output is not None:
+                yield output
+
+    def available(self, idle: float = 0.5) -> AsyncIterator[ProcessOutput]:
+        """The output there is now: yields until the process exits or ``idle`` seconds pass quietly.
+
+        For a process that has ended this is all of its output (from the cursor).
+        """
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
+            raise ValueError(f"idle must be a positive number of seconds, got {idle!r}")
+        return self._available(float(idle))
+
+    async def _available(self, idle: float) -> AsyncIterator[ProcessOutput]:
+        while self._result is None:
+            socket = self._socket
+            if socket is None:
+                await self._reattach()
+                continue
+            try:
+                event = await areceive_event(socket.value, idle)
+            except Exception as exc:
+                await self._lost(exc)
+                continue
+            if event is None:
+                return
+            output = await self._handle(event)
             if output is not None:
                 yield output
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from typing_extensions import Self, Unpack
 
-from ..._compat import Detached, enter_detached
+from ..._compat import Detached, enter_detached, receive_event
 from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
@@ -215,6 +215,7 @@ class Sandboxes:
         template: CreateSandboxRequest,
         *,
         wait: bool = True,
+        unique_name: bool = False,
         **options: Unpack[RequestOptions],
     ) -> Sandbox:
         """Create a sandbox from a validated request model (the declarative layer's template).
@@ -223,14 +224,19 @@ class Sandboxes:
         plane answers 409 for a generated name (an earlier attempt of this very
         call created it and its answer was lost), the sandbox of that name is
         returned instead, so a retry never makes a second sandbox even where
-        idempotency keys are not honoured.
+        idempotency keys are not honoured. ``unique_name=True`` says the
+        template's own name was made for this call alone, and gets the same treatment.
         """
         if not isinstance(template, CreateSandboxRequest):
             raise TypeError(
                 f"template must be a CreateSandboxRequest, not {type(template).__name__}"
             )
-        generated = template.name is None
-        request = template.model_copy(update={"name": generated_name()}) if generated else template
+        generated = template.name is None or unique_name
+        request = (
+            template.model_copy(update={"name": generated_name()})
+            if template.name is None
+            else template
+        )
         assert request.name is not None
         sandbox = _create_or_find(
             self._transport,
@@ -537,6 +543,8 @@ class Sandbox:
         name: str | None = None,
         checkpoint: str | None = None,
         wait: bool = True,
+        *,
+        unique_name: bool = False,
         **options: Unpack[RequestOptions],
     ) -> Sandbox:
         """A new sandbox started from a checkpoint of this one.
@@ -547,14 +555,15 @@ class Sandbox:
         is waited for, the fork requested, and a sandbox that was live is
         resumed (best effort) as soon as the fork is accepted. Like a create,
         a fork always sends a name (a generated one by default) and finds the
-        fork by that name after a 409 for a generated name.
+        fork by that name after a 409 for a generated name (or for ``name``,
+        with ``unique_name=True``: a name made for this call alone).
 
         Raises:
             SandboxError: with ``wait=True``, the fork did not start.
         """
         request = ForkSandboxRequest(name=name, checkpoint=checkpoint)
-        generated = request.name is None
-        if generated:
+        generated = request.name is None or unique_name
+        if request.name is None:
             request = request.model_copy(update={"name": generated_name()})
         assert request.name is not None
         live = False
@@ -987,6 +996,10 @@ class Process:
         except Exception as exc:
             self._lost(exc)
             return None
+        return self._handle(event)
+
+    def _handle(self, event: Any) -> ProcessOutput | None:
+        """One received event: an output frame's new bytes, or a control event handled."""
         data = getattr(event, "data", None)
         if isinstance(data, str):
             self._on_message(data)
@@ -1027,6 +1040,32 @@ class Process:
     def _outputs(self) -> Iterator[ProcessOutput]:
         while self._result is None:
             output = self._next()
+            if output is not None:
+                yield output
+
+    def available(self, idle: float = 0.5) -> Iterator[ProcessOutput]:
+        """The output there is now: yields until the process exits or ``idle`` seconds pass quietly.
+
+        For a process that has ended this is all of its output (from the cursor).
+        """
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or idle <= 0:
+            raise ValueError(f"idle must be a positive number of seconds, got {idle!r}")
+        return self._available(float(idle))
+
+    def _available(self, idle: float) -> Iterator[ProcessOutput]:
+        while self._result is None:
+            socket = self._socket
+            if socket is None:
+                self._reattach()
+                continue
+            try:
+                event = receive_event(socket.value, idle)
+            except Exception as exc:
+                self._lost(exc)
+                continue
+            if event is None:
+                return
+            output = self._handle(event)
             if output is not None:
                 yield output
 
