@@ -17,10 +17,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_ws import connect_ws
 
+from archil._process import start_message
 from archil.local import embedded
 from archil.local.embedded import LocalServer, default_data_dir, ensure_embedded
 
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 NOTICE = "archil: no ARCHIL_API_KEY set; running on the embedded local control plane at "
 
 
@@ -49,24 +52,54 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert default_data_dir() == tmp_path / "home" / ".cache" / "archil" / "local"
 
 
+def _sandbox_pids(sid: str) -> list[str]:
+    marker = f"ARCHIL_SANDBOX_ID={sid}\0".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 def test_ensure_embedded_in_a_fresh_process(tmp_path: Path) -> None:
     data = tmp_path / "embedded"
-    code = """
-        import json, httpx
+    code = f"""
+        import json, os, httpx
+        from httpx_ws import connect_ws
+        from archil._process import start_message
         from archil.local.embedded import ensure_embedded
         s = ensure_embedded()
         assert ensure_embedded() is s
-        c = httpx.Client(base_url=s.base_url, headers={"Authorization": s.api_key}, trust_env=False)
+        c = httpx.Client(base_url=s.base_url, headers={{"Authorization": s.api_key}}, trust_env=False, timeout=60)
         disk = c.get("/api/disks/disk_abc123").json()["data"]
         c.get("/api/disks/disk_abc123")
-        r = c.post("/api/containers", json={"archilMount": {"diskId": "disk_abc123"}, "command": "sleep 600"})
-        cid = r.json()["data"]["containerId"]
-        print(json.dumps({"url": s.base_url, "disk": disk, "cid": cid}))
+        body = {{"base_image": "python:{PY}-slim", "mounts": [{{"disk_id": "disk_abc123"}}]}}
+        sb = c.post("/api/sandboxes", params={{"wait": "true"}}, json=body).json()["data"]
+        sid = sb["sandbox_id"]
+        url = c.post(f"/api/sandboxes/{{sid}}/connections").json()["data"]["url"]
+        with connect_ws(url, c) as ws:
+            ws.send_text(start_message("sleep 600"))
+            started = json.loads(ws.receive().data)["type"]
+        marker = f"ARCHIL_SANDBOX_ID={{sid}}\\0".encode()
+        alive = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                alive += marker in open(f"/proc/{{pid}}/environ", "rb").read()
+            except OSError:
+                pass
+        print(json.dumps({{"url": s.base_url, "disk": disk, "sb": sb, "started": started, "alive": alive}}))
     """
     result = _run_python(code, {"ARCHIL_DATA_DIR": str(data)})
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["disk"]["id"] == "disk_abc123" and out["disk"]["name"] == "disk_abc123"
+    assert out["sb"]["status"] == "running" and out["started"] == "started"
+    assert out["sb"]["mounts"][0]["disk_id"] == "disk_abc123"
+    assert out["alive"] > 0
     notices = [line for line in result.stderr.splitlines() if line.startswith(NOTICE)]
     assert notices == [
         f"{NOTICE}{out['url']} (data in {data.resolve()}). Set ARCHIL_API_KEY to use Archil's cloud."
@@ -74,15 +107,7 @@ def test_ensure_embedded_in_a_fresh_process(tmp_path: Path) -> None:
     created = [line for line in result.stderr.splitlines() if "on first use" in line]
     assert created == ["archil: created local disk 'disk_abc123' on first use"]
     assert not (data / "server.json").exists()
-    leftovers = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if out["cid"].encode() in f.read():
-                    leftovers.append(pid)
-        except OSError:
-            pass
-    assert leftovers == [], "a container outlived the process that started it"
+    assert _sandbox_pids(out["sb"]["sandbox_id"]) == [], "a sandbox outlived its process"
     key = (data / "api_key").read_text().strip()
     assert key not in result.stderr and key not in result.stdout
 
@@ -147,20 +172,30 @@ def test_auto_create_mode(
     assert r.json()["data"]["id"] == "disk_abc123" and r.json()["data"]["name"] == "disk_abc123"
     assert client.get("/api/disks/disk_abc123").status_code == 200
 
+    mounts = [
+        {"disk_id": "disk_training", "path": "/mnt/archil"},
+        {"disk_id": "disk_shared", "path": "/datasets", "read_only": True},
+    ]
     r = client.post(
-        "/api/containers",
-        json={
-            "archilMount": {"diskId": "disk_training"},
-            "additionalMounts": [{"path": "/datasets", "diskId": "disk_shared", "readOnly": True}],
-            "command": "echo ok > /mnt/archil/x",
-        },
+        "/api/sandboxes",
+        params={"wait": "true"},
+        json={"base_image": f"python:{PY}-slim", "mounts": mounts},
     )
-    assert r.status_code == 201, r.text
-    cid = r.json()["data"]["containerId"]
-    assert (
-        client.get(f"/api/containers/{cid}", params={"wait": 20}).json()["data"]["status"]
-        == "exited"
-    )
+    assert r.status_code == 202, r.text
+    sid = r.json()["data"]["sandbox_id"]
+    try:
+        assert r.json()["data"]["status"] == "running", r.text
+        url = client.post(f"/api/sandboxes/{sid}/connections").json()["data"]["url"]
+        with connect_ws(url, client) as ws:
+            ws.send_text(
+                start_message("echo ok > /mnt/archil/x && ! touch /datasets/y 2>/dev/null")
+            )
+            events = [ws.receive().data, ws.receive().data]
+        assert [json.loads(e)["type"] for e in events] == ["started", "exit"], events
+        assert json.loads(events[-1])["exit_code"] == 0, events
+    finally:
+        client.post(f"/api/sandboxes/{sid}/stop")
+        assert client.delete(f"/api/sandboxes/{sid}").status_code == 204
     assert client.get("/s3/disk_training/x").content == b"ok\n"
     assert client.put("/s3/disk_objects/k", content=b"v").status_code == 200
     assert client.get("/s3/disk_listing", params={"list-type": 2}).status_code == 200
@@ -196,9 +231,10 @@ def test_auto_create_mode(
 
 def test_auto_create_is_off_by_default(client: httpx.Client) -> None:
     assert client.get("/api/disks/disk_abc123").status_code == 404
-    r = client.post("/api/containers", json={"archilMount": {"diskId": "disk_abc123"}})
-    assert r.status_code == 404
+    r = client.post("/api/sandboxes", json={"mounts": [{"disk_id": "disk_abc123"}]})
+    assert r.status_code == 404 and "mounts[0].disk_id" in r.json()["error"]
     assert client.get("/api/disks").json()["data"] == []
+    assert client.get("/api/sandboxes").json()["data"]["sandboxes"] == []
 
 
 def test_the_key_never_reaches_the_logs(

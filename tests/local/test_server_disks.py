@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from archil.local.embedded import LocalServer
 
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+SANDBOX_ID = "00000000-0000-4000-8000-000000000000"
 S3_MOUNT = {
     "type": "s3",
     "bucketName": "my-bucket",
@@ -38,8 +41,12 @@ def test_healthz_needs_no_key(server: LocalServer) -> None:
         ("GET", "/api/disks"),
         ("POST", "/api/disks"),
         ("GET", "/api/disks/dsk-0123456789abcdef"),
-        ("GET", "/api/containers"),
-        ("POST", "/api/containers"),
+        ("GET", "/api/sandboxes"),
+        ("POST", "/api/sandboxes"),
+        ("GET", f"/api/sandboxes/{SANDBOX_ID}"),
+        ("DELETE", f"/api/sandboxes/{SANDBOX_ID}"),
+        ("POST", f"/api/sandboxes/{SANDBOX_ID}/stop"),
+        ("POST", f"/api/sandboxes/{SANDBOX_ID}/connections"),
         ("GET", "/api/tokens"),
         ("POST", "/api/exec"),
         ("GET", "/api/nothing-here"),
@@ -113,7 +120,10 @@ def test_disk_lifecycle(server: LocalServer, client: httpx.Client) -> None:
     assert disk["status"] == "available"
     assert disk["provider"] == "archil" and disk["region"] == "local"
     assert disk["organization"] and disk["createdAt"]
-    assert disk["dataSize"] == 0
+    assert disk["sandboxDisk"] is False
+    assert disk["activeDataBytes"] == 0 and disk["totalDataBytes"] == 0
+    assert disk["capabilities"] == ["checkpoints"]
+    assert "dataSize" not in disk
     assert token not in r.text
     assert [u["identifier"] for u in disk["authorizedUsers"]] == [user["identifier"]]
     assert (server.data_dir / "disks" / disk_id).is_dir()
@@ -156,6 +166,7 @@ def test_create_is_idempotent_by_name(client: httpx.Client) -> None:
 
     disk = client.get(f"/api/disks/{disk_id}").json()["data"]
     assert disk["provider"] == "s3"
+    assert disk["sandboxDisk"] is False and disk["capabilities"] == []
     (mount,) = disk["mounts"]
     assert mount["type"] == "s3" and mount["name"] == "my-bucket"
     assert mount["config"] == {"bucketName": "my-bucket", "bucketPrefix": "data/"}
@@ -201,17 +212,32 @@ def test_malformed_bodies_are_400(client: httpx.Client, raw_body: bytes) -> None
 
 @pytest.mark.parametrize(
     "disk_id",
-    ["dsk-0123456789abcdef", "disk_abc123", "a.b-c", "..", "x" * 300, "%20", "caf%C3%A9", "-x"],
+    [
+        "dsk-0123456789abcdef",
+        "disk_abc123",
+        "a.b-c",
+        "..",
+        "x" * 300,
+        "%20",
+        "caf%C3%A9",
+        "-x",
+        SANDBOX_ID,
+    ],
 )
 def test_unknown_ids_are_404_whatever_their_shape(client: httpx.Client, disk_id: str) -> None:
     for method, path in (
         ("GET", f"/api/disks/{disk_id}"),
         ("DELETE", f"/api/disks/{disk_id}"),
         ("GET", f"/api/disks/{disk_id}/directory"),
-        ("GET", f"/api/containers/{disk_id}"),
-        ("DELETE", f"/api/containers/{disk_id}"),
-        ("POST", f"/api/containers/{disk_id}/stop"),
-        ("GET", f"/api/containers/{disk_id}/logs"),
+        ("GET", f"/api/sandboxes/{disk_id}"),
+        ("DELETE", f"/api/sandboxes/{disk_id}"),
+        ("POST", f"/api/sandboxes/{disk_id}/start"),
+        ("POST", f"/api/sandboxes/{disk_id}/stop"),
+        ("POST", f"/api/sandboxes/{disk_id}/pause"),
+        ("POST", f"/api/sandboxes/{disk_id}/resume"),
+        ("POST", f"/api/sandboxes/{disk_id}/fork"),
+        ("POST", f"/api/sandboxes/{disk_id}/connections"),
+        ("GET", f"/api/sandboxes/{disk_id}/ports"),
         ("GET", f"/api/images/{disk_id}"),
         ("DELETE", f"/api/tokens/{disk_id}"),
     ):
@@ -361,10 +387,36 @@ def test_deleting_a_disk_removes_its_files(
     server: LocalServer, client: httpx.Client, disk: str
 ) -> None:
     assert client.put(f"/s3/{disk}/a/b/c.txt", content=b"x" * 10).status_code == 200
-    assert client.get(f"/api/disks/{disk}").json()["data"]["dataSize"] == 10
+    data = client.get(f"/api/disks/{disk}").json()["data"]
+    assert data["activeDataBytes"] == 10 and data["totalDataBytes"] == 10
+    assert client.put(f"/s3/{disk}/d.txt", content=b"y" * 5).status_code == 200
+    data = client.get(f"/api/disks/{disk}").json()["data"]
+    assert data["activeDataBytes"] == 15 and data["totalDataBytes"] == 15
     assert client.delete(f"/api/disks/{disk}").status_code == 200
     assert not (server.data_dir / "disks" / disk).exists()
     assert client.get(f"/s3/{disk}/a/b/c.txt").status_code == 404
+
+
+def test_a_disk_a_live_sandbox_mounts_cannot_be_deleted(
+    server: LocalServer, client: httpx.Client, disk: str
+) -> None:
+    body = {"base_image": f"python:{PY}-slim", "mounts": [{"disk_id": disk}]}
+    r = client.post("/api/sandboxes", params={"wait": "true"}, json=body)
+    assert r.status_code == 202 and r.json()["data"]["status"] == "running", r.text
+    sid = r.json()["data"]["sandbox_id"]
+    try:
+        r = client.delete(f"/api/disks/{disk}")
+        assert r.status_code == 409 and r.json()["code"] == "disk_in_use", r.text
+        assert client.get(f"/api/disks/{disk}").status_code == 200
+        assert (server.data_dir / "disks" / disk).is_dir()
+        stopped = client.post(f"/api/sandboxes/{sid}/stop")
+        assert stopped.json()["data"]["status"] == "stopped"
+        assert client.delete(f"/api/disks/{disk}").status_code == 200
+        assert client.get(f"/api/disks/{disk}").status_code == 404
+        assert not (server.data_dir / "disks" / disk).exists()
+    finally:
+        client.post(f"/api/sandboxes/{sid}/stop")
+        assert client.delete(f"/api/sandboxes/{sid}").status_code == 204
 
 
 def test_grep_is_not_implemented_locally(client: httpx.Client, disk: str) -> None:
@@ -377,6 +429,18 @@ def test_unknown_routes_and_methods(client: httpx.Client) -> None:
     assert r.status_code == 404 and r.json()["success"] is False
     r = client.put("/api/disks")
     assert r.status_code == 405 and r.json()["success"] is False
+    for method, path in (
+        ("PUT", "/api/sandboxes"),
+        ("DELETE", "/api/sandboxes"),
+        ("PUT", f"/api/sandboxes/{SANDBOX_ID}"),
+        ("GET", f"/api/sandboxes/{SANDBOX_ID}/stop"),
+        ("GET", f"/api/sandboxes/{SANDBOX_ID}/connections"),
+    ):
+        r = client.request(method, path)
+        assert r.status_code == 405 and r.json()["success"] is False, (method, path)
+    for method in ("GET", "POST"):
+        r = client.request(method, "/api/containers")
+        assert r.status_code == 404 and r.json()["success"] is False
 
 
 def test_bad_idempotency_key_is_400(client: httpx.Client) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import signal
 import sqlite3
@@ -14,20 +16,85 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_ws import connect_ws
 
+from archil._process import OutputCursor, start_message
+from archil.local.cgroups import Cgroups
 from archil.local.embedded import LocalServer
 from archil.local.state import State, StateError
 
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
 
 def _client(url: str, key: str) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={"Authorization": key}, trust_env=False, timeout=30)
+    return httpx.Client(base_url=url, headers={"Authorization": key}, trust_env=False, timeout=60)
 
 
-def _wait_running(client: httpx.Client, cid: str) -> None:
-    deadline = time.monotonic() + 10
-    while client.get(f"/api/containers/{cid}").json()["data"]["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def _create(c: httpx.Client, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
+    body.setdefault("base_image", f"python:{PY}-slim")
+    r = c.post("/api/sandboxes", params={"wait": "true"}, json=body, headers=headers)
+    assert r.status_code == 202 and r.json()["data"]["status"] == "running", r.text
+    return r
+
+
+def _url(c: httpx.Client, sid: str) -> str:
+    r = c.post(f"/api/sandboxes/{sid}/connections")
+    assert r.status_code == 200, r.text
+    url: str = r.json()["data"]["url"]
+    return url
+
+
+def _run(c: httpx.Client, sid: str, command: str) -> tuple[str, dict[str, Any]]:
+    """Run ``command`` to its end; its stdout and its ``exit`` event."""
+    cursor = OutputCursor()
+    with connect_ws(_url(c, sid), c) as ws:
+        ws.send_text(start_message(command))
+        while True:
+            data = ws.receive().data
+            if isinstance(data, str):
+                event: dict[str, Any] = json.loads(data)
+                if event["type"] in ("exit", "error"):
+                    return cursor.text(1), event
+            else:
+                cursor.feed(bytes(data))
+
+
+def _spawn(c: httpx.Client, sid: str, command: str) -> None:
+    """Start ``command`` and leave it running (the socket is closed, the process is not)."""
+    with connect_ws(_url(c, sid), c) as ws:
+        ws.send_text(start_message(command))
+        assert json.loads(ws.receive().data)["type"] == "started"
+
+
+def _destroy_all(c: httpx.Client) -> None:
+    for sb in c.get("/api/sandboxes").json()["data"]["sandboxes"]:
+        c.post(f"/api/sandboxes/{sb['sandbox_id']}/stop")
+        assert c.delete(f"/api/sandboxes/{sb['sandbox_id']}").status_code == 204
+
+
+def _sandbox_pids(sid: str) -> list[int]:
+    marker = f"ARCHIL_SANDBOX_ID={sid}\0".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _cmdlines(pids: list[int]) -> list[str]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return out
 
 
 def test_everything_survives_a_restart(
@@ -36,44 +103,66 @@ def test_everything_survives_a_restart(
     data = tmp_path / "data"
     first = make_server(data)
     key = first.api_key
+    idem = {"Idempotency-Key": "idem-1"}
     with _client(first.base_url, key) as c:
         disk = c.post("/api/disks", json={"name": "keep"}).json()["data"]["diskId"]
         token = c.post("/api/tokens", json={"name": "ci"}).json()["data"]["token"]
         c.put(f"/s3/{disk}/kept.txt", content=b"still here")
-        body = {"archilMount": {"diskId": disk}, "command": "echo done"}
-        created = c.post("/api/containers", json=body, headers={"Idempotency-Key": "idem-1"})
-        finished = created.json()["data"]["containerId"]
-        assert (
-            c.get(f"/api/containers/{finished}", params={"wait": 10}).json()["data"]["status"]
-            == "exited"
-        )
-        running = c.post(
-            "/api/containers", json={"archilMount": {"diskId": disk}, "command": "sleep 600"}
-        )
-        running_id = running.json()["data"]["containerId"]
-        _wait_running(c, running_id)
+        body = {
+            "name": "finished",
+            "base_image": f"python:{PY}-slim",
+            "mounts": [{"disk_id": disk}],
+        }
+        created = _create(c, idem, **body)
+        finished = created.json()["data"]["sandbox_id"]
+        command = "echo done > /root/done && echo wrote > /mnt/archil/by-sandbox.txt"
+        assert _run(c, finished, command)[1]["exit_code"] == 0
+        stopped = c.post(f"/api/sandboxes/{finished}/stop").json()["data"]
+        assert stopped["status"] == "stopped" and stopped["checkpoint"]
+        running = _create(c, name="running").json()["data"]["sandbox_id"]
+        assert _run(c, running, "echo x > /root/x")[1]["exit_code"] == 0
+        _spawn(c, running, "sleep 600")
+        assert _sandbox_pids(running)
     first.stop()
+    assert _sandbox_pids(running) == []
 
     second = make_server(data)
     assert second.api_key == key
     with _client(second.base_url, key) as c:
-        assert [d["id"] for d in c.get("/api/disks").json()["data"]] == [disk]
-        assert c.get(f"/s3/{disk}/kept.txt").content == b"still here"
-        done = c.get(f"/api/containers/{finished}").json()["data"]
-        assert done["status"] == "exited" and done["exitCode"] == 0
-        stdout = [
-            line
-            for line in c.get(f"/api/containers/{finished}/logs").text.splitlines()
-            if '"stdout"' in line
-        ]
-        assert len(stdout) == 1 and "done" in stdout[0]
-        was_running = c.get(f"/api/containers/{running_id}").json()["data"]
-        assert was_running["status"] == "failed"
-        assert "control plane" in was_running["failureReason"]
-        replay = c.post("/api/containers", json=body, headers={"Idempotency-Key": "idem-1"})
-        assert replay.json()["data"]["containerId"] == finished
-        assert replay.headers["idempotent-replayed"] == "true"
-        assert len(c.get("/api/containers").json()["data"]) == 2
+        try:
+            assert [d["id"] for d in c.get("/api/disks").json()["data"]] == [disk]
+            assert c.get(f"/s3/{disk}/kept.txt").content == b"still here"
+            assert c.get(f"/s3/{disk}/by-sandbox.txt").content == b"wrote\n"
+            done = c.get(f"/api/sandboxes/{finished}").json()["data"]
+            assert done["status"] == "stopped" and done["checkpoint"] == stopped["checkpoint"]
+            assert done["name"] == "finished" and done["mounts"] == stopped["mounts"]
+            fork = c.post(
+                f"/api/sandboxes/{finished}/fork",
+                params={"wait": "true"},
+                json={"checkpoint": stopped["checkpoint"], "name": "child"},
+            )
+            assert fork.status_code == 202 and fork.json()["data"]["status"] == "running", fork.text
+            child = fork.json()["data"]["sandbox_id"]
+            assert _run(c, child, "cat /root/done")[0] == "done\n"
+            c.post(f"/api/sandboxes/{child}/stop")
+            assert c.delete(f"/api/sandboxes/{child}").status_code == 204
+
+            was_running = c.get(f"/api/sandboxes/{running}").json()["data"]
+            assert was_running["status"] == "stopped" and was_running["checkpoint"]
+            assert was_running["exit_reason"] == "the local control plane shut down"
+            assert was_running["finished_at"]
+            restarted = c.post(f"/api/sandboxes/{running}/start", params={"wait": "true"})
+            assert restarted.json()["data"]["status"] == "running", restarted.text
+            assert _run(c, running, "cat /root/x; pgrep -x sleep || echo gone")[0] == "x\ngone\n"
+
+            replay = c.post("/api/sandboxes", params={"wait": "true"}, json=body, headers=idem)
+            assert replay.json()["data"]["sandbox_id"] == finished
+            assert replay.headers["idempotent-replayed"] == "true"
+            assert replay.content == created.content
+            listed = c.get("/api/sandboxes").json()["data"]["sandboxes"]
+            assert [s["sandbox_id"] for s in listed] == [finished, running]
+        finally:
+            _destroy_all(c)
     with _client(second.base_url, token) as c:
         assert c.get("/api/disks").status_code == 200
 
@@ -117,49 +206,62 @@ def cli_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
         proc.wait(10)
 
 
-def _container_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
+def _sandbox_cgroups(sid: str) -> list[str]:
+    return sorted(glob.glob(f"/sys/fs/cgroup/**/archil/{sid}.*", recursive=True))
+
+
+def _cgroup_pids_of(paths: list[str]) -> set[int]:
+    pids: set[int] = set()
+    for path in paths:
+        for dirpath, _, files in os.walk(path):
+            for name in {"cgroup.procs", "tasks"} & set(files):
+                with open(os.path.join(dirpath, name)) as f:
+                    pids |= {int(x) for x in f.read().split()}
     return pids
 
 
-def test_a_crash_fails_running_containers_and_kills_them(
+def test_a_crash_stops_running_sandboxes_and_kills_them(
     cli_server: dict[str, Any], make_server: Callable[..., LocalServer]
 ) -> None:
     with _client(cli_server["url"], cli_server["key"]) as c:
         disk = c.post("/api/disks", json={"name": "d"}).json()["data"]["diskId"]
-        cid = c.post(
-            "/api/containers", json={"archilMount": {"diskId": disk}, "command": "sleep 600"}
-        ).json()["data"]["containerId"]
-        _wait_running(c, cid)
-    assert _container_pids(cid)
+        sid = _create(c, mounts=[{"disk_id": disk}]).json()["data"]["sandbox_id"]
+        assert _run(c, sid, "echo x > /root/x")[1]["exit_code"] == 0
+        _spawn(c, sid, "sleep 600")
+    pids = _sandbox_pids(sid)
+    assert any("sleep 600" in cmd for cmd in _cmdlines(pids)), _cmdlines(pids)
+    cgroups = _sandbox_cgroups(sid)
+    detected = Cgroups.detect()
+    assert bool(cgroups) == (detected.memory_limit or detected.freezer), detected.reason
+    assert set(pids) <= _cgroup_pids_of(cgroups) or not cgroups
     cli_server["proc"].send_signal(signal.SIGKILL)
     cli_server["proc"].wait(10)
     deadline = time.monotonic() + 10
-    while _container_pids(cid) and time.monotonic() < deadline:
+    while (_sandbox_pids(sid) or _cgroup_pids_of(cgroups)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _container_pids(cid) == [], "a container outlived the server process"
+    assert _sandbox_pids(sid) == [], "a sandbox outlived the server process"
+    assert _cgroup_pids_of(cgroups) == set(), "a process is left in the sandbox's cgroups"
+    assert all(os.path.isdir(cg) for cg in cgroups)
+    stale = time.time() - 120
+    for cg in cgroups:
+        os.utime(cg, (stale, stale))
 
     server = make_server(cli_server["data"])
     assert server.api_key == cli_server["key"]
-    with _client(server.base_url, server.api_key) as c:
-        record = c.get(f"/api/containers/{cid}").json()["data"]
-    assert record["status"] == "failed"
-    assert "stopped while the container was running" in record["failureReason"]
-    assert record["finishedAt"]
-    # The killed server could not remove the container's (now empty) cgroup.
     assert server.app is not None
-    base = server.app.plane.runtime.capabilities.get("cgroup_path")
-    if isinstance(base, str) and os.path.isdir(os.path.join(base, cid)):
-        os.rmdir(os.path.join(base, cid))
+    assert server.app.plane.runtime.capabilities["cgroup"] == detected.version
+    assert [cg for cg in cgroups if os.path.exists(cg)] == []
+    with _client(server.base_url, server.api_key) as c:
+        try:
+            record = c.get(f"/api/sandboxes/{sid}").json()["data"]
+            assert record["status"] == "stopped"
+            assert record["exit_reason"] == "the local control plane restarted"
+            assert record["finished_at"] and record["checkpoint"]
+            r = c.post(f"/api/sandboxes/{sid}/start", params={"wait": "true"})
+            assert r.json()["data"]["status"] == "running", r.text
+            assert _run(c, sid, "cat /root/x")[0] == "x\n"
+        finally:
+            _destroy_all(c)
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
