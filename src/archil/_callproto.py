@@ -82,8 +82,10 @@ def _write(out):
     os.replace(path + ".tmp", path)
 
 try:
-    with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
+    source = os.path.join(call_dir, "input.pkl")
+    with open(source, "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
+    os.remove(source)
     value = fn(*args, **kwargs)
     out = {"ok": True, "value": value}
 except BaseException as exc:

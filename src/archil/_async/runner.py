@@ -135,13 +135,11 @@ class AsyncCallRunner:
         return await sandbox.stop(wait=True)
 
     async def _discard(self, sandbox: AsyncSandbox) -> None:
-        """Stop and delete a sandbox, tolerating one that is already gone."""
-        quick = self._client.with_options(max_retries=1, timeout=30)
+        """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
         try:
-            handle = await quick.sandboxes.get(sandbox.id)
-            if handle.status not in ("stopped", "exited", "failed"):
-                handle = await handle.stop(wait=True)
-            await handle.delete()
+            if sandbox.status not in ("stopped", "exited", "failed"):
+                await sandbox.stop(wait=True, max_retries=2, timeout=30)
+            await sandbox.delete(max_retries=2, timeout=30)
         except NotFoundError:
             pass
         except ArchilError as exc:
@@ -236,15 +234,17 @@ class AsyncCallRunner:
         finally:
             if sandbox is not None:
                 await self._discard(sandbox)
-            await self._remove_call_files(disk, paths)
+            await self._remove_call_files(disk, paths, ran=sandbox is not None)
 
     def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
         if not spec.stream_logs:
             return None
         return self._printer or LogPrinter()
 
-    async def _remove_call_files(self, disk_id: str, paths: CallPaths) -> None:
-        for key in (paths.input_key, paths.output_key):
+    async def _remove_call_files(self, disk_id: str, paths: CallPaths, *, ran: bool) -> None:
+        """The call's files: the bootstrap removes its input once read, the caller the rest."""
+        keys = (paths.output_key,) if ran else (paths.input_key,)
+        for key in keys:
             try:
                 await self._client.objects.delete(disk_id, key)
             except NotFoundError:

@@ -135,13 +135,11 @@ class CallRunner:
         return sandbox.stop(wait=True)
 
     def _discard(self, sandbox: Sandbox) -> None:
-        """Stop and delete a sandbox, tolerating one that is already gone."""
-        quick = self._client.with_options(max_retries=1, timeout=30)
+        """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
         try:
-            handle = quick.sandboxes.get(sandbox.id)
-            if handle.status not in ("stopped", "exited", "failed"):
-                handle = handle.stop(wait=True)
-            handle.delete()
+            if sandbox.status not in ("stopped", "exited", "failed"):
+                sandbox.stop(wait=True, max_retries=2, timeout=30)
+            sandbox.delete(max_retries=2, timeout=30)
         except NotFoundError:
             pass
         except ArchilError as exc:
@@ -236,15 +234,17 @@ class CallRunner:
         finally:
             if sandbox is not None:
                 self._discard(sandbox)
-            self._remove_call_files(disk, paths)
+            self._remove_call_files(disk, paths, ran=sandbox is not None)
 
     def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
         if not spec.stream_logs:
             return None
         return self._printer or LogPrinter()
 
-    def _remove_call_files(self, disk_id: str, paths: CallPaths) -> None:
-        for key in (paths.input_key, paths.output_key):
+    def _remove_call_files(self, disk_id: str, paths: CallPaths, *, ran: bool) -> None:
+        """The call's files: the bootstrap removes its input once read, the caller the rest."""
+        keys = (paths.output_key,) if ran else (paths.input_key,)
+        for key in keys:
             try:
                 self._client.objects.delete(disk_id, key)
             except NotFoundError:

@@ -12,8 +12,11 @@ Layout under ``root``::
     sessions/<sandbox id>.<8 hex>/upper    this session's writes
     sessions/<sandbox id>.<8 hex>/work     overlayfs scratch space
     layers/ckpt-<16 hex>/                  committed layers (never modified again)
+    trash/                                 what is being deleted
 
-Everything is on one filesystem, so :meth:`LayerStore.commit` is a ``rename``. Which
+Everything is on one filesystem, so :meth:`LayerStore.commit` is a ``rename``, and so
+is a removal: the directory is renamed into ``trash/`` at once and deleted by a
+background thread (deleting files can be slow, and nobody waits for it). Which
 sandbox uses which layer is the caller's business (it keeps that in its database).
 """
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -50,8 +55,15 @@ class LayerStore:
         self.root = Path(root)
         self._sessions = self.root / "sessions"
         self._layers = self.root / "layers"
-        self._sessions.mkdir(parents=True, exist_ok=True)
-        self._layers.mkdir(parents=True, exist_ok=True)
+        self._trash = self.root / "trash"
+        for d in (self._sessions, self._layers, self._trash):
+            d.mkdir(parents=True, exist_ok=True)
+        self._doomed: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._emptied = threading.Condition()
+        self._pending = 0
+        self._collector: threading.Thread | None = None
+        for leftover in self._trash.iterdir():
+            self._discard(leftover)
 
     def new_session(self, sandbox_id: str) -> RootSpec:
         """Fresh, empty ``upper`` and ``work`` directories for one boot of ``sandbox_id``.
@@ -146,19 +158,47 @@ class LayerStore:
         return sorted(p.name for p in self._layers.iterdir() if _LAYER_RE.match(p.name))
 
     def _rmtree(self, path: Path) -> None:
+        """Move ``path`` into the trash at once; a background thread deletes it."""
         if not path.exists():
             return
-        # Rename first so that a half-deleted directory is never mistaken for a layer.
-        doomed = path.with_name(f".del-{path.name}-{uuid.uuid4().hex[:6]}")
+        doomed = self._trash / f"{path.name}-{uuid.uuid4().hex[:6]}"
         try:
             os.rename(path, doomed)
         except FileNotFoundError:
             return
-        for dirpath, dirnames, _ in os.walk(doomed):
-            for d in dirnames:
-                # overlayfs leaves its work/work directory with mode 000.
-                p = os.path.join(dirpath, d)
-                if not os.path.islink(p):
-                    with contextlib.suppress(OSError):
-                        os.chmod(p, 0o700)
-        shutil.rmtree(doomed, ignore_errors=True)
+        self._discard(doomed)
+
+    def _discard(self, doomed: Path) -> None:
+        with self._emptied:
+            self._pending += 1
+            if self._collector is None or not self._collector.is_alive():
+                self._collector = threading.Thread(
+                    target=self._collect, name="archil-layer-trash", daemon=True
+                )
+                self._collector.start()
+        self._doomed.put(doomed)
+
+    def _collect(self) -> None:
+        while True:
+            doomed = self._doomed.get()
+            _delete_tree(doomed)
+            with self._emptied:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._emptied.notify_all()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything removed so far is deleted from the disk; False on timeout."""
+        with self._emptied:
+            return self._emptied.wait_for(lambda: self._pending == 0, timeout)
+
+
+def _delete_tree(path: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            # overlayfs leaves its work/work directory with mode 000.
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                with contextlib.suppress(OSError):
+                    os.chmod(p, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
