@@ -17,6 +17,7 @@ from archil._async.client import AsyncArchil
 from archil._async.resources.sandboxes import AsyncSandbox
 from archil._errors import (
     APITimeoutError,
+    ArchilError,
     ConflictError,
     ImageBuildError,
     NotFoundError,
@@ -713,3 +714,19 @@ async def test_get_an_image(client: AsyncArchil, router: respx.MockRouter) -> No
     router.get(f"/api/images/{IMG}").mock(return_value=ok(image_json("ready")))
     image = await client.images.get(IMG)
     assert isinstance(image, SandboxImage) and image.status == "ready"
+
+
+async def test_kernel_variant_the_server_ignores_is_a_clear_error(
+    client: AsyncArchil, router: respx.MockRouter
+) -> None:
+    router.post("/api/sandboxes").mock(return_value=ok(sandbox_json(), 202))
+    stop = router.post(f"/api/sandboxes/{SID}/stop").mock(return_value=ok(sandbox_json("stopped")))
+    delete = router.delete(f"/api/sandboxes/{SID}").mock(return_value=httpx.Response(204))
+    with pytest.raises(ArchilError, match="kernel_variant='extended' is an archil extension"):
+        await client.sandboxes.create(kernel_variant="extended")
+    assert stop.call_count == 1 and delete.call_count == 1
+    router.post("/api/sandboxes").mock(
+        return_value=ok(sandbox_json(kernel_variant="extended"), 202)
+    )
+    sandbox = await client.sandboxes.create(kernel_variant="extended")
+    assert sandbox.data.kernel_variant == "extended"

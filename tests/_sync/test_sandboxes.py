@@ -17,6 +17,7 @@ import respx
 
 from archil._errors import (
     APITimeoutError,
+    ArchilError,
     ConflictError,
     ImageBuildError,
     NotFoundError,
@@ -703,3 +704,19 @@ def test_get_an_image(client: Archil, router: respx.MockRouter) -> None:
     router.get(f"/api/images/{IMG}").mock(return_value=ok(image_json("ready")))
     image = client.images.get(IMG)
     assert isinstance(image, SandboxImage) and image.status == "ready"
+
+
+def test_kernel_variant_the_server_ignores_is_a_clear_error(
+    client: Archil, router: respx.MockRouter
+) -> None:
+    router.post("/api/sandboxes").mock(return_value=ok(sandbox_json(), 202))
+    stop = router.post(f"/api/sandboxes/{SID}/stop").mock(return_value=ok(sandbox_json("stopped")))
+    delete = router.delete(f"/api/sandboxes/{SID}").mock(return_value=httpx.Response(204))
+    with pytest.raises(ArchilError, match="kernel_variant='extended' is an archil extension"):
+        client.sandboxes.create(kernel_variant="extended")
+    assert stop.call_count == 1 and delete.call_count == 1
+    router.post("/api/sandboxes").mock(
+        return_value=ok(sandbox_json(kernel_variant="extended"), 202)
+    )
+    sandbox = client.sandboxes.create(kernel_variant="extended")
+    assert sandbox.data.kernel_variant == "extended"

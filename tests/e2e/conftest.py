@@ -8,10 +8,19 @@ import pytest
 from archil.local.embedded import LocalServer
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    data = tmp_path_factory.mktemp("archil-e2e")
-    srv = LocalServer(Path(data), auto_create_disks=True)
+@pytest.fixture(scope="session", params=["extensions", "real-api-only"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    """A local control plane, once with archil's extensions and once in real-API-only mode.
+
+    The SDK's compute path must need nothing that the live control plane lacks, so every
+    end-to-end test runs against both.
+    """
+    data = tmp_path_factory.mktemp(f"archil-e2e-{request.param}")
+    srv = LocalServer(
+        Path(data), auto_create_disks=True, real_api_only=request.param == "real-api-only"
+    )
     srv.start()
     try:
         yield srv

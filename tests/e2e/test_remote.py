@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import archil
+from archil.local.embedded import LocalServer
 
 
 def new_app(conn: dict[str, str]) -> archil.App:
@@ -175,3 +176,20 @@ def test_unpicklable_result_and_failed_build_give_clear_errors(conn: dict[str, s
     assert "no-such-package-xyz" in str(info.value)
     assert info.value.image_id is not None
     assert app.client().sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_kernel_variant_extended_works_where_offered_and_fails_clearly_elsewhere(
+    conn: dict[str, str], server: LocalServer
+) -> None:
+    app = new_app(conn)
+
+    @app.function(kernel_variant="extended", stream_logs=False)
+    def gpu() -> str:
+        return "ran"
+
+    if server.settings.real_api_only:
+        with pytest.raises(archil.BadRequestError, match="kernel_variant"):
+            gpu.remote()
+        assert app.client().sandboxes.list(disk_id=app.disk_id) == []
+    else:
+        assert gpu.remote() == "ran"

@@ -26,6 +26,7 @@ from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
     APIStatusError,
+    ArchilError,
     ConflictError,
     ProcessError,
     SandboxError,
@@ -245,6 +246,15 @@ class AsyncSandboxes:
             wait=wait,
             **options,
         )
+        if request.kernel_variant is not None and sandbox.data.kernel_variant != (
+            request.kernel_variant
+        ):
+            await _discard_quietly(sandbox)
+            raise ArchilError(
+                f"kernel_variant={request.kernel_variant!r} is an archil extension that this "
+                "control plane does not offer (the sandbox API has no kernel variants); "
+                "the sandbox it made was deleted"
+            )
         if wait:
             await sandbox._wait_started()
         return sandbox
@@ -269,6 +279,15 @@ class AsyncSandboxes:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         return await _find(self._transport, name, **options)
+
+
+async def _discard_quietly(sandbox: AsyncSandbox) -> None:
+    """Stop and delete a sandbox this call should not have made (best effort)."""
+    try:
+        await sandbox.stop(wait=True)
+        await sandbox.delete()
+    except ArchilError as exc:
+        logger.warning("could not delete sandbox %s: %s", sandbox.id, _describe(exc))
 
 
 async def _list(

@@ -28,6 +28,7 @@ from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
     APIStatusError,
+    ArchilError,
     ConflictError,
     ProcessError,
     SandboxError,
@@ -247,6 +248,15 @@ class Sandboxes:
             wait=wait,
             **options,
         )
+        if request.kernel_variant is not None and sandbox.data.kernel_variant != (
+            request.kernel_variant
+        ):
+            _discard_quietly(sandbox)
+            raise ArchilError(
+                f"kernel_variant={request.kernel_variant!r} is an archil extension that this "
+                "control plane does not offer (the sandbox API has no kernel variants); "
+                "the sandbox it made was deleted"
+            )
         if wait:
             sandbox._wait_started()
         return sandbox
@@ -271,6 +281,15 @@ class Sandboxes:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         return _find(self._transport, name, **options)
+
+
+def _discard_quietly(sandbox: Sandbox) -> None:
+    """Stop and delete a sandbox this call should not have made (best effort)."""
+    try:
+        sandbox.stop(wait=True)
+        sandbox.delete()
+    except ArchilError as exc:
+        logger.warning("could not delete sandbox %s: %s", sandbox.id, _describe(exc))
 
 
 def _list(
