@@ -138,8 +138,8 @@ class AsyncCallRunner:
         """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
         try:
             if sandbox.status not in ("stopped", "exited", "failed"):
-                await sandbox.stop(wait=True, max_retries=2, timeout=30)
-            await sandbox.delete(max_retries=2, timeout=30)
+                await sandbox.stop(wait=True)
+            await sandbox.delete()
         except NotFoundError:
             pass
         except ArchilError as exc:

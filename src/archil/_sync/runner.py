@@ -138,8 +138,8 @@ class CallRunner:
         """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
         try:
             if sandbox.status not in ("stopped", "exited", "failed"):
-                sandbox.stop(wait=True, max_retries=2, timeout=30)
-            sandbox.delete(max_retries=2, timeout=30)
+                sandbox.stop(wait=True)
+            sandbox.delete()
         except NotFoundError:
             pass
         except ArchilError as exc:
