@@ -431,3 +431,32 @@ def test_transient_failures_are_documented(
             contract.check(r, check_request=False)
     contract_server.set_chaos(0.0)
     assert statuses == {429, 503}
+
+
+def test_real_api_only_mode_serves_no_extension(
+    spec_dict: dict[str, Any], make_server: Callable[..., LocalServer]
+) -> None:
+    server = make_server(real_api_only=True)
+    extensions = [
+        (method, path)
+        for path, ops in spec_dict["paths"].items()
+        for method, op in ops.items()
+        if method in METHODS and op.get("x-archil-extension") is True and path != "/healthz"
+    ]
+    assert ("get", "/api/disks/{id}/directory") in extensions
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": server.api_key}, trust_env=False
+    ) as c:
+        disk = c.post("/api/disks", json={"name": "real"}).json()["data"]["diskId"]
+        for method, path in extensions:
+            url = re.sub(r"\{[^}]+\}", lambda m: disk if m.group(0) == "{id}" else "x", path)
+            r = c.request(method.upper(), url)
+            assert r.status_code in (404, 405), (method, path, r.status_code)
+        r = c.post("/api/sandboxes", json={"kernel_variant": "extended"})
+        assert r.status_code == 400 and "kernel_variant" in r.json()["error"]
+        key = {"Idempotency-Key": "replayed-elsewhere"}
+        first = c.post("/api/tokens", json={"name": "a"}, headers=key).json()["data"]["id"]
+        second = c.post("/api/tokens", json={"name": "a"}, headers=key).json()["data"]["id"]
+        assert first != second, "real-API-only mode must not replay Idempotency-Key"
+        image = c.post("/api/images", json={"source": "alpine:3.20"}).json()["data"]
+        assert image["status"] == "failed" and "failure_message" not in image
