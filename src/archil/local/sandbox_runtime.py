@@ -40,12 +40,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import posixpath
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -477,7 +479,8 @@ class RunningProcess:
         self._delivered = False
         self._cancelled = False
         self._timed_out = False
-        self._timers: list[threading.Timer] = []
+        self._timers: list[_proc.Timer] = []
+        self._loop: _proc.EventLoop | None = None
         self._oom_base = 0
         self._spawned = threading.Event()
         self._spawn_error: str | None = None
@@ -509,7 +512,11 @@ class RunningProcess:
         try:
             view = memoryview(data)
             while view:
-                n = os.write(fd, view)
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:  # a terminal's master is non-blocking
+                    select.select([], [fd], [], 1.0)
+                    continue
                 view = view[n:]
         finally:
             self._stdin.release()  # type: ignore[union-attr]
@@ -538,37 +545,37 @@ class RunningProcess:
         """Take the server ends: ``stdin`` (a pipe, or the pty master) and the outputs."""
         self._stdin = _proc.SharedFd(stdin)
         self._streams = len(outputs)
+        self._loop = loop = self._env._runtime._io()
         for fd, stream in outputs:
-            name = f"archil-out{stream}-{self._env.sandbox_id[:20]}-{self.id}"
-            threading.Thread(target=self._pump, args=(fd, stream), name=name, daemon=True).start()
+            os.set_blocking(fd, False)
+            if self.spec.terminal:
+                self._stdin.acquire()  # the pty master is read here until its end
+            loop.add_reader(fd, functools.partial(self._on_readable, fd, stream))
 
-    def _pump(self, fd: int, stream: int) -> None:
-        shared = self._stdin if self.spec.terminal else None
-        if shared is not None and shared.acquire() is None:
-            shared = None
+    def _on_readable(self, fd: int, stream: int) -> None:
+        """On the event loop: pass what ``fd`` has on, or close it at its end."""
         try:
-            while True:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # EIO: a terminal whose every slave end is closed
+        if data:
+            if not self._delivered:
                 try:
-                    data = os.read(fd, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break  # EIO: a terminal whose every slave end is closed
-                if not data:
-                    break
-                if not self._delivered:
-                    try:
-                        self._on_output(stream, data)
-                    except Exception:
-                        logger.exception("on_output of process %s failed", self.id)
-        finally:
-            if shared is not None:
-                shared.release()
-            elif not self.spec.terminal:
-                os.close(fd)
-            with self._lock:
-                self._streams -= 1
-            self._maybe_finish()
+                    self._on_output(stream, data)
+                except Exception:
+                    logger.exception("on_output of process %s failed", self.id)
+            return
+        assert self._loop is not None and self._stdin is not None
+        self._loop.remove_reader(fd)
+        if self.spec.terminal:
+            self._stdin.release()
+        else:
+            os.close(fd)
+        with self._lock:
+            self._streams -= 1
+        self._maybe_finish()
 
     def _abandon(self) -> None:
         """The process did not start: let go of its descriptors, never call ``on_exit``."""
@@ -585,10 +592,8 @@ class RunningProcess:
         self._timer(float(t), self._on_timeout)
 
     def _timer(self, delay: float, fn: Callable[[], None]) -> None:
-        timer = threading.Timer(delay, fn)
-        timer.daemon = True
-        self._timers.append(timer)
-        timer.start()
+        assert self._loop is not None
+        self._timers.append(self._loop.call_later(delay, fn))
 
     def _on_timeout(self) -> None:
         with self._lock:
@@ -635,9 +640,8 @@ class RunningProcess:
             self._exit = info
         for t in self._timers:
             t.cancel()
-        grace = threading.Timer(_DRAIN_GRACE, self._deliver)
-        grace.daemon = True
-        grace.start()
+        if self._loop is not None:
+            self._loop.call_later(_DRAIN_GRACE, self._deliver)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -726,6 +730,7 @@ class Environment:
         self._ns_link: str | None = None
         self._ready = False
         self._boot_sent = False
+        self._send_failed = False
         self._setup_failed = False
         self._booted = False
         self._boot_error: str | None = None
@@ -828,7 +833,7 @@ class Environment:
             _send(self._sock, self._send_lock, {"type": "shutdown", "grace": grace}, [])
         except (OSError, ValueError):
             self._hard_kill()
-        if threading.current_thread() is self._reader:
+        if self._on_own_thread():
             threading.Thread(target=self._enforce_stop, args=(grace,), daemon=True).start()
             return
         self._enforce_stop(grace)
@@ -840,8 +845,12 @@ class Environment:
                 return
             self._stopping = True
         self._hard_kill()
-        if threading.current_thread() is not self._reader:
+        if not self._on_own_thread():
             self._wait_finished(self._runtime.stop_grace)
+
+    def _on_own_thread(self) -> bool:
+        """True in one of this sandbox's callbacks (where waiting for its end would hang)."""
+        return threading.current_thread() is self._reader or self._runtime._on_runtime_thread()
 
     # -- internals used by RunningProcess
 
@@ -898,6 +907,7 @@ class Environment:
             _send(self._sock, self._send_lock, {"type": "boot", "config": config}, fds)
         except (OSError, ValueError) as e:
             self._boot_error = f"the prepared sandbox is gone: {e}"
+            self._send_failed = True
             self._boot_event.set()
 
     def _discard(self) -> None:
@@ -921,10 +931,11 @@ class Environment:
                 error = self._end_reason() or "the sandbox ended while booting"
             else:
                 error = f"the sandbox did not start within {timeout:g} s"
-        gone = self._ended.is_set() and not self._setup_failed
+        gone = (self._ended.is_set() or self._send_failed) and not self._setup_failed
         self._stopping = True
         self._hard_kill()
         self._wait_finished(5.0)
+        self._res.release()  # also when the sandbox ended before it was handed them
         raise (_PreparedGone if gone else BootError)(error)
 
     def _read_loop(self) -> None:
@@ -1265,6 +1276,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._envs: dict[str, Environment] = {}
         self._prepared: Environment | None = None
+        self._loop: _proc.EventLoop | None = None
         self._closed = False
 
     # -- capabilities
@@ -1380,17 +1392,14 @@ class Runtime:
         cg: bool,
     ) -> Environment:
         validate_sandbox_spec(spec)
-        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
         plan = []
         if namespace:
             plan = mount_plan(spec, ensure_skeleton(self._root), self._root, userns=userns)
         try:
-            env = self._boot_once(spec, on_end, token, plan, (namespace, userns, cg), prepared=True)
+            env = self._boot_once(spec, on_end, plan, (namespace, userns, cg), prepared=True)
         except _PreparedGone:
             # The sandbox prepared ahead died (say, with its zygote): once more, from scratch.
-            env = self._boot_once(
-                spec, on_end, token, plan, (namespace, userns, cg), prepared=False
-            )
+            env = self._boot_once(spec, on_end, plan, (namespace, userns, cg), prepared=False)
         self._prepare_next(namespace, userns)
         return env
 
@@ -1398,7 +1407,6 @@ class Runtime:
         self,
         spec: SandboxSpec,
         on_end: Callable[[str | None], None],
-        token: str,
         plan: list[dict[str, Any]],
         kind: tuple[bool, bool, bool],
         *,
@@ -1406,6 +1414,7 @@ class Runtime:
     ) -> Environment:
         """One attempt: ``kind`` is (namespace, user namespace, cgroups)."""
         namespace, userns, cg = kind
+        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
         env = self._take_prepared(namespace, userns, fresh=not prepared)
         res = _Resources(self, self._cpus.take(spec.vcpu_count), None)
         fds: list[int] = []
@@ -1507,6 +1516,18 @@ class Runtime:
         }
         return config, fds
 
+    def _io(self) -> _proc.EventLoop:
+        """The thread that pumps every process's output and runs their timers."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = _proc.EventLoop("archil-io")
+            return self._loop
+
+    def _on_runtime_thread(self) -> bool:
+        """True on a thread that must not wait for a sandbox to end (it may be needed)."""
+        loop = self._loop
+        return loop is not None and loop.in_loop
+
     def _get_zygote(self) -> _Zygote:
         """The zygote, (re)started when there is none or it died."""
         with self._zygote_lock:
@@ -1565,6 +1586,10 @@ class Runtime:
             if self._zygote is not None:
                 self._zygote.close()
                 self._zygote = None
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
         self._cgroups.close()
 
 
