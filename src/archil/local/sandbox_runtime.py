@@ -32,7 +32,24 @@ mounts, and ``ARCHIL_PROCESS_TOKEN`` (how a process's tree is found when it is
 signalled).
 
 Kills are scoped: to the sandbox's PID namespace (held open by a descriptor), its cgroups,
-its marker, and to its helper and init through pidfds; nothing else is ever signalled.
+its marker, and to its helper and init through pidfds; nothing else is ever signalled. In
+namespace mode the death of the server takes every sandbox with it (``PDEATHSIG`` from the
+zygote down to PID 1); in process mode only each process the agent started directly.
+
+Speed
+-----
+The zygote is started once; after each boot the runtime has it prepare the next sandbox
+(helper forked, namespaces made, agent waiting), so a boot only sends the configuration:
+cgroups, CPUs, mounts, ``pivot_root``. A prepared sandbox that died is replaced, once,
+without the caller noticing.
+
+Threads
+-------
+Each sandbox has a thread that reads its agent's messages (exits, spawn results, its
+end); one thread per runtime pumps every process's output and runs the timeouts.
+``on_output`` and ``on_exit`` come from those threads, ``on_end`` from the sandbox's
+own; they must return quickly. ``stop()`` and ``kill()`` called from one of them start
+the stop and return at once.
 """
 
 from __future__ import annotations
@@ -711,6 +728,7 @@ class Environment:
         self.init_pid = 0
         """The host pid of the sandbox's PID 1 (its agent)."""
         self.token = ""
+        self._helper_id = uuid.uuid4().hex
         self._userns = userns
         self._runtime = runtime
         self._res = _Resources(runtime, [], None)
@@ -876,11 +894,12 @@ class Environment:
     def _prepare(self, zygote: _Zygote) -> None:
         """Have the zygote fork this sandbox's helper; its agent then waits for ``boot``."""
         self._zygote = zygote
+        self._runtime._track_helper(self)
         self._reader = threading.Thread(target=self._read_loop, name="archil-sbx", daemon=True)
         self._reader.start()
         config = {"namespace": self.isolation == "namespace", "userns": self._userns}
         try:
-            zygote.create(uuid.uuid4().hex, config, [self._agent_end.fileno()])
+            zygote.create(self._helper_id, config, [self._agent_end.fileno()])
         except (OSError, ValueError) as e:
             self._discard()
             raise BootError(f"cannot reach the sandbox zygote: {e}") from e
@@ -1276,6 +1295,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._envs: dict[str, Environment] = {}
         self._prepared: Environment | None = None
+        self._helpers: dict[str, Environment] = {}
         self._loop: _proc.EventLoop | None = None
         self._closed = False
 
@@ -1541,9 +1561,14 @@ class Runtime:
             self._zygote = _Zygote(self._spawner, self._root / "zygote.log", self._helper_ended)
             return self._zygote
 
-    def _helper_ended(self, token: str, code: int | None, sig: int | None) -> None:
+    def _track_helper(self, env: Environment) -> None:
         with self._lock:
-            env = self._envs.get(token)
+            self._helpers[env._helper_id] = env
+
+    def _helper_ended(self, helper_id: str, code: int | None, sig: int | None) -> None:
+        """The zygote reaped a helper (what it says counts when the helper said nothing)."""
+        with self._lock:
+            env = self._helpers.get(helper_id)
         if env is not None and env._init_status is None:
             env._init_status = (code, sig)
             env._helper_ended.set()
@@ -1552,6 +1577,8 @@ class Runtime:
         with self._lock:
             if self._envs.get(env.token) is env:
                 del self._envs[env.token]
+            if self._helpers.get(env._helper_id) is env:
+                del self._helpers[env._helper_id]
 
     @property
     def zygote_pid(self) -> int | None:
