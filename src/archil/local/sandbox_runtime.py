@@ -749,6 +749,7 @@ class Environment:
         self._ready = False
         self._boot_sent = False
         self._send_failed = False
+        self._init_lost = False
         self._setup_failed = False
         self._booted = False
         self._boot_error: str | None = None
@@ -950,7 +951,8 @@ class Environment:
                 error = self._end_reason() or "the sandbox ended while booting"
             else:
                 error = f"the sandbox did not start within {timeout:g} s"
-        gone = (self._ended.is_set() or self._send_failed) and not self._setup_failed
+        lost = self._ended.is_set() or self._send_failed or self._init_lost
+        gone = lost and not self._setup_failed
         self._stopping = True
         self._hard_kill()
         self._wait_finished(5.0)
@@ -1010,6 +1012,7 @@ class Environment:
             self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
         if self._init_fd is None:
             self._boot_error = "the sandbox's init exited at once"
+            self._init_lost = True
             self._boot_event.set()
             return
         if self.isolation == "namespace":
