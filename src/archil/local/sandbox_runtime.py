@@ -1083,7 +1083,7 @@ class Environment:
             self._ended.set()
             booted = self._booted
         self._boot_event.set()
-        self._hard_kill()
+        self._hard_kill(scan=False)
         _proc.sweep(self._leftovers, quiet_scans=1 if self._ns_link else 2)
         reason = self._end_reason()
         with self._lock:
@@ -1127,8 +1127,8 @@ class Environment:
             pids.discard(self._zygote.pid)
         return pids
 
-    def _hard_kill(self) -> None:
-        """SIGKILL the agent and its helper (by pidfd) and whatever else is left."""
+    def _hard_kill(self, *, scan: bool = True) -> None:
+        """SIGKILL the agent and its helper (by pidfd) and (``scan``) whatever else is left."""
         if self.isolation == "process" and not self._ended.is_set():
             with contextlib.suppress(OSError, ValueError):
                 _send(self._sock, self._send_lock, {"type": "signal_all", "signal": 9}, [])
@@ -1136,7 +1136,8 @@ class Environment:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
-        _proc.kill_pids(self._leftovers(), signal.SIGKILL)
+        if scan:
+            _proc.kill_pids(self._leftovers(), signal.SIGKILL)
         self._unfreeze_for_stop()
 
     def _unfreeze_for_stop(self) -> None:
