@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from archil.local.layers import LayerStore
-from archil.local.sandbox_runtime import Environment, Runtime
+from archil.local.runtime import Environment, Runtime
 from archil.local.spec import ExitInfo, ImageEnv, MountSpec, ProcessSpec, SandboxSpec
 
 

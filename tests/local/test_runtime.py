@@ -673,10 +673,11 @@ def _check_freeze(h: Harness, env: Environment) -> None:
 # -- failures -------------------------------------------------------------------------------
 
 
-def test_agent_crash_ends_the_sandbox(h: Harness) -> None:
+@pytest.mark.parametrize("victim", ["agent", "helper"])
+def test_agent_crash_ends_the_sandbox(h: Harness, victim: str) -> None:
     env = h.boot()
     p = h.start(env, "sleep 1000")
-    os.kill(env.init_pid, signal.SIGKILL)
+    os.kill(env.init_pid if victim == "agent" else ppid_of(env.init_pid), signal.SIGKILL)
     assert wait_for(lambda: bool(h.ends[env.sandbox_id]))
     assert h.ends[env.sandbox_id] == ["the sandbox's init was killed by signal SIGKILL"]
     info = p.wait()

@@ -570,7 +570,9 @@ class Agent:
                     self.finish()
 
     def finish(self) -> NoReturn:
-        """Kill what is left and exit (as PID 1, the kernel kills the rest of the namespace)."""
+        """Report the exits there are, kill what is left and exit (as PID 1, the kernel kills
+        the rest of the namespace)."""
+        self._reap()
         if not self.namespace:
             self._signal_set(self._mine, signal.SIGKILL)
             self._reap()

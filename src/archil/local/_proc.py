@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
+import logging
 import os
 import select
+import selectors
 import signal
 import threading
 import time
@@ -12,7 +15,9 @@ from collections.abc import Callable, Iterable
 
 __all__ = [
     "CpuPool",
+    "EventLoop",
     "SharedFd",
+    "Timer",
     "alive",
     "kill_pids",
     "pidfd_alive",
@@ -221,3 +226,135 @@ def pidfd_alive(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return not poller.poll(0)
+
+
+class Timer:
+    """A call scheduled on an :class:`EventLoop` (see :meth:`EventLoop.call_later`)."""
+
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not run it (a no-op once it has run)."""
+        self.cancelled = True
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
+
+class EventLoop:
+    """One thread that reads descriptors as they become readable and runs timers.
+
+    Callbacks run on that thread, one at a time, and must return quickly. Use
+    :meth:`add_reader`, :meth:`remove_reader` and :meth:`call_later` from any thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lock = threading.Lock()
+        self._commands: list[Callable[[], None]] = []
+        self._timers: list[Timer] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def in_loop(self) -> bool:
+        """True on the loop's own thread."""
+        return threading.current_thread() is self._thread
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (or at its end)."""
+
+        def register() -> None:
+            self._selector.register(fd, selectors.EVENT_READ, callback)
+
+        self._command(register)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd`` (before closing it)."""
+        if self.in_loop:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+            return
+        done = threading.Event()
+
+        def remove() -> None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+            done.set()
+
+        self._command(remove)
+        done.wait(5.0)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn()`` on the loop in ``delay`` seconds."""
+        timer = Timer(time.monotonic() + delay, fn)
+        with self._lock:
+            heapq.heappush(self._timers, timer)
+        self._wake()
+        return timer
+
+    def close(self) -> None:
+        """Stop the loop (descriptors still registered are left to their owners)."""
+        with self._lock:
+            self._closed = True
+        self._wake()
+        if not self.in_loop:
+            self._thread.join(5.0)
+
+    def _command(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._commands.append(fn)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def _next_timeout(self) -> float | None:
+        with self._lock:
+            while self._timers and self._timers[0].cancelled:
+                heapq.heappop(self._timers)
+            if not self._timers:
+                return None
+            return max(0.0, self._timers[0].when - time.monotonic())
+
+    def _due(self) -> list[Timer]:
+        now, due = time.monotonic(), []
+        with self._lock:
+            while self._timers and self._timers[0].when <= now:
+                due.append(heapq.heappop(self._timers))
+        return [t for t in due if not t.cancelled]
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                commands, self._commands = self._commands, []
+                closed = self._closed
+            for command in commands:
+                command()
+            if closed:
+                break
+            for key, _ in self._selector.select(self._next_timeout()):
+                if key.fd == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                else:
+                    self._safely(key.data)
+            for timer in self._due():
+                self._safely(timer.fn)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    @staticmethod
+    def _safely(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            logging.getLogger("archil").exception("an event loop callback failed")

@@ -32,7 +32,24 @@ mounts, and ``ARCHIL_PROCESS_TOKEN`` (how a process's tree is found when it is
 signalled).
 
 Kills are scoped: to the sandbox's PID namespace (held open by a descriptor), its cgroups,
-its marker, and to its helper and init through pidfds; nothing else is ever signalled.
+its marker, and to its helper and init through pidfds; nothing else is ever signalled. In
+namespace mode the death of the server takes every sandbox with it (``PDEATHSIG`` from the
+zygote down to PID 1); in process mode only each process the agent started directly.
+
+Speed
+-----
+The zygote is started once; after each boot the runtime has it prepare the next sandbox
+(helper forked, namespaces made, agent waiting), so a boot only sends the configuration:
+cgroups, CPUs, mounts, ``pivot_root``. A prepared sandbox that died is replaced, once,
+without the caller noticing.
+
+Threads
+-------
+Each sandbox has a thread that reads its agent's messages (exits, spawn results, its
+end); one thread per runtime pumps every process's output and runs the timeouts.
+``on_output`` and ``on_exit`` come from those threads, ``on_end`` from the sandbox's
+own; they must return quickly. ``stop()`` and ``kill()`` called from one of them start
+the stop and return at once.
 """
 
 from __future__ import annotations
@@ -40,12 +57,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import posixpath
 import queue
 import re
+import select
 import shutil
 import signal
 import socket
@@ -477,7 +496,8 @@ class RunningProcess:
         self._delivered = False
         self._cancelled = False
         self._timed_out = False
-        self._timers: list[threading.Timer] = []
+        self._timers: list[_proc.Timer] = []
+        self._loop: _proc.EventLoop | None = None
         self._oom_base = 0
         self._spawned = threading.Event()
         self._spawn_error: str | None = None
@@ -509,7 +529,11 @@ class RunningProcess:
         try:
             view = memoryview(data)
             while view:
-                n = os.write(fd, view)
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:  # a terminal's master is non-blocking
+                    select.select([], [fd], [], 1.0)
+                    continue
                 view = view[n:]
         finally:
             self._stdin.release()  # type: ignore[union-attr]
@@ -538,37 +562,37 @@ class RunningProcess:
         """Take the server ends: ``stdin`` (a pipe, or the pty master) and the outputs."""
         self._stdin = _proc.SharedFd(stdin)
         self._streams = len(outputs)
+        self._loop = loop = self._env._runtime._io()
         for fd, stream in outputs:
-            name = f"archil-out{stream}-{self._env.sandbox_id[:20]}-{self.id}"
-            threading.Thread(target=self._pump, args=(fd, stream), name=name, daemon=True).start()
+            os.set_blocking(fd, False)
+            if self.spec.terminal:
+                self._stdin.acquire()  # the pty master is read here until its end
+            loop.add_reader(fd, functools.partial(self._on_readable, fd, stream))
 
-    def _pump(self, fd: int, stream: int) -> None:
-        shared = self._stdin if self.spec.terminal else None
-        if shared is not None and shared.acquire() is None:
-            shared = None
+    def _on_readable(self, fd: int, stream: int) -> None:
+        """On the event loop: pass what ``fd`` has on, or close it at its end."""
         try:
-            while True:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # EIO: a terminal whose every slave end is closed
+        if data:
+            if not self._delivered:
                 try:
-                    data = os.read(fd, 65536)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    break  # EIO: a terminal whose every slave end is closed
-                if not data:
-                    break
-                if not self._delivered:
-                    try:
-                        self._on_output(stream, data)
-                    except Exception:
-                        logger.exception("on_output of process %s failed", self.id)
-        finally:
-            if shared is not None:
-                shared.release()
-            elif not self.spec.terminal:
-                os.close(fd)
-            with self._lock:
-                self._streams -= 1
-            self._maybe_finish()
+                    self._on_output(stream, data)
+                except Exception:
+                    logger.exception("on_output of process %s failed", self.id)
+            return
+        assert self._loop is not None and self._stdin is not None
+        self._loop.remove_reader(fd)
+        if self.spec.terminal:
+            self._stdin.release()
+        else:
+            os.close(fd)
+        with self._lock:
+            self._streams -= 1
+        self._maybe_finish()
 
     def _abandon(self) -> None:
         """The process did not start: let go of its descriptors, never call ``on_exit``."""
@@ -585,10 +609,8 @@ class RunningProcess:
         self._timer(float(t), self._on_timeout)
 
     def _timer(self, delay: float, fn: Callable[[], None]) -> None:
-        timer = threading.Timer(delay, fn)
-        timer.daemon = True
-        self._timers.append(timer)
-        timer.start()
+        assert self._loop is not None
+        self._timers.append(self._loop.call_later(delay, fn))
 
     def _on_timeout(self) -> None:
         with self._lock:
@@ -635,9 +657,8 @@ class RunningProcess:
             self._exit = info
         for t in self._timers:
             t.cancel()
-        grace = threading.Timer(_DRAIN_GRACE, self._deliver)
-        grace.daemon = True
-        grace.start()
+        if self._loop is not None:
+            self._loop.call_later(_DRAIN_GRACE, self._deliver)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -707,6 +728,7 @@ class Environment:
         self.init_pid = 0
         """The host pid of the sandbox's PID 1 (its agent)."""
         self.token = ""
+        self._helper_id = uuid.uuid4().hex
         self._userns = userns
         self._runtime = runtime
         self._res = _Resources(runtime, [], None)
@@ -726,6 +748,8 @@ class Environment:
         self._ns_link: str | None = None
         self._ready = False
         self._boot_sent = False
+        self._send_failed = False
+        self._init_lost = False
         self._setup_failed = False
         self._booted = False
         self._boot_error: str | None = None
@@ -828,7 +852,7 @@ class Environment:
             _send(self._sock, self._send_lock, {"type": "shutdown", "grace": grace}, [])
         except (OSError, ValueError):
             self._hard_kill()
-        if threading.current_thread() is self._reader:
+        if self._on_own_thread():
             threading.Thread(target=self._enforce_stop, args=(grace,), daemon=True).start()
             return
         self._enforce_stop(grace)
@@ -840,8 +864,12 @@ class Environment:
                 return
             self._stopping = True
         self._hard_kill()
-        if threading.current_thread() is not self._reader:
+        if not self._on_own_thread():
             self._wait_finished(self._runtime.stop_grace)
+
+    def _on_own_thread(self) -> bool:
+        """True in one of this sandbox's callbacks (where waiting for its end would hang)."""
+        return threading.current_thread() is self._reader or self._runtime._on_runtime_thread()
 
     # -- internals used by RunningProcess
 
@@ -867,11 +895,12 @@ class Environment:
     def _prepare(self, zygote: _Zygote) -> None:
         """Have the zygote fork this sandbox's helper; its agent then waits for ``boot``."""
         self._zygote = zygote
+        self._runtime._track_helper(self)
         self._reader = threading.Thread(target=self._read_loop, name="archil-sbx", daemon=True)
         self._reader.start()
         config = {"namespace": self.isolation == "namespace", "userns": self._userns}
         try:
-            zygote.create(uuid.uuid4().hex, config, [self._agent_end.fileno()])
+            zygote.create(self._helper_id, config, [self._agent_end.fileno()])
         except (OSError, ValueError) as e:
             self._discard()
             raise BootError(f"cannot reach the sandbox zygote: {e}") from e
@@ -898,6 +927,7 @@ class Environment:
             _send(self._sock, self._send_lock, {"type": "boot", "config": config}, fds)
         except (OSError, ValueError) as e:
             self._boot_error = f"the prepared sandbox is gone: {e}"
+            self._send_failed = True
             self._boot_event.set()
 
     def _discard(self) -> None:
@@ -921,10 +951,12 @@ class Environment:
                 error = self._end_reason() or "the sandbox ended while booting"
             else:
                 error = f"the sandbox did not start within {timeout:g} s"
-        gone = self._ended.is_set() and not self._setup_failed
+        lost = self._ended.is_set() or self._send_failed or self._init_lost
+        gone = lost and not self._setup_failed
         self._stopping = True
         self._hard_kill()
         self._wait_finished(5.0)
+        self._res.release()  # also when the sandbox ended before it was handed them
         raise (_PreparedGone if gone else BootError)(error)
 
     def _read_loop(self) -> None:
@@ -980,6 +1012,7 @@ class Environment:
             self._init_fd = _proc.pidfd_of_child(init_pid, helper_pid)
         if self._init_fd is None:
             self._boot_error = "the sandbox's init exited at once"
+            self._init_lost = True
             self._boot_event.set()
             return
         if self.isolation == "namespace":
@@ -1050,7 +1083,7 @@ class Environment:
             self._ended.set()
             booted = self._booted
         self._boot_event.set()
-        self._hard_kill()
+        self._hard_kill(scan=False)
         _proc.sweep(self._leftovers, quiet_scans=1 if self._ns_link else 2)
         reason = self._end_reason()
         with self._lock:
@@ -1094,8 +1127,8 @@ class Environment:
             pids.discard(self._zygote.pid)
         return pids
 
-    def _hard_kill(self) -> None:
-        """SIGKILL the agent and its helper (by pidfd) and whatever else is left."""
+    def _hard_kill(self, *, scan: bool = True) -> None:
+        """SIGKILL the agent and its helper (by pidfd) and (``scan``) whatever else is left."""
         if self.isolation == "process" and not self._ended.is_set():
             with contextlib.suppress(OSError, ValueError):
                 _send(self._sock, self._send_lock, {"type": "signal_all", "signal": 9}, [])
@@ -1103,7 +1136,8 @@ class Environment:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
-        _proc.kill_pids(self._leftovers(), signal.SIGKILL)
+        if scan:
+            _proc.kill_pids(self._leftovers(), signal.SIGKILL)
         self._unfreeze_for_stop()
 
     def _unfreeze_for_stop(self) -> None:
@@ -1265,6 +1299,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._envs: dict[str, Environment] = {}
         self._prepared: Environment | None = None
+        self._helpers: dict[str, Environment] = {}
+        self._loop: _proc.EventLoop | None = None
         self._closed = False
 
     # -- capabilities
@@ -1380,17 +1416,14 @@ class Runtime:
         cg: bool,
     ) -> Environment:
         validate_sandbox_spec(spec)
-        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
         plan = []
         if namespace:
             plan = mount_plan(spec, ensure_skeleton(self._root), self._root, userns=userns)
         try:
-            env = self._boot_once(spec, on_end, token, plan, (namespace, userns, cg), prepared=True)
+            env = self._boot_once(spec, on_end, plan, (namespace, userns, cg), prepared=True)
         except _PreparedGone:
             # The sandbox prepared ahead died (say, with its zygote): once more, from scratch.
-            env = self._boot_once(
-                spec, on_end, token, plan, (namespace, userns, cg), prepared=False
-            )
+            env = self._boot_once(spec, on_end, plan, (namespace, userns, cg), prepared=False)
         self._prepare_next(namespace, userns)
         return env
 
@@ -1398,7 +1431,6 @@ class Runtime:
         self,
         spec: SandboxSpec,
         on_end: Callable[[str | None], None],
-        token: str,
         plan: list[dict[str, Any]],
         kind: tuple[bool, bool, bool],
         *,
@@ -1406,6 +1438,7 @@ class Runtime:
     ) -> Environment:
         """One attempt: ``kind`` is (namespace, user namespace, cgroups)."""
         namespace, userns, cg = kind
+        token = f"{spec.sandbox_id[:64]}.{uuid.uuid4().hex[:8]}"
         env = self._take_prepared(namespace, userns, fresh=not prepared)
         res = _Resources(self, self._cpus.take(spec.vcpu_count), None)
         fds: list[int] = []
@@ -1507,6 +1540,18 @@ class Runtime:
         }
         return config, fds
 
+    def _io(self) -> _proc.EventLoop:
+        """The thread that pumps every process's output and runs their timers."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = _proc.EventLoop("archil-io")
+            return self._loop
+
+    def _on_runtime_thread(self) -> bool:
+        """True on a thread that must not wait for a sandbox to end (it may be needed)."""
+        loop = self._loop
+        return loop is not None and loop.in_loop
+
     def _get_zygote(self) -> _Zygote:
         """The zygote, (re)started when there is none or it died."""
         with self._zygote_lock:
@@ -1520,9 +1565,14 @@ class Runtime:
             self._zygote = _Zygote(self._spawner, self._root / "zygote.log", self._helper_ended)
             return self._zygote
 
-    def _helper_ended(self, token: str, code: int | None, sig: int | None) -> None:
+    def _track_helper(self, env: Environment) -> None:
         with self._lock:
-            env = self._envs.get(token)
+            self._helpers[env._helper_id] = env
+
+    def _helper_ended(self, helper_id: str, code: int | None, sig: int | None) -> None:
+        """The zygote reaped a helper (what it says counts when the helper said nothing)."""
+        with self._lock:
+            env = self._helpers.get(helper_id)
         if env is not None and env._init_status is None:
             env._init_status = (code, sig)
             env._helper_ended.set()
@@ -1531,6 +1581,8 @@ class Runtime:
         with self._lock:
             if self._envs.get(env.token) is env:
                 del self._envs[env.token]
+            if self._helpers.get(env._helper_id) is env:
+                del self._helpers[env._helper_id]
 
     @property
     def zygote_pid(self) -> int | None:
@@ -1565,6 +1617,10 @@ class Runtime:
             if self._zygote is not None:
                 self._zygote.close()
                 self._zygote = None
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
         self._cgroups.close()
 
 
