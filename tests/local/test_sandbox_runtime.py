@@ -502,6 +502,18 @@ def test_bad_mounts_are_rejected_before_anything_starts(h: Harness) -> None:
     assert not list((h.rt._root / "roots").iterdir())
 
 
+def test_a_mount_that_fails_in_the_sandbox_is_a_boot_error(h: Harness) -> None:
+    spec = h.spec(mounts=(MountSpec(h.disk(), "/etc/hostname/sub"),))
+    with pytest.raises(BootError, match=r"cannot mount /etc/hostname/sub: .*Not a directory"):
+        h.boot(spec=spec)
+    assert not list((h.rt._root / "roots").iterdir())
+    assert h.ends[spec.sandbox_id] == [], "no on_end for a sandbox that never booted"
+    homes = h.rt._cgroups.homes
+    assert not [d for home in homes for d in home.glob(f"{spec.sandbox_id}.*")]
+    env = h.boot()
+    assert h.run(env, "echo fine").text() == "fine\n"
+
+
 # -- resources ------------------------------------------------------------------------------
 
 
