@@ -1399,9 +1399,10 @@ class Runtime:
         """Boot a sandbox; returns once its agent is ready.
 
         Raises ``ValueError`` for a malformed spec and :class:`BootError` (naming what
-        failed) when it cannot boot. ``on_end(reason)`` is called once when the sandbox is
-        gone: ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill`
-        or :meth:`shutdown`, else why it ended (its init died, out of memory...).
+        failed) when it cannot boot; nothing of it is left then, and ``on_end`` is never
+        called. Otherwise ``on_end(reason)`` is called once when the sandbox is gone:
+        ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill` or
+        :meth:`shutdown`, else why it ended (its init died, out of memory...).
         """
         validate_sandbox_spec(spec)
         caps = self.capabilities
