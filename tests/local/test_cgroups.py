@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -109,6 +111,23 @@ def test_freeze_and_thaw(cgroups: Cgroups, sandbox: SandboxCgroup, tmp_path: Pat
         assert proc.wait(5) == -signal.SIGKILL, "remove() thaws and kills what is left"
 
 
+def test_freeze_catches_vfork_parents(sandbox: SandboxCgroup) -> None:
+    """dash runs commands with vfork; a parent waiting for a child frozen before its exec
+    must still count as frozen (the v1 freezer needs its state written again for that)."""
+    if not sandbox.can_freeze:
+        pytest.skip("no freezer")
+    loop = "sh -c 'while :; do /bin/true; done'"
+    proc = start_in((*sandbox.agent_join, *sandbox.user_join), loop)
+    try:
+        assert wait_for(lambda: len(sandbox.pids()) >= 1)
+        for _ in range(40):
+            sandbox.freeze(timeout=5.0)
+            sandbox.thaw(timeout=5.0)
+    finally:
+        sandbox.remove()
+        proc.wait(5)
+
+
 def test_remove_kills_only_its_own_processes(sandbox: SandboxCgroup) -> None:
     procs = sandbox.agent_join or sandbox.user_join
     inside = start_in(procs, "sleep 1000")
@@ -127,25 +146,61 @@ def test_remove_kills_only_its_own_processes(sandbox: SandboxCgroup) -> None:
         inside.wait()
 
 
-def test_cleanup_stale_removes_only_old_empty_cgroups(cgroups: Cgroups) -> None:
-    old = cgroups.create(f"stale-{uuid.uuid4().hex[:8]}", 32)
-    new = cgroups.create(f"fresh-{uuid.uuid4().hex[:8]}", 32)
-    busy = cgroups.create(f"busy-{uuid.uuid4().hex[:8]}", 32)
-    proc = start_in(busy.agent_join or busy.user_join, "sleep 1000")
+def _fake_owner(cgroups: Cgroups, *, alive: bool) -> tuple[str, list[Path], int | None]:
+    """Owner directories (with one sandbox cgroup each) of a runtime that is alive or died."""
+    owner = f"o-{uuid.uuid4().hex[:16]}"
+    lock_dir = Path(tempfile.gettempdir()) / f"archil-cgroups-{os.geteuid()}"
+    fd = os.open(lock_dir / f"{owner}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    if alive:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    else:
+        os.close(fd)
+    dirs = []
+    for base in cgroups.bases:
+        (base / owner / "sbx.1234").mkdir(parents=True)
+        dirs.append(base / owner)
+    return owner, dirs, fd if alive else None
+
+
+def test_cleanup_stale_removes_only_dead_runtimes_cgroups(cgroups: Cgroups) -> None:
+    dead, dead_dirs, _ = _fake_owner(cgroups, alive=False)
+    live, live_dirs, live_fd = _fake_owner(cgroups, alive=True)
+    ours = cgroups.create(f"idle-{uuid.uuid4().hex[:8]}", 32)
+    foreign = cgroups.bases[0] / f"not-an-owner-{uuid.uuid4().hex[:6]}"
+    foreign.mkdir()
+    join = "tasks" if (dead_dirs[0] / "sbx.1234" / "tasks").exists() else "cgroup.procs"
+    orphan = start_in((dead_dirs[0] / "sbx.1234" / join,), "sleep 1000")
+    bystander = subprocess.Popen(["sleep", "1000"])
     try:
-        assert wait_for(lambda: proc.pid in busy.pids())
-        past = time.time() - 3600
-        for d in (*old.dirs, *busy.dirs):
-            os.utime(d, (past, past))
-        cgroups.cleanup_stale(older_than=60)
-        assert not any(d.exists() for d in old.dirs)
-        assert all(d.exists() for d in new.dirs)
-        assert all(d.exists() for d in busy.dirs)
-        assert proc.poll() is None
+        assert wait_for(lambda: orphan.pid in _pids(dead_dirs[0]))
+        cgroups.cleanup_stale()
+        assert not any(d.exists() for d in dead_dirs)
+        assert orphan.wait(5) == -signal.SIGKILL, "what is left in a dead runtime's cgroup dies"
+        assert bystander.poll() is None
+        assert all(d.exists() for d in live_dirs), "a live runtime's idle cgroups stay"
+        assert all(d.exists() for d in ours.dirs) and foreign.exists()
     finally:
-        for sc in (old, new, busy):
-            sc.remove()
-        proc.wait(5)
+        bystander.kill()
+        bystander.wait()
+        orphan.kill()
+        orphan.wait()
+        ours.remove()
+        foreign.rmdir()
+        for d in live_dirs:
+            (d / "sbx.1234").rmdir()
+            d.rmdir()
+        assert live_fd is not None
+        os.close(live_fd)
+        lock_dir = Path(tempfile.gettempdir()) / f"archil-cgroups-{os.geteuid()}"
+        (lock_dir / f"{live}.lock").unlink()
+        (lock_dir / f"{dead}.lock").unlink()
+
+
+def _pids(path: Path) -> set[int]:
+    out: set[int] = set()
+    for p in path.rglob("cgroup.procs"):
+        out |= {int(x) for x in p.read_text().split()}
+    return out
 
 
 def test_freezing_without_a_freezer_fails_clearly(cgroups: Cgroups) -> None:

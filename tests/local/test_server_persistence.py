@@ -207,7 +207,7 @@ def cli_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _sandbox_cgroups(sid: str) -> list[str]:
-    return sorted(glob.glob(f"/sys/fs/cgroup/**/archil/{sid}.*", recursive=True))
+    return sorted(glob.glob(f"/sys/fs/cgroup/**/archil/**/{sid}.*", recursive=True))
 
 
 def _cgroup_pids_of(paths: list[str]) -> set[int]:

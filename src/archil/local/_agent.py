@@ -98,7 +98,7 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-_KEEP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME
+_KEEP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -268,7 +268,10 @@ def _mount_one(root: str, op: Msg) -> None:
         target = resolve(root, op["target"], "dir" if os.path.isdir(source) else "file")
         mount(source, target, None, MS_BIND | (MS_REC if op.get("recursive") else 0), None)
         if op.get("readonly"):
-            keep = os.statvfs(target).f_flag & _KEEP_FLAGS
+            # Keep the flags a user namespace may not drop (statvfs's ST_* bits match
+            # MS_* ones, but for ST_RELATIME).
+            have = os.statvfs(target).f_flag
+            keep = (have & _KEEP_FLAGS) | (MS_RELATIME if have & os.ST_RELATIME else 0)
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep, None)
     elif kind == "tmpfs":
         target = resolve(root, op["target"], "dir")

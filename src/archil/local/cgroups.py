@@ -3,7 +3,8 @@
 Layout
 ------
 Every sandbox gets cgroups named after it under one ``archil`` base per hierarchy
-(beneath this process's own cgroup where that is writable, else at the hierarchy root):
+(beneath this process's own cgroup where that is writable, else at the hierarchy root;
+``<base>`` below includes the owner directory described further down):
 
 - **cgroup v1** (separate hierarchies): ``memory/<base>/<name>`` holds the sandbox's
   helper, its agent and every user process (the agent's helper joins it, the rest
@@ -26,19 +27,29 @@ moving one thread skips the global ``cgroup_threadgroup_rwsem`` whose write side
 an RCU grace period (5-15 ms) for a whole process moved through ``cgroup.procs``. v2
 has no such shortcut across cgroups (``favordynmods`` on the hierarchy removes the cost).
 
+Each process keeps its sandboxes in a directory of its own in each base,
+``<base>/o-<16 hex>``, whose name is that of a lock file it holds (``flock``) in
+``$TMPDIR/archil-cgroups-<uid>/`` for as long as it lives. :meth:`Cgroups.cleanup_stale`
+removes the directories of processes whose lock is free (they died), killing what is still
+in those cgroups and only that; it never touches a live runtime's cgroups, even an idle
+sandbox's empty ones, nor anything that is not an owner directory.
+
 Detection (:meth:`Cgroups.detect`) happens once, with a ``reason`` for what is missing.
-Empty cgroups left by a crashed run are removed by :meth:`Cgroups.cleanup_stale`; a cgroup
-that cannot be removed because processes are left in it gets those processes, and only
-those, killed.
+A sandbox cgroup that cannot be removed because processes are left in it gets those
+processes, and only those, killed.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import re
 import signal
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,13 +80,88 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
+_OWNER_RE = re.compile(r"^o-[0-9a-f]{16}$")
+_owner: tuple[str, int] | None = None
+_owner_lock = threading.Lock()
+
+
+def _lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"archil-cgroups-{os.geteuid()}"
+
+
+def _owner_id() -> str:
+    """This process's owner id; its lock file stays locked for as long as the process lives."""
+    global _owner
+    with _owner_lock:
+        if _owner is None:
+            owner = f"o-{uuid.uuid4().hex[:16]}"
+            d = _lock_dir()
+            d.mkdir(mode=0o700, exist_ok=True)
+            # Locked before it appears under its name, so that it is never seen unlocked.
+            tmp = d / f".{owner}.tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, d / f"{owner}.lock")
+            _owner = (owner, fd)
+        return _owner[0]
+
+
+_homes_created: set[Path] = set()
+
+
+@atexit.register
+def _drop_owner_lock() -> None:
+    """At a clean exit with every home directory gone, the lock file goes too."""
+    if _owner is not None and not any(h.exists() for h in _homes_created):
+        with contextlib.suppress(OSError):
+            (_lock_dir() / f"{_owner[0]}.lock").unlink()
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """True only when ``owner``'s lock file exists and nobody holds it (its process died).
+
+    A missing lock file proves nothing (another ``/tmp``, say), so it counts as alive.
+    """
+    try:
+        fd = os.open(_lock_dir() / f"{owner}.lock", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 @dataclass(frozen=True)
 class _Hierarchy:
-    """One mounted cgroup hierarchy: where it is, its version, and its base directory."""
+    """One mounted cgroup hierarchy: where it is, its version, and its base directory.
+
+    The sandboxes of this process go in ``home``, a directory of the base named after the
+    process's owner id, so that no other process ever mistakes them for stale ones.
+    """
 
     mount: Path
     version: int
     base: Path
+
+    @property
+    def home(self) -> Path:
+        return self.base / _owner_id()
+
+    def ensure_home(self, kind: str) -> Path:
+        """``home``, created (with the base, which an idle runtime's ``close`` removes)."""
+        home = self.home
+        if not home.is_dir():
+            home.mkdir(parents=True, exist_ok=True)
+            _homes_created.add(home)
+        if self.version == 2 and kind == "memory":
+            for ctl in (self.base / "cgroup.subtree_control", home / "cgroup.subtree_control"):
+                if "memory" not in _read(ctl).split():
+                    _write(ctl, "+memory")
+        return home
 
 
 def _mountinfo() -> Iterator[tuple[Path, str, list[str]]]:
@@ -263,17 +349,23 @@ class SandboxCgroup:
             ctl, value = path / "freezer.state", "FROZEN" if frozen else "THAWED"
         else:
             ctl, value = path / "cgroup.freeze", "1" if frozen else "0"
-        try:
-            _write(ctl, value)
-        except OSError as e:
-            raise CgroupError(e.errno, f"cannot write {value} to {ctl}: {e.strerror}") from e
         deadline = time.monotonic() + timeout
         delay = 0.0005
-        while not self._settled(path, version, frozen):
+        while True:
+            # Written again while it settles: the v1 freezer asks each task to freeze only
+            # when the state is written, and a task that went to sleep in between (a vfork
+            # parent waiting for its frozen child: dash runs commands with vfork) is missed.
+            try:
+                _write(ctl, value)
+            except OSError as e:
+                raise CgroupError(e.errno, f"cannot write {value} to {ctl}: {e.strerror}") from e
+            for _ in range(4):
+                if self._settled(path, version, frozen):
+                    return
+                time.sleep(delay)
+                delay = min(0.01, delay * 2)
             if time.monotonic() > deadline:
                 raise CgroupError(f"{path} did not become {'frozen' if frozen else 'thawed'}")
-            time.sleep(delay)
-            delay = min(0.02, delay * 2)
 
     @staticmethod
     def _settled(path: Path, version: int, frozen: bool) -> bool:
@@ -398,8 +490,13 @@ class Cgroups:
 
     @property
     def bases(self) -> tuple[Path, ...]:
-        """The base directories in use (one per hierarchy)."""
+        """The base directories in use (one per hierarchy, shared by every runtime)."""
         return tuple(dict.fromkeys(h.base for h in (self._memory, self._freezer) if h))
+
+    @property
+    def homes(self) -> tuple[Path, ...]:
+        """This process's directories in the bases, where its sandboxes' cgroups go."""
+        return tuple(dict.fromkeys(h.home for h in (self._memory, self._freezer) if h))
 
     def create(self, name: str, mem_mib: int) -> SandboxCgroup:
         """Create the cgroups of one sandbox: ``name`` must be unique among live sandboxes."""
@@ -407,7 +504,14 @@ class Cgroups:
             raise ValueError(f"invalid cgroup name {name!r}")
         created: list[Path] = []
         try:
-            return self._create(name, mem_mib, created)
+            try:
+                return self._create(name, mem_mib, created)
+            except FileNotFoundError:
+                # Another runtime of this process removed the (then empty) home: once more.
+                for d in reversed(created):
+                    _remove_tree(d)
+                created.clear()
+                return self._create(name, mem_mib, created)
         except OSError as e:
             for d in reversed(created):
                 _remove_tree(d)
@@ -432,7 +536,7 @@ class Cgroups:
         v2_top: Path | None = None
         mem = self._memory
         if mem is not None:
-            top = self._mkdir(mem.base / name, created)
+            top = self._mkdir(mem.ensure_home("memory") / name, created)
             limit = str(mem_mib << 20)
             if mem.version == 1:
                 _write(top / "memory.limit_in_bytes", limit)
@@ -449,11 +553,11 @@ class Cgroups:
         frz = self._freezer
         if frz is not None:
             if frz.version == 1:
-                top = self._mkdir(frz.base / name, created)
+                top = self._mkdir(frz.ensure_home("freezer") / name, created)
                 freezer = (top, 1)
             else:
                 if v2_top is None or mem is None or frz.base != mem.base:
-                    v2_top = self._mkdir(frz.base / name, created)
+                    v2_top = self._mkdir(frz.ensure_home("freezer") / name, created)
                 procs = v2_top / "procs"
                 procs.mkdir(exist_ok=True)
                 freezer = (procs, 2)
@@ -472,31 +576,53 @@ class Cgroups:
             limit_mib=mem_mib if memory is not None else None,
         )
 
-    def cleanup_stale(self, older_than: float = 60.0) -> None:
-        """Remove empty sandbox cgroups, older than ``older_than`` seconds, of a crashed run."""
-        now = time.time()
-        by_name: dict[str, list[Path]] = {}
+    def cleanup_stale(self) -> None:
+        """Remove the cgroups left by runtimes that died (their owner lock is free).
+
+        Processes still in them (a crashed process-mode sandbox's orphans) are killed: they
+        are in the dead runtime's cgroups, and only those. Directories that are not owner
+        directories, and those of live runtimes, are left alone.
+        """
+        mine = _owner_id()
+        owners: dict[str, list[Path]] = {}
         for base in self.bases:
             try:
                 for p in base.iterdir():
-                    if p.is_dir():
-                        by_name.setdefault(p.name, []).append(p)
+                    if _OWNER_RE.match(p.name) and p.name != mine and p.is_dir():
+                        owners.setdefault(p.name, []).append(p)
             except OSError:
                 continue
-        # A sandbox is stale only when it is empty in every hierarchy (its agent may be in
-        # the memory cgroup while its freezer cgroup is still empty).
-        for dirs in by_name.values():
-            try:
-                if any(now - d.stat().st_mtime < older_than for d in dirs):
-                    continue
-            except OSError:
-                continue
-            if not any(_pids_of(d) for d in dirs):
-                for d in dirs:
-                    _remove_tree(d)
+        for owner, dirs in owners.items():
+            if _owner_is_gone(owner):
+                _remove_stale_owner(owner, dirs)
 
     def close(self) -> None:
-        """Remove the base directories when nothing is left in them."""
-        for base in self.bases:
+        """Remove this process's directories, and the bases, when nothing is left in them."""
+        for d in (*self.homes, *self.bases):
             with contextlib.suppress(OSError):
-                base.rmdir()
+                d.rmdir()
+
+
+def _thaw_tree(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        with contextlib.suppress(OSError):
+            if "freezer.state" in files:
+                _write(Path(dirpath) / "freezer.state", "THAWED")
+            elif "cgroup.freeze" in files:
+                _write(Path(dirpath) / "cgroup.freeze", "0")
+
+
+def _remove_stale_owner(owner: str, dirs: list[Path], limit: float = 5.0) -> None:
+    """Empty and remove a dead runtime's directories (one per hierarchy), then its lock."""
+    deadline = time.monotonic() + limit
+    for d in dirs:
+        _thaw_tree(d)
+    for d in dirs:
+        while not _remove_tree(d):
+            if time.monotonic() > deadline:
+                logger.warning("could not remove the stale cgroup %s", d)
+                return
+            _kill_pids(_pids_of(d))
+            time.sleep(0.01)
+    # The lock file stays: a base this process cannot see may still hold the owner's cgroups.
+    logger.info("removed the cgroups of a runtime that died (%s)", owner)

@@ -111,6 +111,7 @@ _BOOT_TIMEOUT = 30.0
 _SPAWN_TIMEOUT = 15.0
 _TIMEOUT_GRACE = 2.0
 _DRAIN_GRACE = 0.2
+_FREEZE_TIMEOUT = 10.0
 _SYSTEM_DIRS = ("usr", "etc", "var", "opt")
 _MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _SKELETON_DIRS = (
@@ -1168,8 +1169,11 @@ class Environment:
         cg = self._res.cgroup
         if cg is not None and cg.can_freeze:
             try:
-                cg.freeze() if frozen else cg.thaw()
+                cg.freeze(_FREEZE_TIMEOUT) if frozen else cg.thaw(_FREEZE_TIMEOUT)
             except CgroupError as e:
+                if frozen:  # not left half-frozen
+                    with contextlib.suppress(CgroupError):
+                        cg.thaw(_FREEZE_TIMEOUT)
                 raise SpawnError(str(e)) from e
         else:
             ack = "frozen" if frozen else "thawed"
@@ -1395,9 +1399,10 @@ class Runtime:
         """Boot a sandbox; returns once its agent is ready.
 
         Raises ``ValueError`` for a malformed spec and :class:`BootError` (naming what
-        failed) when it cannot boot. ``on_end(reason)`` is called once when the sandbox is
-        gone: ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill`
-        or :meth:`shutdown`, else why it ended (its init died, out of memory...).
+        failed) when it cannot boot; nothing of it is left then, and ``on_end`` is never
+        called. Otherwise ``on_end(reason)`` is called once when the sandbox is gone:
+        ``reason`` is None after :meth:`Environment.stop`, :meth:`Environment.kill` or
+        :meth:`shutdown`, else why it ended (its init died, out of memory...).
         """
         validate_sandbox_spec(spec)
         caps = self.capabilities
