@@ -109,6 +109,7 @@ REPLACEMENTS: dict[str, str] = {
     "AwaitableMixin": "BlockingMixin",
     "aenter_detached": "enter_detached",
     "ADetached": "Detached",
+    "ABackground": "Background",
     # archil's classes
     "AsyncArchil": "Archil",
     "AsyncTransport": "Transport",

@@ -24,6 +24,8 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "ABackground",
+    "Background",
     "ADetached",
     "ALock",
     "Detached",
@@ -284,3 +286,76 @@ def receive_event(session: Any, timeout: float) -> Any:
         return session.receive(timeout=timeout)
     except queue.Empty:
         return None
+
+
+class ABackground:
+    """Work that finishes after the call that started it returned: tasks on the running loop.
+
+    :meth:`drain` waits for everything started so far (a client's ``aclose`` does).
+    A failure is logged, never raised.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work()`` in the background."""
+        task = asyncio.get_running_loop().create_task(_logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every piece of background work started so far has finished."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _logged(work: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await work()
+    except Exception as exc:
+        logger.warning("background work failed: %s", exc)
+
+
+class Background:
+    """Work that finishes after the call that started it returned: a few worker threads.
+
+    The threads finish their work before the interpreter exits; :meth:`drain`
+    waits for it (a client's ``close`` does).
+    """
+
+    def __init__(self, workers: int = 4) -> None:
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: set[Any] = set()
+
+    def spawn(self, work: Callable[[], None]) -> None:
+        """Run ``work()`` on a worker thread."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="archil-cleanup")
+            future = self._pool.submit(_logged_sync, work)
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Any) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def drain(self) -> None:
+        """Wait until every piece of background work started so far has finished."""
+        while True:
+            with self._lock:
+                pending = list(self._futures)
+            if not pending:
+                return
+            for future in pending:
+                future.exception()
+
+
+def _logged_sync(work: Callable[[], None]) -> None:
+    try:
+        work()
+    except Exception as exc:
+        logger.warning("background work failed: %s", exc)

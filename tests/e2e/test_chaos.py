@@ -57,8 +57,9 @@ def test_remote_calls_under_chaos_give_every_result_once(
         )
         fanned = asyncio.run(concurrent())
     assert blocking + fanned == [i * i for i in range(24)]
-    server.set_chaos(0.0)
     client = app.client()
+    client.flush()
+    server.set_chaos(0.0)
     # Each call ran exactly once: its marker file holds one write.
     for i in range(24):
         assert client.objects.get(app.disk_id, f"ran-{i}") == b"x", i

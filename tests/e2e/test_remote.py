@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -42,7 +45,8 @@ def test_remote_returns_the_value_and_writes_to_the_disk(
     assert "working on answer" in capfd.readouterr().out
     client = app.client()
     assert client.objects.get(app.disk_id, "out/result.txt") == b"42"
-    # Nothing is left behind: no sandbox, no call files.
+    # Nothing is left behind once the background cleanup is done: no sandbox, no call files.
+    client.flush()
     assert client.sandboxes.list(disk_id=app.disk_id) == []
     assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
 
@@ -175,6 +179,7 @@ def test_unpicklable_result_and_failed_build_give_clear_errors(conn: dict[str, s
         never_runs.remote()
     assert "no-such-package-xyz" in str(info.value)
     assert info.value.image_id is not None
+    app.client().flush()
     assert app.client().sandboxes.list(disk_id=app.disk_id) == []
 
 
@@ -193,3 +198,30 @@ def test_kernel_variant_extended_works_where_offered_and_fails_clearly_elsewhere
         assert app.client().sandboxes.list(disk_id=app.disk_id) == []
     else:
         assert gpu.remote() == "ran"
+
+
+def test_a_script_that_exits_right_after_remote_leaves_nothing(
+    conn: dict[str, str], tmp_path: Path
+) -> None:
+    disk = f"disk_{uuid.uuid4().hex[:10]}"
+    script = tmp_path / "quick.py"
+    script.write_text(
+        "import sys, archil\n"
+        "app = archil.App(name='quick', disk_id=sys.argv[1])\n"
+        "@app.function(stream_logs=False)\n"
+        "def f():\n"
+        "    return 7\n"
+        "print(f.remote())\n"
+    )
+    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
+    proc = subprocess.run(
+        [sys.executable, str(script), disk], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "7"
+    client = archil.Archil(**conn)
+    try:
+        assert client.sandboxes.list(disk_id=disk) == []
+        assert [o.key for o in client.objects.list(disk, prefix=".archil/calls/")] == []
+    finally:
+        client.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import AsyncRetrying
 
-from .._compat import ALock, asleep
+from .._compat import ABackground, ALock, asleep
 from .._config import ClientConfig, _check_retries, _check_timeout
 from .._errors import APIConnectionError, APIStatusError, error_for_status
 from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
@@ -71,17 +71,21 @@ class AsyncTransport:
         pool: HTTPPool,
         policy: RetryPolicy | None = None,
         owns_pool: bool = True,
+        background: ABackground | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.owns_pool = owns_pool
         self.policy = policy or RetryPolicy()
+        self.background = background or ABackground()
         self.sleep = asleep
         self.clock = time.monotonic
 
     def derive(self, config: ClientConfig) -> AsyncTransport:
         """A transport with another configuration sharing this one's connection pool."""
-        other = AsyncTransport(config, pool=self.pool, policy=self.policy, owns_pool=False)
+        other = AsyncTransport(
+            config, pool=self.pool, policy=self.policy, owns_pool=False, background=self.background
+        )
         other.sleep = self.sleep
         other.clock = self.clock
         return other
@@ -269,8 +273,9 @@ class AsyncTransport:
             raise mapped from None
 
     async def aclose(self) -> None:
-        """Close the connection pool, unless it is borrowed from another client."""
+        """Finish the background work, then close the connection pool (unless it is borrowed)."""
         if self.owns_pool:
+            await self.background.drain()
             await self.pool.aclose()
 
 

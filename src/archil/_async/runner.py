@@ -203,38 +203,49 @@ class AsyncCallRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value."""
+        """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
+
+        Once the process has ended, the sandbox's stop and delete and the removal of
+        the result are left to the client's background work; if the call is
+        interrupted or fails on the way, they are done before it returns.
+        """
         payload = encode_call(fn, args, kwargs)
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
         sandbox: AsyncSandbox | None = None
+        finished = False
         try:
             lib = await self._cloudpickle(disk)
             await self._client.objects.put(disk, paths.input_key, payload)
             sandbox = await self._sandbox(spec, paths.call_id)
             env = {**spec.env, "PYTHONPATH": lib}
             result, tail = await self._follow(
-                sandbox,
-                bootstrap_command(paths),
-                env,
-                spec.cwd,
-                spec.timeout,
-                self._printer_for(spec),
+                sandbox, bootstrap_command(paths), env, spec.cwd, spec.timeout, self._printer_for(spec)
             )
+            finished = True
             if not result.ok:
                 raise _container_error(result, tail, what, sandbox.id)
             try:
                 data = await self._client.objects.get(disk, paths.output_key)
             except NotFoundError:
-                raise _container_error(
-                    result, tail, f"{what} produced no result", sandbox.id
-                ) from None
+                raise _container_error(result, tail, f"{what} produced no result", sandbox.id) from None
             return decode_result(data)
         finally:
-            if sandbox is not None:
-                await self._discard(sandbox)
-            await self._remove_call_files(disk, paths, ran=sandbox is not None)
+            if finished and sandbox is not None:
+                done = sandbox
+                self._client._transport.background.spawn(
+                    lambda: self._cleanup(done, disk, paths, ran=True)
+                )
+            else:
+                await self._cleanup(sandbox, disk, paths, ran=sandbox is not None)
+
+    async def _cleanup(
+        self, sandbox: AsyncSandbox | None, disk: str, paths: CallPaths, *, ran: bool
+    ) -> None:
+        if sandbox is not None:
+            await self._discard(sandbox)
+        await self._remove_call_files(disk, paths, ran=ran)
 
     def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
         if not spec.stream_logs:
@@ -273,19 +284,28 @@ class AsyncCallRunner:
         return [r async for r in agather_bounded(one, items, concurrency)]
 
     async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
-        """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`."""
+        """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
+
+        As for :meth:`call`, the cleanup of a job that ran to its end is background work.
+        """
         sandbox: AsyncSandbox | None = None
+        finished = False
         try:
             sandbox = await self._sandbox(spec, CallPaths.new().call_id)
             result, tail = await self._follow(
                 sandbox, command, dict(spec.env), spec.cwd, spec.timeout, self._printer_for(spec)
             )
+            finished = True
             if result.ok:
                 return 0
             raise _container_error(result, tail, f"job {name}", sandbox.id)
         finally:
             if sandbox is not None:
-                await self._discard(sandbox)
+                done = sandbox
+                if finished:
+                    self._client._transport.background.spawn(lambda: self._discard(done))
+                else:
+                    await self._discard(done)
 
 
 def _ended(result: ProcessResult) -> str:

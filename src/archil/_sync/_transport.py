@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import Retrying
 
-from .._compat import Lock, sleep
+from .._compat import Background, Lock, sleep
 from .._config import ClientConfig, _check_retries, _check_timeout
 from .._errors import APIConnectionError, APIStatusError, error_for_status
 from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
@@ -73,17 +73,21 @@ class Transport:
         pool: HTTPPool,
         policy: RetryPolicy | None = None,
         owns_pool: bool = True,
+        background: Background | None = None,
     ) -> None:
         self.config = config
         self.pool = pool
         self.owns_pool = owns_pool
         self.policy = policy or RetryPolicy()
+        self.background = background or Background()
         self.sleep = sleep
         self.clock = time.monotonic
 
     def derive(self, config: ClientConfig) -> Transport:
         """A transport with another configuration sharing this one's connection pool."""
-        other = Transport(config, pool=self.pool, policy=self.policy, owns_pool=False)
+        other = Transport(
+            config, pool=self.pool, policy=self.policy, owns_pool=False, background=self.background
+        )
         other.sleep = self.sleep
         other.clock = self.clock
         return other
@@ -269,8 +273,9 @@ class Transport:
             raise mapped from None
 
     def close(self) -> None:
-        """Close the connection pool, unless it is borrowed from another client."""
+        """Finish the background work, then close the connection pool (unless it is borrowed)."""
         if self.owns_pool:
+            self.background.drain()
             self.pool.close()
 
 

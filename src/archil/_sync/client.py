@@ -135,8 +135,20 @@ class Archil:
         )
         return parse_model(ExecResult, envelope.data, envelope.status_code)
 
+    def flush(self) -> None:
+        """Wait for the background work of finished calls: the stop and delete of their sandboxes.
+
+        ``fn.remote()`` returns as soon as its value is back and leaves that cleanup
+        to the background; closing the client (and the end of the process, for the
+        blocking client) waits for it too.
+        """
+        self._transport.background.drain()
+
     def close(self) -> None:
-        """Close the client's connections (a client made by ``with_options`` borrows them)."""
+        """Finish the background work and close the client's connections.
+
+        A client made by ``with_options`` borrows them: closing it closes nothing.
+        """
         self._transport.close()
 
     def __enter__(self) -> Self:

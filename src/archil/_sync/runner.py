@@ -203,12 +203,18 @@ class CallRunner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value."""
+        """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
+
+        Once the process has ended, the sandbox's stop and delete and the removal of
+        the result are left to the client's background work; if the call is
+        interrupted or fails on the way, they are done before it returns.
+        """
         payload = encode_call(fn, args, kwargs)
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
         sandbox: Sandbox | None = None
+        finished = False
         try:
             lib = self._cloudpickle(disk)
             self._client.objects.put(disk, paths.input_key, payload)
@@ -222,6 +228,7 @@ class CallRunner:
                 spec.timeout,
                 self._printer_for(spec),
             )
+            finished = True
             if not result.ok:
                 raise _container_error(result, tail, what, sandbox.id)
             try:
@@ -232,9 +239,18 @@ class CallRunner:
                 ) from None
             return decode_result(data)
         finally:
-            if sandbox is not None:
-                self._discard(sandbox)
-            self._remove_call_files(disk, paths, ran=sandbox is not None)
+            if finished and sandbox is not None:
+                done = sandbox
+                self._client._transport.background.spawn(
+                    lambda: self._cleanup(done, disk, paths, ran=True)
+                )
+            else:
+                self._cleanup(sandbox, disk, paths, ran=sandbox is not None)
+
+    def _cleanup(self, sandbox: Sandbox | None, disk: str, paths: CallPaths, *, ran: bool) -> None:
+        if sandbox is not None:
+            self._discard(sandbox)
+        self._remove_call_files(disk, paths, ran=ran)
 
     def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
         if not spec.stream_logs:
@@ -271,19 +287,28 @@ class CallRunner:
         return [r for r in gather_bounded(one, items, concurrency)]
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
-        """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`."""
+        """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
+
+        As for :meth:`call`, the cleanup of a job that ran to its end is background work.
+        """
         sandbox: Sandbox | None = None
+        finished = False
         try:
             sandbox = self._sandbox(spec, CallPaths.new().call_id)
             result, tail = self._follow(
                 sandbox, command, dict(spec.env), spec.cwd, spec.timeout, self._printer_for(spec)
             )
+            finished = True
             if result.ok:
                 return 0
             raise _container_error(result, tail, f"job {name}", sandbox.id)
         finally:
             if sandbox is not None:
-                self._discard(sandbox)
+                done = sandbox
+                if finished:
+                    self._client._transport.background.spawn(lambda: self._discard(done))
+                else:
+                    self._discard(done)
 
 
 def _ended(result: ProcessResult) -> str:
