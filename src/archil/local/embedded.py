@@ -87,6 +87,7 @@ class LocalServer:
         exec_timeout: float = 30.0,
         stop_grace: float = 10.0,
         access_log: bool = False,
+        min_part_size: int = 5 * 1024 * 1024,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -98,6 +99,7 @@ class LocalServer:
             stop_grace=stop_grace,
             chaos_rate=chaos_rate,
             chaos_seed=chaos_seed,
+            min_part_size=min_part_size,
         )
         self.access_log = access_log
         self.base_url = ""

@@ -98,6 +98,7 @@ class ServerSettings:
         stop_grace: seconds between SIGTERM and SIGKILL when stopping a container.
         chaos_rate: fraction of ``/api`` and ``/s3`` requests made to fail.
         chaos_seed: seed of the chaos random number generator.
+        min_part_size: the least size in bytes of every multipart part but the last (S3: 5 MiB).
     """
 
     data_dir: Path
@@ -106,6 +107,7 @@ class ServerSettings:
     stop_grace: float = 10.0
     chaos_rate: float = 0.0
     chaos_seed: int | None = None
+    min_part_size: int = 5 * 1024 * 1024
 
 
 def load_api_key(data_dir: Path) -> str:
@@ -266,6 +268,7 @@ class ControlPlane:
             await asyncio.sleep(3600)
             with contextlib.suppress(Exception):
                 self.state.purge_idempotent()
+                await anyio.to_thread.run_sync(self.disks.multipart.sweep)
 
     def begin_shutdown(self) -> None:
         """Release long-polls and log followers (call on the loop before stopping the server)."""
