@@ -93,6 +93,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncRetrying": "Retrying",
     # builtins and typing
     "anext": "next",
+    "aiter": "iter",
     "AsyncIterator": "Iterator",
     "AsyncIterable": "Iterable",
     "asynccontextmanager": "contextmanager",
@@ -102,6 +103,8 @@ REPLACEMENTS: dict[str, str] = {
     "agather_bounded": "gather_bounded",
     "aiter_file": "iter_file",
     "awrite_file": "write_file",
+    "aiter_file_range": "iter_file_range",
+    "awrite_at": "write_at",
     "AwaitableMixin": "BlockingMixin",
     # archil's classes
     "AsyncArchil": "Archil",
@@ -113,6 +116,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncDisks": "Disks",
     "AsyncImages": "Images",
     "AsyncObjects": "Objects",
+    "AsyncMultipart": "Multipart",
     "AsyncTokens": "Tokens",
     "AsyncCallRunner": "CallRunner",
 }
