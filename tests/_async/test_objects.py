@@ -11,7 +11,6 @@ import respx
 from archil._async.client import AsyncArchil
 from archil._errors import (
     APIConnectionError,
-    InternalServerError,
     NotFoundError,
     PermissionDeniedError,
 )

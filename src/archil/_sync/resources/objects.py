@@ -795,14 +795,13 @@ class Objects:
             return info
 
     def _write_body(
-        self, response: httpx.Response, fd: int, pos: int, end: int, chunk_size: int
-    ) -> int:
-        """Write the body of ``response`` at ``pos`` (up to ``end``) of ``fd``; the position reached."""
+        self, response: httpx.Response, fd: int, at: list[int], end: int, chunk_size: int
+    ) -> None:
+        """Write the body of ``response`` into ``fd`` from ``at[0]`` (up to ``end``), advancing ``at[0]``."""
         for chunk in response.iter_bytes(chunk_size):
-            piece = chunk[: end - pos]
-            write_at(fd, pos, piece)
-            pos += len(piece)
-        return pos
+            piece = chunk[: end - at[0]]
+            write_at(fd, at[0], piece)
+            at[0] += len(piece)
 
     def _finish_first(
         self,
@@ -815,14 +814,14 @@ class Objects:
         options: RequestOptions,
     ) -> None:
         """Write the first range from the response already open; resume it if it drops."""
-        pos = 0
+        at = [0]
         failures = 0
         try:
-            pos = self._write_body(first, fd, 0, end, chunk_size)
+            self._write_body(first, fd, at, end, chunk_size)
         except (httpx.TransportError, APIConnectionError):
             failures = 1
-        if pos < end:
-            self._fetch_range(url, etag, fd, pos, end, chunk_size, options, failures)
+        if at[0] < end:
+            self._fetch_range(url, etag, fd, at[0], end, chunk_size, options, failures)
 
     def _fetch_range(
         self,
@@ -837,20 +836,22 @@ class Objects:
     ) -> None:
         """GET bytes ``pos`` to ``end`` into ``fd``; a dropped body resumes where it stopped."""
         retries = options.get("max_retries", self._transport.config.max_retries)
-        while pos < end:
-            headers = {"Range": f"bytes={pos}-{end - 1}"}
+        at = [pos]
+        while at[0] < end:
+            headers = {"Range": f"bytes={at[0]}-{end - 1}"}
             if etag:
                 headers["If-Match"] = f'"{etag}"'
             try:
                 with self._transport.stream("GET", url, headers=headers, **options) as resp:
                     got = parse_content_range(resp.headers.get("content-range"))
-                    if resp.status_code != 206 or got is None or got[:2] != (pos, end - 1):
+                    if resp.status_code != 206 or got is None or got[:2] != (at[0], end - 1):
                         raise APIError(
-                            f"the object gateway did not answer the range {pos}-{end - 1} "
-                            f"(HTTP {resp.status_code}, Content-Range {resp.headers.get('content-range')!r})"
+                            f"the object gateway did not answer the range {at[0]}-{end - 1} "
+                            f"(HTTP {resp.status_code}, "
+                            f"Content-Range {resp.headers.get('content-range')!r})"
                         )
-                    pos = self._write_body(resp, fd, pos, end, chunk_size)
-                if pos < end:
+                    self._write_body(resp, fd, at, end, chunk_size)
+                if at[0] < end:
                     raise APIConnectionError("the object gateway ended a range early")
             except APIConnectionError:
                 failures += 1
