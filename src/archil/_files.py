@@ -166,7 +166,7 @@ class PartialFile:
             self.discard()
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
@@ -174,11 +174,11 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-async def awrite_at(fd: int, offset: int, data: bytes) -> None:
+async def awrite_at(fd: int, offset: int, data: bytes | bytearray) -> None:
     """Write all of ``data`` at ``offset`` of ``fd`` (in a worker thread)."""
     await asyncio.to_thread(_pwrite_all, fd, data, offset)
 
 
-def write_at(fd: int, offset: int, data: bytes) -> None:
+def write_at(fd: int, offset: int, data: bytes | bytearray) -> None:
     """Write all of ``data`` at ``offset`` of ``fd``."""
     _pwrite_all(fd, data, offset)

@@ -917,3 +917,115 @@ def test_if_match(client: httpx.Client, disk: str) -> None:
     r = client.get(f"/s3/{disk}/f", headers={"If-Match": '"0123"'})
     assert _s3_error(r) == (412, "PreconditionFailed")
     assert client.head(f"/s3/{disk}/f", headers={"If-Match": '"0123"'}).status_code == 412
+
+
+# -- parts written in place (the client declared its part size) ----------------
+
+STRIDE = 2 * SMALL_PART
+
+
+def _create_in_place(client: httpx.Client, disk: str, key: str) -> str:
+    return _create(client, disk, key, **{"x-archil-part-size": str(STRIDE)})
+
+
+def test_declared_part_size_completes_without_copying(
+    small_parts: LocalServer, sp_client: httpx.Client, sp_disk: str
+) -> None:
+    c, disk = sp_client, sp_disk
+    upload_id = _create_in_place(c, disk, "fast.bin")
+    bodies = [os.urandom(STRIDE), os.urandom(STRIDE), os.urandom(STRIDE // 3)]
+    etags = {n: _part(c, disk, "fast.bin", upload_id, n, bodies[n - 1]) for n in (3, 1, 2)}
+    staging = _staging(small_parts) / upload_id
+    assert (staging / "data").stat().st_size == 2 * STRIDE + STRIDE // 3
+    data_inode = (staging / "data").stat().st_ino
+    listed = ET.fromstring(c.get(f"/s3/{disk}/fast.bin", params={"uploadId": upload_id}).content)
+    assert [p.findtext(f"{NS}Size") for p in listed.findall(f"{NS}Part")] == [
+        str(len(b)) for b in bodies
+    ]
+    r = _complete(c, disk, "fast.bin", upload_id, sorted(etags.items()))
+    assert r.status_code == 200, r.text
+    path = small_parts.data_dir / "disks" / disk / "fast.bin"
+    assert path.read_bytes() == b"".join(bodies)
+    assert path.stat().st_ino == data_inode  # renamed into place, not copied
+    assert c.get(f"/s3/{disk}/fast.bin").headers["etag"] == _text(r.content, "ETag")
+    assert [p.name for p in staging.iterdir()] == ["completed.json"]
+
+
+def test_other_layouts_are_copied(sp_client: httpx.Client, sp_disk: str) -> None:
+    c, disk = sp_client, sp_disk
+    upload_id = _create_in_place(c, disk, "mixed.bin")
+    # A short part in the middle, a part larger than declared, a gap in the numbers.
+    bodies = {
+        1: os.urandom(STRIDE),
+        2: os.urandom(SMALL_PART),
+        4: os.urandom(STRIDE + 10),
+        5: b"end",
+    }
+    etags = {n: _part(c, disk, "mixed.bin", upload_id, n, b) for n, b in bodies.items()}
+    r = _complete(c, disk, "mixed.bin", upload_id, sorted(etags.items()))
+    assert r.status_code == 200, r.text
+    assert c.get(f"/s3/{disk}/mixed.bin").content == b"".join(bodies[n] for n in sorted(bodies))
+
+
+def test_a_rewritten_part_replaces_the_old_one(sp_client: httpx.Client, sp_disk: str) -> None:
+    c, disk = sp_client, sp_disk
+    upload_id = _create_in_place(c, disk, "k")
+    old = _part(c, disk, "k", upload_id, 1, b"a" * STRIDE)
+    new = _part(c, disk, "k", upload_id, 1, b"b" * STRIDE)
+    assert _s3_error(_complete(c, disk, "k", upload_id, [(1, old)])) == (400, "InvalidPart")
+    assert _complete(c, disk, "k", upload_id, [(1, new)]).status_code == 200
+    assert c.get(f"/s3/{disk}/k").content == b"b" * STRIDE
+
+
+def test_a_part_still_arriving_cannot_touch_the_completed_object(
+    small_parts: LocalServer, sp_client: httpx.Client, sp_disk: str
+) -> None:
+    c, disk = sp_client, sp_disk
+    upload_id = _create_in_place(c, disk, "sealed.bin")
+    e1 = _part(c, disk, "sealed.bin", upload_id, 1, b"1" * STRIDE)
+    started, release = threading.Event(), threading.Event()
+    answers: list[int] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"x" * (SMALL_PART // 2)
+        started.set()
+        release.wait(10)
+        yield b"y" * (STRIDE - SMALL_PART // 2)
+
+    def late_part() -> None:
+        with client_fresh(small_parts) as other:
+            r = other.put(
+                f"/s3/{disk}/sealed.bin",
+                params={"partNumber": 2, "uploadId": upload_id},
+                content=slow_body(),
+                headers={"content-length": str(STRIDE)},
+            )
+            answers.append(r.status_code)
+
+    t = threading.Thread(target=late_part)
+    t.start()
+    assert started.wait(10)
+    time.sleep(0.2)
+    assert _complete(c, disk, "sealed.bin", upload_id, [(1, e1)]).status_code == 200
+    release.set()
+    t.join(10)
+    assert answers == [404]
+    path = small_parts.data_dir / "disks" / disk / "sealed.bin"
+    assert path.read_bytes() == b"1" * STRIDE
+
+
+def test_the_declared_part_size_is_checked(sp_client: httpx.Client, sp_disk: str) -> None:
+    for bad in ("0", "-1", "lots", str(6 * 1024**3)):
+        r = sp_client.post(
+            f"/s3/{sp_disk}/k", params={"uploads": ""}, headers={"x-archil-part-size": bad}
+        )
+        assert _s3_error(r) == (400, "InvalidArgument"), bad
+
+
+def test_aborting_an_in_place_upload_leaves_nothing(
+    small_parts: LocalServer, sp_client: httpx.Client, sp_disk: str
+) -> None:
+    upload_id = _create_in_place(sp_client, sp_disk, "k")
+    _part(sp_client, sp_disk, "k", upload_id, 2, b"z" * STRIDE)
+    assert sp_client.delete(f"/s3/{sp_disk}/k", params={"uploadId": upload_id}).status_code == 204
+    assert not (_staging(small_parts) / upload_id).exists()

@@ -162,17 +162,17 @@ class Upload:
         """The MD5 hex digest of what was written so far."""
         return self._md5.hexdigest()
 
-    def copy_from(self, fd: int, length: int) -> None:
-        """Append the first ``length`` bytes of the file ``fd``, copied in the kernel where possible.
+    def copy_from(self, fd: int, length: int, offset: int = 0) -> None:
+        """Append ``length`` bytes of the file ``fd`` from ``offset``, copied in the kernel where possible.
 
         The MD5 of the content is not tracked for copied bytes (a multipart
         object's ETag is made from its parts' MD5s instead).
         """
         out = self._file.fileno()
-        offset = 0
+        end = offset + length
         copy_range = getattr(os, "copy_file_range", None)
-        while offset < length:
-            want = min(length - offset, _COPY_CHUNK)
+        while offset < end:
+            want = min(end - offset, _COPY_CHUNK)
             n = 0
             if copy_range is not None:
                 try:
@@ -227,6 +227,23 @@ class Upload:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._parent_fd = self._tmp_dir_fd = -1
+
+
+class ObjectDestination:
+    """A key on a disk as the destination of a multipart upload (see :class:`.multipart.Destination`)."""
+
+    def __init__(self, store: DiskStore, disk_id: str, key: str) -> None:
+        self._store = store
+        self._disk_id = disk_id
+        self._key = key
+
+    def begin(self) -> Upload:
+        """A new object to copy the parts into."""
+        return self._store.begin_upload(self._disk_id, self._key)
+
+    def adopt(self, dir_fd: int, name: str) -> os.stat_result:
+        """Rename the finished file into place."""
+        return self._store.adopt(self._disk_id, self._key, dir_fd, name)
 
 
 class DiskStore:
@@ -414,6 +431,28 @@ class DiskStore:
                     f"the key {key!r} names something that is not a file"
                 ) from None
             raise
+
+    def destination(self, disk_id: str, key: str) -> ObjectDestination:
+        """Where a completed multipart upload of ``key`` goes."""
+        return ObjectDestination(self, disk_id, key)
+
+    def adopt(self, disk_id: str, key: str, src_dir_fd: int, src_name: str) -> os.stat_result:
+        """Rename a finished file into place as the object ``key`` (atomically, never through a link)."""
+        parts, is_dir = split_key(key)
+        if is_dir:
+            raise PathEscapeError("a key that ends with '/' names a folder, not an object")
+        parent = self._open_parent(disk_id, parts, create=True)
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise PathEscapeError(f"the key {key!r} names a directory on the disk")
+            os.rename(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=parent)
+            return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
 
     def make_directory(self, disk_id: str, key: str) -> None:
         """Create the directory named by a key that ends with ``/`` (an S3 folder marker)."""

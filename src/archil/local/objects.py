@@ -17,8 +17,10 @@ string as in S3:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import mimetypes
 import os
@@ -291,22 +293,39 @@ def _check_md5(request: Request, md5_hex: str, key: str | None) -> None:
 async def _receive(
     request: Request, writer: _BodyWriter, key: str, *, limit: int | None = None
 ) -> None:
-    """Stream the body into ``writer`` in 1 MiB writes; check its length and ``Content-MD5``."""
+    """Stream the body into ``writer`` in 1 MiB writes; check its length and ``Content-MD5``.
+
+    One write (hashing and writing, in a worker thread) is in flight while the
+    next MiB is received, so the two overlap; writes stay in order.
+    """
     expected = _content_length(request)
     if limit is not None and expected is not None and expected > limit:
         raise _too_large(key, limit)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    received = 0
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) >= _CHUNK:
-            data, buf = buf, bytearray()
-            await anyio.to_thread.run_sync(writer.write, data)
-            if limit is not None and writer.size > limit:
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            received += len(chunk)
+            if limit is not None and received > limit:
                 raise _too_large(key, limit)
-    if buf:
-        await anyio.to_thread.run_sync(writer.write, buf)
-        if limit is not None and writer.size > limit:
-            raise _too_large(key, limit)
+            if len(buf) >= _CHUNK:
+                data, buf = buf, bytearray()
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, writer.write, data)
+        if pending is not None:
+            await pending
+        pending = None
+        if buf:
+            await anyio.to_thread.run_sync(writer.write, buf)
+    finally:
+        if pending is not None:
+            # The caller discards the file after a failure: let the write finish first.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
     if expected is not None and expected != writer.size:
         raise S3Error(400, "IncompleteBody", "the body is shorter than Content-Length", key)
     _check_md5(request, writer.md5_hex(), key)
@@ -682,16 +701,34 @@ def _object_target(request: Request) -> tuple[ControlPlane, str, str]:
     return plane, disk_id, key
 
 
+def _declared_part_size(request: Request, key: str) -> int | None:
+    """``x-archil-part-size``: the size of every part but the last, if the client knows it."""
+    raw = request.headers.get("x-archil-part-size")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PART_SIZE:
+        raise S3Error(
+            400, "InvalidArgument", f"x-archil-part-size must be from 1 to {MAX_PART_SIZE}", key
+        )
+    return int(raw)
+
+
 async def create_multipart_upload(request: Request) -> Response:
-    """``POST {key}?uploads``: start an upload (the same ``Idempotency-Key`` gives the same one)."""
+    """``POST {key}?uploads``: start an upload (the same ``Idempotency-Key`` gives the same one).
+
+    With ``x-archil-part-size`` (an archil extension), parts of that size are
+    written in place, so completing them needs no copy.
+    """
     plane, disk_id, key = _object_target(request)
     async for _ in request.stream():
         pass
+    part_size = _declared_part_size(request, key)
     record: UploadRecord = await _staging(
         lambda: plane.disks.multipart.create(
             disk_id,
             key,
             request.headers.get("content-type"),
+            part_size=part_size,
             idempotency_key=request.headers.get("idempotency-key"),
         ),
         resource=key,
@@ -727,7 +764,9 @@ async def upload_part(request: Request) -> Response:
     if expected is not None and expected > MAX_PART_SIZE:
         raise _too_large(key, MAX_PART_SIZE)
     store = plane.disks.multipart
-    writer = await _staging(store.begin_part, upload_id, disk_id, key, number, resource=key)
+    writer = await _staging(
+        store.begin_part, upload_id, disk_id, key, number, expected, resource=key
+    )
     try:
         await _receive(request, writer, key, limit=MAX_PART_SIZE)
         part = await _staging(writer.commit, resource=key)
@@ -735,6 +774,11 @@ async def upload_part(request: Request) -> Response:
         await anyio.to_thread.run_sync(writer.abort)
         raise S3Error(
             400, "IncompleteBody", "the client disconnected before the body was complete", key
+        ) from None
+    except MultipartError as exc:  # the upload was completed or aborted meanwhile
+        await anyio.to_thread.run_sync(writer.abort)
+        raise S3Error(
+            404 if exc.code == "NoSuchUpload" else 400, exc.code, exc.message, key
         ) from None
     except BaseException:
         await anyio.to_thread.run_sync(writer.abort)
@@ -875,7 +919,7 @@ async def complete_multipart_upload(request: Request) -> Response:
             key,
             requested,
             min_part_size=plane.settings.min_part_size,
-            open_target=lambda: plane.disks.begin_upload(disk_id, key),
+            destination=plane.disks.destination(disk_id, key),
         ),
         resource=key,
     )
