@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +98,37 @@ def file_chunks(path: Path, chunk: int = MIB) -> Iterator[bytes]:
             yield data
 
 
-def measure(repeat: int, size: int, fn: Callable[[], Any]) -> tuple[float, int]:
-    """Median MB/s over ``repeat`` runs of ``fn`` and the largest peak-RSS delta."""
-    rates: list[float] = []
-    peak = 0
-    for _ in range(repeat):
+@dataclass
+class Figure:
+    """One way to move the object, measured in every round."""
+
+    name: str
+    run: Callable[[], Any]
+    reset: Callable[[], Any]
+    rates: list[float] = field(default_factory=list)
+    peak_rss: int = 0
+
+    def measure(self, size: int) -> None:
+        """One timed run; ``reset`` (untimed) first removes what the previous run wrote.
+
+        Dirty pages are flushed before the clock starts, so that every run begins
+        from the same state (the disk's writeback would otherwise slow down
+        whichever run comes next).
+        """
+        self.reset()
+        os.sync()
+        time.sleep(1.0)
         with PeakRSS() as rss:
             t0 = time.perf_counter()
-            fn()
+            self.run()
             elapsed = time.perf_counter() - t0
-        rates.append(size / elapsed / 1e6)
-        peak = max(peak, rss.delta)
-    return statistics.median(rates), peak
+        self.rates.append(size / elapsed / 1e6)
+        self.peak_rss = max(self.peak_rss, rss.delta)
+
+    @property
+    def rate(self) -> float:
+        """The median throughput in MB/s."""
+        return statistics.median(self.rates)
 
 
 def line(name: str, ours: float, base: float, target: float, rss: int | None) -> str:
@@ -150,12 +170,12 @@ def run(
     dst: Path,
     size: int,
     repeat: int,
-    tuning: dict[str, int | None],
+    tuning: dict[str, Any],
 ) -> None:
     headers = {"Authorization": server.api_key}
     disk = "bench-objects"
     url = f"{server.base_url}/s3/{disk}/big.bin"
-    single = {"multipart_threshold": size + 1, "concurrency": 1}
+    single: dict[str, Any] = {"multipart_threshold": size + 1, "concurrency": 1}
     print(f"object size {size / MIB:.0f} MiB, median of {repeat}", flush=True)
     with (
         httpx.Client(headers=headers, timeout=600, trust_env=False) as raw,
@@ -171,32 +191,64 @@ def run(
         def raw_get() -> None:
             with raw.stream("GET", url) as r, dst.open("wb") as f:
                 r.raise_for_status()
-                for chunk in r.iter_bytes(MIB):
+                for chunk in r.iter_bytes():
                     f.write(chunk)
 
-        base_up, _ = measure(repeat, size, raw_put)
-        up1, rss = measure(
-            repeat, size, lambda: client.objects.upload_file(disk, "big.bin", src, **single)
-        )  # type: ignore[arg-type]
-        print(line("upload, SDK single stream", up1, base_up, 0.9, rss), flush=True)
-        upm, rss = measure(
-            repeat, size, lambda: client.objects.upload_file(disk, "big.bin", src, **tuning)
-        )  # type: ignore[arg-type]
-        print(line("upload, SDK multipart (blocking)", upm, base_up, 1.5, rss), flush=True)
-        upa, rss = measure(repeat, size, lambda: asyncio.run(_aupload(server, disk, src, tuning)))
-        print(line("upload, SDK multipart (async)", upa, base_up, 1.5, rss), flush=True)
+        objects = client.objects
 
-        base_down, _ = measure(repeat, size, raw_get)
-        dn1, rss = measure(
-            repeat, size, lambda: client.objects.download_file(disk, "big.bin", dst, concurrency=1)
-        )
-        print(line("download, SDK single stream", dn1, base_down, 0.9, rss), flush=True)
-        dnm, rss = measure(
-            repeat, size, lambda: client.objects.download_file(disk, "big.bin", dst, **tuning)
-        )  # type: ignore[arg-type]
-        print(line("download, SDK ranged (blocking)", dnm, base_down, 1.5, rss), flush=True)
-        dna, rss = measure(repeat, size, lambda: asyncio.run(_adownload(server, disk, dst, tuning)))
-        print(line("download, SDK ranged (async)", dna, base_down, 1.5, rss), flush=True)
+        def drop() -> None:
+            objects.delete(disk, "big.bin")
+
+        def clear() -> None:
+            dst.unlink(missing_ok=True)
+
+        def up(name: str, fn: Callable[[], Any]) -> Figure:
+            return Figure(name, fn, drop)
+
+        def down(name: str, fn: Callable[[], Any]) -> Figure:
+            return Figure(name, fn, clear)
+
+        uploads = [
+            up("raw", raw_put),
+            up(
+                "upload, SDK single stream",
+                lambda: objects.upload_file(disk, "big.bin", src, **single),
+            ),
+            up(
+                "upload, SDK multipart (blocking)",
+                lambda: objects.upload_file(disk, "big.bin", src, **tuning),
+            ),
+            up(
+                "upload, SDK multipart (async)",
+                lambda: asyncio.run(_aupload(server, disk, src, tuning)),
+            ),
+        ]
+        downloads = [
+            down("raw", raw_get),
+            down(
+                "download, SDK single stream",
+                lambda: objects.download_file(disk, "big.bin", dst, concurrency=1),
+            ),
+            down(
+                "download, SDK ranged (blocking)",
+                lambda: objects.download_file(disk, "big.bin", dst, **tuning),
+            ),
+            down(
+                "download, SDK ranged (async)",
+                lambda: asyncio.run(_adownload(server, disk, dst, tuning)),
+            ),
+        ]
+        for figures in (uploads, downloads):
+            # Round robin: every figure once per round, so drift hits them all alike.
+            for _ in range(repeat):
+                for figure in figures:
+                    figure.measure(size)
+            base = figures[0].rate
+            for figure, target in zip(figures[1:], (0.9, 1.5, 1.5), strict=True):
+                print(line(figure.name, figure.rate, base, target, figure.peak_rss), flush=True)
+                if os.environ.get("BENCH_VERBOSE"):
+                    print("   runs:", [round(r) for r in figure.rates], "baseline runs:", [round(r) for r in figures[0].rates])
+        base_up, base_down = uploads[0].rate, downloads[0].rate
         print(f"raw httpx single stream: upload {base_up:.1f} MB/s, download {base_down:.1f} MB/s")
 
 
