@@ -35,6 +35,7 @@ from bench_core import ExternalServer  # bench/ is on sys.path when this file ru
 import archil
 
 MIB = 1024 * 1024
+DISK = "bench-objects"
 _UNITS = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB}
 _RSS_TARGET = 64 * MIB
 
@@ -172,98 +173,118 @@ def run(
     repeat: int,
     tuning: dict[str, Any],
 ) -> None:
-    headers = {"Authorization": server.api_key}
-    disk = "bench-objects"
-    url = f"{server.base_url}/s3/{disk}/big.bin"
-    single: dict[str, Any] = {"multipart_threshold": size + 1, "concurrency": 1}
+    """Measure every figure, round robin, and print one line per SDK figure."""
     print(f"object size {size / MIB:.0f} MiB, median of {repeat}", flush=True)
     with (
-        httpx.Client(headers=headers, timeout=600, trust_env=False) as raw,
+        httpx.Client(
+            headers={"Authorization": server.api_key}, timeout=600, trust_env=False
+        ) as raw,
         archil.Archil(base_url=server.base_url, api_key=server.api_key, timeout=600) as client,
     ):
-        raw.put(f"{server.base_url}/s3/{disk}/warm", content=b"x").raise_for_status()
-
-        def raw_put() -> None:
-            raw.put(
-                url, content=file_chunks(src), headers={"Content-Length": str(size)}
-            ).raise_for_status()
-
-        def raw_get() -> None:
-            with raw.stream("GET", url) as r, dst.open("wb") as f:
-                r.raise_for_status()
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-
-        objects = client.objects
-
-        def drop() -> None:
-            objects.delete(disk, "big.bin")
-
-        def clear() -> None:
-            dst.unlink(missing_ok=True)
-
-        def up(name: str, fn: Callable[[], Any]) -> Figure:
-            return Figure(name, fn, drop)
-
-        def down(name: str, fn: Callable[[], Any]) -> Figure:
-            return Figure(name, fn, clear)
-
-        uploads = [
-            up("raw", raw_put),
-            up(
-                "upload, SDK single stream",
-                lambda: objects.upload_file(disk, "big.bin", src, **single),
-            ),
-            up(
-                "upload, SDK multipart (blocking)",
-                lambda: objects.upload_file(disk, "big.bin", src, **tuning),
-            ),
-            up(
-                "upload, SDK multipart (async)",
-                lambda: asyncio.run(_aupload(server, disk, src, tuning)),
-            ),
-        ]
-        downloads = [
-            down("raw", raw_get),
-            down(
-                "download, SDK single stream",
-                lambda: objects.download_file(disk, "big.bin", dst, concurrency=1),
-            ),
-            down(
-                "download, SDK ranged (blocking)",
-                lambda: objects.download_file(disk, "big.bin", dst, **tuning),
-            ),
-            down(
-                "download, SDK ranged (async)",
-                lambda: asyncio.run(_adownload(server, disk, dst, tuning)),
-            ),
-        ]
-        for figures in (uploads, downloads):
+        raw.put(f"{server.base_url}/s3/{DISK}/warm", content=b"x").raise_for_status()
+        uploads, downloads = figures(server, raw, client, src, dst, size, tuning)
+        for group in (uploads, downloads):
             # Round robin: every figure once per round, so drift hits them all alike.
             for _ in range(repeat):
-                for figure in figures:
+                for figure in group:
                     figure.measure(size)
-            base = figures[0].rate
-            for figure, target in zip(figures[1:], (0.9, 1.5, 1.5), strict=True):
-                print(line(figure.name, figure.rate, base, target, figure.peak_rss), flush=True)
+            base = group[0]
+            for figure, target in zip(group[1:], (0.9, 1.5, 1.5), strict=True):
+                print(
+                    line(figure.name, figure.rate, base.rate, target, figure.peak_rss), flush=True
+                )
                 if os.environ.get("BENCH_VERBOSE"):
-                    print("   runs:", [round(r) for r in figure.rates], "baseline runs:", [round(r) for r in figures[0].rates])
-        base_up, base_down = uploads[0].rate, downloads[0].rate
-        print(f"raw httpx single stream: upload {base_up:.1f} MB/s, download {base_down:.1f} MB/s")
+                    print(
+                        f"    runs {[round(r) for r in figure.rates]}, baseline {[round(r) for r in base.rates]}"
+                    )
+        print(
+            f"raw httpx single stream: upload {uploads[0].rate:.1f} MB/s, "
+            f"download {downloads[0].rate:.1f} MB/s"
+        )
 
 
-async def _aupload(server: ExternalServer, disk: str, src: Path, tuning: dict[str, Any]) -> None:
+def figures(
+    server: ExternalServer,
+    raw: httpx.Client,
+    client: archil.Archil,
+    src: Path,
+    dst: Path,
+    size: int,
+    tuning: dict[str, Any],
+) -> tuple[list[Figure], list[Figure]]:
+    """The upload figures and the download figures; the first of each is the raw httpx baseline."""
+    url = f"{server.base_url}/s3/{DISK}/big.bin"
+    objects = client.objects
+    single: dict[str, Any] = {"multipart_threshold": size + 1, "concurrency": 1}
+
+    def raw_put() -> None:
+        raw.put(
+            url, content=file_chunks(src), headers={"Content-Length": str(size)}
+        ).raise_for_status()
+
+    def raw_get() -> None:
+        with raw.stream("GET", url) as r, dst.open("wb") as f:
+            r.raise_for_status()
+            for chunk in r.iter_bytes():
+                f.write(chunk)
+
+    def drop() -> None:
+        objects.delete(DISK, "big.bin")
+
+    def clear() -> None:
+        dst.unlink(missing_ok=True)
+
+    uploads = [
+        Figure("raw", raw_put, drop),
+        Figure(
+            "upload, SDK single stream",
+            lambda: objects.upload_file(DISK, "big.bin", src, **single),
+            drop,
+        ),
+        Figure(
+            "upload, SDK multipart (blocking)",
+            lambda: objects.upload_file(DISK, "big.bin", src, **tuning),
+            drop,
+        ),
+        Figure(
+            "upload, SDK multipart (async)",
+            lambda: asyncio.run(_aupload(server, src, tuning)),
+            drop,
+        ),
+    ]
+    downloads = [
+        Figure("raw", raw_get, clear),
+        Figure(
+            "download, SDK single stream",
+            lambda: objects.download_file(DISK, "big.bin", dst, concurrency=1),
+            clear,
+        ),
+        Figure(
+            "download, SDK ranged (blocking)",
+            lambda: objects.download_file(DISK, "big.bin", dst, **tuning),
+            clear,
+        ),
+        Figure(
+            "download, SDK ranged (async)",
+            lambda: asyncio.run(_adownload(server, dst, tuning)),
+            clear,
+        ),
+    ]
+    return uploads, downloads
+
+
+async def _aupload(server: ExternalServer, src: Path, tuning: dict[str, Any]) -> None:
     async with archil.aio.Archil(
         base_url=server.base_url, api_key=server.api_key, timeout=600
     ) as c:
-        await c.objects.upload_file(disk, "big.bin", src, **tuning)
+        await c.objects.upload_file(DISK, "big.bin", src, **tuning)
 
 
-async def _adownload(server: ExternalServer, disk: str, dst: Path, tuning: dict[str, Any]) -> None:
+async def _adownload(server: ExternalServer, dst: Path, tuning: dict[str, Any]) -> None:
     async with archil.aio.Archil(
         base_url=server.base_url, api_key=server.api_key, timeout=600
     ) as c:
-        await c.objects.download_file(disk, "big.bin", dst, **tuning)
+        await c.objects.download_file(DISK, "big.bin", dst, **tuning)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _partial_path(path: StrPath) -> str:
     return f"{os.fspath(path)}.{uuid.uuid4().hex[:12]}.partial"
 
 
-async def awrite_file(path: StrPath, chunks: AsyncIterable[bytes]) -> int:
+async def awrite_file(path: StrPath, chunks: AsyncIterable[bytes | bytearray]) -> int:
     """Write ``chunks`` to ``path`` atomically (a partial file, then a rename); return the size."""
     partial = _partial_path(path)
     f = await asyncio.to_thread(open, partial, "xb")
@@ -72,7 +72,7 @@ async def awrite_file(path: StrPath, chunks: AsyncIterable[bytes]) -> int:
     return size
 
 
-def write_file(path: StrPath, chunks: Iterable[bytes]) -> int:
+def write_file(path: StrPath, chunks: Iterable[bytes | bytearray]) -> int:
     """Write ``chunks`` to ``path`` atomically (a partial file, then a rename); return the size."""
     partial = _partial_path(path)
     size = 0

@@ -145,16 +145,16 @@ async def _view_chunks(view: memoryview, chunk_size: int) -> AsyncIterator[bytes
         yield bytes(view[start : start + chunk_size])
 
 
-async def _coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+async def _coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytearray]:
     """Gather ``chunks`` into pieces of at least ``size`` bytes (the last may be shorter)."""
     buf = bytearray()
     async for chunk in chunks:
         buf += chunk
         if len(buf) >= size:
-            yield bytes(buf)
+            yield buf  # handed over, not reused: no copy
             buf = bytearray()
     if buf:
-        yield bytes(buf)
+        yield buf
 
 
 def _view_body(view: memoryview, chunk_size: int) -> BodyFactory:

@@ -147,16 +147,16 @@ def _view_chunks(view: memoryview, chunk_size: int) -> Iterator[bytes]:
         yield bytes(view[start : start + chunk_size])
 
 
-def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytearray]:
     """Gather ``chunks`` into pieces of at least ``size`` bytes (the last may be shorter)."""
     buf = bytearray()
     for chunk in chunks:
         buf += chunk
         if len(buf) >= size:
-            yield bytes(buf)
+            yield buf  # handed over, not reused: no copy
             buf = bytearray()
     if buf:
-        yield bytes(buf)
+        yield buf
 
 
 def _view_body(view: memoryview, chunk_size: int) -> BodyFactory:
