@@ -437,6 +437,17 @@ def test_a_small_object_is_one_ranged_request(
     assert (tmp_path / "s").read_bytes() == b"tiny" and len(seen) == 1
 
 
+def test_a_range_of_unknown_size_is_refused(
+    client: Archil, router: respx.MockRouter, tmp_path: Path
+) -> None:
+    router.get(f"{OBJ}/{DISK}/u").mock(
+        return_value=httpx.Response(206, content=b"abc", headers={"Content-Range": "bytes 0-2/*"})
+    )
+    with pytest.raises(Exception, match="size"):
+        client.objects.download_file(DISK, "u", tmp_path / "u")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_object_downloads(
     client: Archil, router: respx.MockRouter, tmp_path: Path
 ) -> None:

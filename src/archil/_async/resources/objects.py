@@ -210,20 +210,19 @@ class _StreamParts:
 
     def __init__(self, reader: _ChunkReader, part_size: int, concurrency: int) -> None:
         self._reader = reader
-        self._part_size = part_size
-        self.part_size: int | None = part_size
+        self.part_size = part_size
         self._concurrency = concurrency
         self._next = 1
 
     async def next_batch(self) -> list[_PartBody]:
         batch: list[_PartBody] = []
         while len(batch) < self._concurrency:
-            data = await self._reader.read(self._part_size)
+            data = await self._reader.read(self.part_size)
             if not data:
                 break
             if self._next > MAX_PARTS:
                 raise ValueError(
-                    f"data is longer than {MAX_PARTS} parts of part_size={self._part_size} bytes: "
+                    f"data is longer than {MAX_PARTS} parts of part_size={self.part_size} bytes: "
                     "raise part_size"
                 )
             body = memoryview(data)
@@ -491,8 +490,9 @@ class AsyncObjects:
         Up to ``multipart_threshold`` bytes (16 MiB by default) go in one PUT;
         more become a multipart upload of ``part_size`` parts (8 MiB; at least
         5 MiB), ``concurrency`` at a time (4), each retried on its own, aborted
-        on any failure so no partial object is ever visible. Bytes and text
-        (sent as UTF-8) are sent without copying them. An iterable of chunks is
+        on any failure so no partial object is ever visible. The parts of
+        bytes or text (sent as UTF-8) are slices of it, sent 1 MiB at a time,
+        never copied whole. An iterable of chunks is
         read ``multipart_threshold`` bytes ahead and then ``concurrency`` parts
         at a time, so it is retried like bytes and holds at most that much in
         memory.
@@ -515,8 +515,9 @@ class AsyncObjects:
                 return await self._put_multipart(
                     disk_id, key, _RangeParts(parts), content_type, tuning, options
                 )
+            payload = data if isinstance(data, bytes) else bytes(view)
             response = await self._transport.send(
-                "PUT", url, content=bytes(view), headers=headers, **options
+                "PUT", url, content=payload, headers=headers, **options
             )
             return object_info_from_headers(key, response.headers, size=len(view))
         if not isinstance(data, AsyncIterable):
@@ -784,6 +785,11 @@ class AsyncObjects:
         headers = {"Range": f"bytes=0-{first_end - 1}"}
         async with self._transport.stream("GET", url, headers=headers, **options) as first:
             got = parse_content_range(first.headers.get("content-range"))
+            if first.status_code == 206 and (got is None or got[2] is None):
+                raise APIError(
+                    "the object gateway answered a range without the object's size "
+                    f"(Content-Range {first.headers.get('content-range')!r})"
+                )
             total = got[2] if got is not None and first.status_code == 206 else None
             if got is None or total is None or got[1] + 1 >= total:
                 # The whole object: it was small, or the gateway ignored the range.
