@@ -104,7 +104,7 @@ REPLACEMENTS: dict[str, str] = {
     "aiter_file": "iter_file",
     "awrite_file": "write_file",
     "aiter_file_range": "iter_file_range",
-    "awrite_at": "write_at",
+    "AsyncRangeWriter": "RangeWriter",
     "AwaitableMixin": "BlockingMixin",
     # archil's classes
     "AsyncArchil": "Archil",

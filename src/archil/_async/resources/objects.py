@@ -23,7 +23,7 @@ from typing_extensions import Unpack
 
 from ..._compat import agather_bounded
 from ..._errors import APIConnectionError, APIError, APIStatusError, NotFoundError
-from ..._files import PartialFile, aiter_file, aiter_file_range, awrite_at, awrite_file
+from ..._files import AsyncRangeWriter, PartialFile, aiter_file, aiter_file_range
 from ..._models import (
     DeleteResult,
     MultipartUpload,
@@ -76,6 +76,7 @@ DEFAULT_CONCURRENCY = 4
 MAX_KEYS = 1000
 _OCTET_STREAM = "application/octet-stream"
 _COMPLETE_READ_TIMEOUT = 600.0
+_UNBOUNDED = 1 << 62
 
 BodyFactory = Callable[[], AsyncIterable[bytes]]
 
@@ -143,18 +144,6 @@ class _PartBody:
 async def _view_chunks(view: memoryview, chunk_size: int) -> AsyncIterator[bytes]:
     for start in range(0, len(view), chunk_size):
         yield bytes(view[start : start + chunk_size])
-
-
-async def _coalesce(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytearray]:
-    """Gather ``chunks`` into pieces of at least ``size`` bytes (the last may be shorter)."""
-    buf = bytearray()
-    async for chunk in chunks:
-        buf += chunk
-        if len(buf) >= size:
-            yield buf  # handed over, not reused: no copy
-            buf = bytearray()
-    if buf:
-        yield buf
 
 
 def _view_body(view: memoryview, chunk_size: int) -> BodyFactory:
@@ -768,8 +757,7 @@ class AsyncObjects:
                 if exc.status_code != 416:  # an empty object has no first byte
                     raise
         async with self._transport.stream("GET", url, **options) as response:
-            size = await awrite_file(path, _coalesce(response.aiter_bytes(), chunk_size))
-            return object_info_from_headers(key, response.headers, size=size)
+            return await self._save_whole(response, key, path, chunk_size)
 
     async def _download_ranges(
         self,
@@ -793,8 +781,7 @@ class AsyncObjects:
             total = got[2] if got is not None and first.status_code == 206 else None
             if got is None or total is None or got[1] + 1 >= total:
                 # The whole object: it was small, or the gateway ignored the range.
-                size = await awrite_file(path, _coalesce(first.aiter_bytes(), chunk_size))
-                return object_info_from_headers(key, first.headers, size=size)
+                return await self._save_whole(first, key, path, chunk_size)
             if got[0] != 0:
                 raise APIError(f"the object gateway sent bytes {got[0]}-{got[1]} for bytes 0-")
             info = object_info_from_headers(key, first.headers, size=total)
@@ -826,28 +813,21 @@ class AsyncObjects:
                 target.commit()
             return info
 
-    async def _write_body(
-        self, response: httpx.Response, fd: int, at: list[int], end: int, chunk_size: int
-    ) -> None:
-        """Write the body of ``response`` into ``fd`` from ``at[0]`` (up to ``end``), advancing ``at[0]``.
-
-        The body is taken as it arrives and gathered into one buffer per write
-        (re-chunking it with ``aiter_bytes(chunk_size)`` would copy it three times).
-        """
-        buf = bytearray()
-        async for chunk in response.aiter_bytes():
-            buf += chunk
-            if len(buf) >= chunk_size:
-                await self._write_at(fd, at, end, buf)
-                buf = bytearray()
-        if buf:
-            await self._write_at(fd, at, end, buf)
-
-    async def _write_at(self, fd: int, at: list[int], end: int, buf: bytearray) -> None:
-        if len(buf) > end - at[0]:
-            del buf[end - at[0] :]
-        await awrite_at(fd, at[0], buf)
-        at[0] += len(buf)
+    async def _save_whole(
+        self,
+        response: httpx.Response,
+        key: str,
+        path: str | os.PathLike[str],
+        chunk_size: int,
+    ) -> ObjectInfo:
+        """Write a whole body into a partial file renamed over ``path`` once complete."""
+        with PartialFile(path, 0) as target:
+            writer = AsyncRangeWriter(target.fd, 0, _UNBOUNDED, chunk_size)
+            async for chunk in response.aiter_bytes():
+                await writer.write(chunk)
+            await writer.flush()
+            target.commit()
+        return object_info_from_headers(key, response.headers, size=writer.position)
 
     async def _finish_first(
         self,
@@ -860,14 +840,18 @@ class AsyncObjects:
         options: RequestOptions,
     ) -> None:
         """Write the first range from the response already open; resume it if it drops."""
-        at = [0]
+        writer = AsyncRangeWriter(fd, 0, end, chunk_size)
         failures = 0
         try:
-            await self._write_body(first, fd, at, end, chunk_size)
+            async for chunk in first.aiter_bytes():
+                await writer.write(chunk)
         except (httpx.TransportError, APIConnectionError):
             failures = 1
-        if at[0] < end:
-            await self._fetch_range(url, etag, fd, at[0], end, chunk_size, options, failures)
+        await writer.flush()
+        if writer.position < end:
+            await self._fetch_range(
+                url, etag, fd, writer.position, end, chunk_size, options, failures
+            )
 
     async def _fetch_range(
         self,
@@ -882,24 +866,31 @@ class AsyncObjects:
     ) -> None:
         """GET bytes ``pos`` to ``end`` into ``fd``; a dropped body resumes where it stopped."""
         retries = options.get("max_retries", self._transport.config.max_retries)
-        at = [pos]
-        while at[0] < end:
-            headers = {"Range": f"bytes={at[0]}-{end - 1}"}
+        writer = AsyncRangeWriter(fd, pos, end, chunk_size)
+        while writer.position < end:
+            headers = {"Range": f"bytes={writer.position}-{end - 1}"}
             if etag:
                 headers["If-Match"] = f'"{etag}"'
             try:
                 async with self._transport.stream("GET", url, headers=headers, **options) as resp:
                     got = parse_content_range(resp.headers.get("content-range"))
-                    if resp.status_code != 206 or got is None or got[:2] != (at[0], end - 1):
+                    if (
+                        resp.status_code != 206
+                        or got is None
+                        or got[:2] != (writer.position, end - 1)
+                    ):
                         raise APIError(
-                            f"the object gateway did not answer the range {at[0]}-{end - 1} "
+                            f"the object gateway did not answer the range {writer.position}-{end - 1} "
                             f"(HTTP {resp.status_code}, "
                             f"Content-Range {resp.headers.get('content-range')!r})"
                         )
-                    await self._write_body(resp, fd, at, end, chunk_size)
-                if at[0] < end:
+                    async for chunk in resp.aiter_bytes():
+                        await writer.write(chunk)
+                    await writer.flush()
+                if writer.position < end:
                     raise APIConnectionError("the object gateway ended a range early")
             except APIConnectionError:
+                await writer.flush()  # keep what arrived: the retry starts after it
                 failures += 1
                 if failures > retries:
                     raise

@@ -25,7 +25,7 @@ from typing_extensions import Unpack
 
 from ..._compat import gather_bounded
 from ..._errors import APIConnectionError, APIError, APIStatusError, NotFoundError
-from ..._files import PartialFile, iter_file, iter_file_range, write_at, write_file
+from ..._files import PartialFile, RangeWriter, iter_file, iter_file_range
 from ..._models import (
     DeleteResult,
     MultipartUpload,
@@ -78,6 +78,7 @@ DEFAULT_CONCURRENCY = 4
 MAX_KEYS = 1000
 _OCTET_STREAM = "application/octet-stream"
 _COMPLETE_READ_TIMEOUT = 600.0
+_UNBOUNDED = 1 << 62
 
 BodyFactory = Callable[[], Iterable[bytes]]
 
@@ -145,18 +146,6 @@ class _PartBody:
 def _view_chunks(view: memoryview, chunk_size: int) -> Iterator[bytes]:
     for start in range(0, len(view), chunk_size):
         yield bytes(view[start : start + chunk_size])
-
-
-def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytearray]:
-    """Gather ``chunks`` into pieces of at least ``size`` bytes (the last may be shorter)."""
-    buf = bytearray()
-    for chunk in chunks:
-        buf += chunk
-        if len(buf) >= size:
-            yield buf  # handed over, not reused: no copy
-            buf = bytearray()
-    if buf:
-        yield buf
 
 
 def _view_body(view: memoryview, chunk_size: int) -> BodyFactory:
@@ -765,8 +754,7 @@ class Objects:
                 if exc.status_code != 416:  # an empty object has no first byte
                     raise
         with self._transport.stream("GET", url, **options) as response:
-            size = write_file(path, _coalesce(response.iter_bytes(), chunk_size))
-            return object_info_from_headers(key, response.headers, size=size)
+            return self._save_whole(response, key, path, chunk_size)
 
     def _download_ranges(
         self,
@@ -790,8 +778,7 @@ class Objects:
             total = got[2] if got is not None and first.status_code == 206 else None
             if got is None or total is None or got[1] + 1 >= total:
                 # The whole object: it was small, or the gateway ignored the range.
-                size = write_file(path, _coalesce(first.iter_bytes(), chunk_size))
-                return object_info_from_headers(key, first.headers, size=size)
+                return self._save_whole(first, key, path, chunk_size)
             if got[0] != 0:
                 raise APIError(f"the object gateway sent bytes {got[0]}-{got[1]} for bytes 0-")
             info = object_info_from_headers(key, first.headers, size=total)
@@ -823,28 +810,21 @@ class Objects:
                 target.commit()
             return info
 
-    def _write_body(
-        self, response: httpx.Response, fd: int, at: list[int], end: int, chunk_size: int
-    ) -> None:
-        """Write the body of ``response`` into ``fd`` from ``at[0]`` (up to ``end``), advancing ``at[0]``.
-
-        The body is taken as it arrives and gathered into one buffer per write
-        (re-chunking it with ``iter_bytes(chunk_size)`` would copy it three times).
-        """
-        buf = bytearray()
-        for chunk in response.iter_bytes():
-            buf += chunk
-            if len(buf) >= chunk_size:
-                self._write_at(fd, at, end, buf)
-                buf = bytearray()
-        if buf:
-            self._write_at(fd, at, end, buf)
-
-    def _write_at(self, fd: int, at: list[int], end: int, buf: bytearray) -> None:
-        if len(buf) > end - at[0]:
-            del buf[end - at[0] :]
-        write_at(fd, at[0], buf)
-        at[0] += len(buf)
+    def _save_whole(
+        self,
+        response: httpx.Response,
+        key: str,
+        path: str | os.PathLike[str],
+        chunk_size: int,
+    ) -> ObjectInfo:
+        """Write a whole body into a partial file renamed over ``path`` once complete."""
+        with PartialFile(path, 0) as target:
+            writer = RangeWriter(target.fd, 0, _UNBOUNDED, chunk_size)
+            for chunk in response.iter_bytes():
+                writer.write(chunk)
+            writer.flush()
+            target.commit()
+        return object_info_from_headers(key, response.headers, size=writer.position)
 
     def _finish_first(
         self,
@@ -857,14 +837,16 @@ class Objects:
         options: RequestOptions,
     ) -> None:
         """Write the first range from the response already open; resume it if it drops."""
-        at = [0]
+        writer = RangeWriter(fd, 0, end, chunk_size)
         failures = 0
         try:
-            self._write_body(first, fd, at, end, chunk_size)
+            for chunk in first.iter_bytes():
+                writer.write(chunk)
         except (httpx.TransportError, APIConnectionError):
             failures = 1
-        if at[0] < end:
-            self._fetch_range(url, etag, fd, at[0], end, chunk_size, options, failures)
+        writer.flush()
+        if writer.position < end:
+            self._fetch_range(url, etag, fd, writer.position, end, chunk_size, options, failures)
 
     def _fetch_range(
         self,
@@ -879,24 +861,31 @@ class Objects:
     ) -> None:
         """GET bytes ``pos`` to ``end`` into ``fd``; a dropped body resumes where it stopped."""
         retries = options.get("max_retries", self._transport.config.max_retries)
-        at = [pos]
-        while at[0] < end:
-            headers = {"Range": f"bytes={at[0]}-{end - 1}"}
+        writer = RangeWriter(fd, pos, end, chunk_size)
+        while writer.position < end:
+            headers = {"Range": f"bytes={writer.position}-{end - 1}"}
             if etag:
                 headers["If-Match"] = f'"{etag}"'
             try:
                 with self._transport.stream("GET", url, headers=headers, **options) as resp:
                     got = parse_content_range(resp.headers.get("content-range"))
-                    if resp.status_code != 206 or got is None or got[:2] != (at[0], end - 1):
+                    if (
+                        resp.status_code != 206
+                        or got is None
+                        or got[:2] != (writer.position, end - 1)
+                    ):
                         raise APIError(
-                            f"the object gateway did not answer the range {at[0]}-{end - 1} "
+                            f"the object gateway did not answer the range {writer.position}-{end - 1} "
                             f"(HTTP {resp.status_code}, "
                             f"Content-Range {resp.headers.get('content-range')!r})"
                         )
-                    self._write_body(resp, fd, at, end, chunk_size)
-                if at[0] < end:
+                    for chunk in resp.iter_bytes():
+                        writer.write(chunk)
+                    writer.flush()
+                if writer.position < end:
                     raise APIConnectionError("the object gateway ended a range early")
             except APIConnectionError:
+                writer.flush()  # keep what arrived: the retry starts after it
                 failures += 1
                 if failures > retries:
                     raise
