@@ -137,11 +137,13 @@ class PartialFile:
         self.path = os.fspath(path)
         self.partial = _partial_path(path)
         self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.ftruncate(self.fd, size)
-        except BaseException:
-            self.discard()
-            raise
+        if size:
+            # Never truncate a new file to 0: ext4 would then flush all of it on close.
+            try:
+                os.ftruncate(self.fd, size)
+            except BaseException:
+                self.discard()
+                raise
 
     def commit(self) -> None:
         """Close the file and rename it over ``path``."""
