@@ -25,9 +25,9 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "ABackground",
-    "Background",
     "ADetached",
     "ALock",
+    "Background",
     "Detached",
     "Lock",
     "aenter_detached",

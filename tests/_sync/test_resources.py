@@ -56,7 +56,9 @@ def mock_records(
 
 
 def test_create_container_without_a_command(client: Archil, router: respx.MockRouter) -> None:
-    create = router.post("/api/sandboxes").mock(return_value=ok(container_sandbox(), 202))
+    create = router.post("/api/sandboxes").mock(
+        return_value=ok(container_sandbox(kernel_variant="extended"), 202)
+    )
     record = router.put(f"{OBJ}/{DISK}/{RECORD_KEY}").mock(return_value=httpx.Response(200))
     router.get(f"/api/sandboxes/{SID}/ports").mock(
         return_value=ok({"ports": [{"port": 8080, "hostname": "127.0.0.1:8080"}]})

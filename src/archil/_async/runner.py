@@ -221,7 +221,12 @@ class AsyncCallRunner:
             sandbox = await self._sandbox(spec, paths.call_id)
             env = {**spec.env, "PYTHONPATH": lib}
             result, tail = await self._follow(
-                sandbox, bootstrap_command(paths), env, spec.cwd, spec.timeout, self._printer_for(spec)
+                sandbox,
+                bootstrap_command(paths),
+                env,
+                spec.cwd,
+                spec.timeout,
+                self._printer_for(spec),
             )
             finished = True
             if not result.ok:
@@ -229,7 +234,9 @@ class AsyncCallRunner:
             try:
                 data = await self._client.objects.get(disk, paths.output_key)
             except NotFoundError:
-                raise _container_error(result, tail, f"{what} produced no result", sandbox.id) from None
+                raise _container_error(
+                    result, tail, f"{what} produced no result", sandbox.id
+                ) from None
             return decode_result(data)
         finally:
             if finished and sandbox is not None:

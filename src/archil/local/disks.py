@@ -5,7 +5,8 @@ it. Writes walk the key one component at a time with ``O_NOFOLLOW`` directory
 descriptors, so no symbolic link is ever followed and nothing is written
 outside the disk; reads resolve the key and check that the result stays inside
 the disk. Uploads stream to a temporary file that is atomically renamed into
-place once complete.
+place once complete. Multipart uploads are staged beside the disks (see
+:mod:`.multipart`), under a name that no disk id can take.
 
 Every method does blocking file I/O: call them from a worker thread.
 """
@@ -20,6 +21,7 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .._models import validate_object_key
+from .multipart import MultipartStore
 
 __all__ = [
     "DirectoryNotFound",
@@ -42,9 +45,12 @@ __all__ = [
 
 _DISK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _UPLOADS = ".uploads"
+_MULTIPART = ".multipart"
+_APPEND_LOCKS = 64
 _INODE_CACHE_MAX = 200_000
 _WALK_LIMIT = 200_000
 _CHUNK = 1024 * 1024
+_COPY_CHUNK = 256 * 1024 * 1024
 
 
 class PathEscapeError(ValueError):
@@ -110,6 +116,18 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _md5_of_fd(fd: int, size: int) -> str:
+    md5 = hashlib.md5(usedforsecurity=False)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        md5.update(chunk)
+        offset += len(chunk)
+    return md5.hexdigest()
+
+
 class Upload:
     """An object being written: bytes go to a temporary file, then ``commit`` renames it in place."""
 
@@ -143,6 +161,36 @@ class Upload:
     def md5_hex(self) -> str:
         """The MD5 hex digest of what was written so far."""
         return self._md5.hexdigest()
+
+    def copy_from(self, fd: int, length: int, offset: int = 0) -> None:
+        """Append ``length`` bytes of the file ``fd`` from ``offset``, copied in the kernel where possible.
+
+        The MD5 of the content is not tracked for copied bytes (a multipart
+        object's ETag is made from its parts' MD5s instead).
+        """
+        out = self._file.fileno()
+        end = offset + length
+        copy_range = getattr(os, "copy_file_range", None)
+        while offset < end:
+            want = min(end - offset, _COPY_CHUNK)
+            n = 0
+            if copy_range is not None:
+                try:
+                    n = copy_range(fd, out, want, offset_src=offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    copy_range = None
+            if copy_range is None:
+                chunk = os.pread(fd, min(want, _CHUNK), offset)
+                n = len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+            if n == 0:
+                raise OSError(errno.EIO, "a staged part is shorter than recorded")
+            offset += n
+        self.size += length
 
     def commit(self) -> tuple[str, os.stat_result]:
         """Flush and atomically move the file into place; return the MD5 hex digest and its stat."""
@@ -181,6 +229,23 @@ class Upload:
         self._parent_fd = self._tmp_dir_fd = -1
 
 
+class ObjectDestination:
+    """A key on a disk as the destination of a multipart upload (see :class:`.multipart.Destination`)."""
+
+    def __init__(self, store: DiskStore, disk_id: str, key: str) -> None:
+        self._store = store
+        self._disk_id = disk_id
+        self._key = key
+
+    def begin(self) -> Upload:
+        """A new object to copy the parts into."""
+        return self._store.begin_upload(self._disk_id, self._key)
+
+    def adopt(self, dir_fd: int, name: str) -> os.stat_result:
+        """Rename the finished file into place."""
+        return self._store.adopt(self._disk_id, self._key, dir_fd, name)
+
+
 class DiskStore:
     """The directories that hold the local disks."""
 
@@ -193,6 +258,9 @@ class DiskStore:
             with contextlib.suppress(OSError):
                 leftover.unlink()
         self._inodes: dict[str, OrderedDict[int, str]] = {}
+        self.multipart = MultipartStore(self.root / _MULTIPART)
+        self.multipart.sweep()
+        self._append_locks = [threading.Lock() for _ in range(_APPEND_LOCKS)]
 
     # -- disks ------------------------------------------------------------------
 
@@ -217,6 +285,7 @@ class DiskStore:
         """Remove a disk's directory and everything in it (symbolic links are not followed)."""
         p = self.path(disk_id)
         self._inodes.pop(disk_id, None)
+        self.multipart.drop_disk(disk_id)
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
 
@@ -308,6 +377,82 @@ class DiskStore:
             os.close(parent)
             os.close(tmp)
             raise
+
+    def append_object(
+        self, disk_id: str, key: str, data: bytes
+    ) -> tuple[str, os.stat_result, bool]:
+        """Append ``data`` to an object, creating it if needed.
+
+        Returns the MD5 hex digest of the whole object, its stat and whether it
+        was created. A failed write is truncated away, so the object is either
+        as before or has all of ``data`` appended.
+        """
+        parts, is_dir = split_key(key)
+        if is_dir:
+            raise PathEscapeError(
+                "a key that ends with '/' names a folder and cannot be appended to"
+            )
+        parent = self._open_parent(disk_id, parts, create=True)
+        lock = self._append_locks[hash((disk_id, key)) % _APPEND_LOCKS]
+        try:
+            with lock:
+                fd, created = self._open_for_append(parent, parts[-1], key)
+                try:
+                    before = os.fstat(fd)
+                    if not stat.S_ISREG(before.st_mode):
+                        raise PathEscapeError(f"the key {key!r} names something that is not a file")
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(fd, before.st_size)
+                        raise
+                    final = os.fstat(fd)
+                    return _md5_of_fd(fd, final.st_size), final, created
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(parent)
+
+    def _open_for_append(self, parent: int, name: str, key: str) -> tuple[int, bool]:
+        flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            try:
+                return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=parent), True
+            except FileExistsError:
+                return os.open(name, flags, dir_fd=parent), False
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PathEscapeError(f"the key {key!r} is a symbolic link") from None
+            if exc.errno in (errno.EISDIR, errno.ENXIO):
+                raise PathEscapeError(
+                    f"the key {key!r} names something that is not a file"
+                ) from None
+            raise
+
+    def destination(self, disk_id: str, key: str) -> ObjectDestination:
+        """Where a completed multipart upload of ``key`` goes."""
+        return ObjectDestination(self, disk_id, key)
+
+    def adopt(self, disk_id: str, key: str, src_dir_fd: int, src_name: str) -> os.stat_result:
+        """Rename a finished file into place as the object ``key`` (atomically, never through a link)."""
+        parts, is_dir = split_key(key)
+        if is_dir:
+            raise PathEscapeError("a key that ends with '/' names a folder, not an object")
+        parent = self._open_parent(disk_id, parts, create=True)
+        try:
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise PathEscapeError(f"the key {key!r} names a directory on the disk")
+            os.rename(src_name, parts[-1], src_dir_fd=src_dir_fd, dst_dir_fd=parent)
+            return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(parent)
 
     def make_directory(self, disk_id: str, key: str) -> None:
         """Create the directory named by a key that ends with ``/`` (an S3 folder marker)."""

@@ -89,6 +89,7 @@ class LocalServer:
         access_log: bool = False,
         real_api_only: bool = False,
         namespaces: bool | None = None,
+        min_part_size: int = 5 * 1024 * 1024,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
@@ -102,6 +103,7 @@ class LocalServer:
             chaos_seed=chaos_seed,
             real_api_only=real_api_only,
             namespaces=namespaces,
+            min_part_size=min_part_size,
         )
         self.access_log = access_log
         self.base_url = ""

@@ -3,19 +3,33 @@
 Path style: ``/s3/{diskId}/{key}`` with GET, HEAD, PUT and DELETE, and
 ListObjectsV2 at ``GET /s3/{diskId}?list-type=2``. Errors are S3 XML
 documents (``<Error><Code>NoSuchKey</Code>...``).
+
+The operations of the live gateway beyond those, told apart by their query
+string as in S3:
+
+- multipart uploads: ``POST {key}?uploads`` (create), ``PUT {key}?partNumber=&uploadId=``
+  (a part), ``GET {key}?uploadId=`` (ListParts), ``POST {key}?uploadId=`` (complete),
+  ``DELETE {key}?uploadId=`` (abort) and ``GET /s3/{diskId}?uploads`` (ListMultipartUploads);
+  the parts are staged outside the disk (:mod:`.multipart`);
+- ``POST /s3/{diskId}?delete``: DeleteObjects, up to 1000 keys;
+- ``PUT {key}?append=true``: append at most 1 MiB to an object, creating it if needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import hashlib
 import mimetypes
 import os
 import re
-from collections.abc import AsyncIterator
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import quote
 from xml.sax.saxutils import escape as _xml_escape
 
@@ -25,6 +39,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from .disks import NoSuchKey, ObjectStat, PathEscapeError, split_key
+from .multipart import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MultipartError,
+    UploadRecord,
+    normalize_etag,
+)
 
 if TYPE_CHECKING:
     from .server import ControlPlane
@@ -34,6 +55,15 @@ __all__ = ["S3Error", "object_routes", "s3_error_response"]
 _NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _CHUNK = 1024 * 1024
 _MAX_KEYS = 1000
+_MAX_APPEND = 1024 * 1024
+"""The most one ``PUT ?append=true`` may add."""
+_MAX_DELETE_KEYS = 1000
+_MAX_XML_BODY = 2 * 1024 * 1024
+_MALFORMED_XML = (
+    "The XML you provided was not well-formed or did not validate against our published schema."
+)
+
+T = TypeVar("T")
 
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -143,6 +173,11 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+def _etag_matches(header: str, etag: str) -> bool:
+    wanted = [normalize_etag(v) for v in header.split(",")]
+    return "*" in wanted or normalize_etag(etag) in wanted
+
+
 async def _read_fd(fd: int, offset: int, length: int) -> AsyncIterator[bytes]:
     try:
         pos, left = offset, length
@@ -158,14 +193,18 @@ async def _read_fd(fd: int, offset: int, length: int) -> AsyncIterator[bytes]:
 
 
 async def get_object(request: Request) -> Response:
-    """``GET``/``HEAD /s3/{diskId}/{key}`` (an empty key lists the disk)."""
+    """``GET``/``HEAD /s3/{diskId}/{key}`` (an empty key is the disk; ``?uploadId=`` is ListParts).
+
+    ``If-Match`` is honoured (412 when the object's ETag differs), so the
+    ranges of one download all come from the same object.
+    """
     plane = _plane(request)
     disk_id = request.path_params["disk_id"]
     key = request.path_params["key"]
     if key == "":
-        if request.method == "HEAD":
-            return await head_bucket(request)
-        return await list_objects(request)
+        return await bucket(request)
+    if request.method == "GET" and "uploadId" in request.query_params:
+        return await list_parts(request)
     _check_key(key)
     plane.object_disk(disk_id)
 
@@ -184,6 +223,15 @@ async def get_object(request: Request) -> Response:
         raise S3Error(404, "NoSuchKey", "The specified key does not exist.", key) from None
     except PathEscapeError as exc:
         raise S3Error(400, "InvalidArgument", str(exc), key) from None
+    if_match = request.headers.get("if-match")
+    if if_match is not None and not _etag_matches(if_match, etag):
+        os.close(fd)
+        raise S3Error(
+            412,
+            "PreconditionFailed",
+            "At least one of the preconditions you specified did not hold",
+            key,
+        )
     headers = _object_headers(key, st, etag, ctype)
     status = 200
     start, length = 0, st.size
@@ -206,14 +254,112 @@ async def get_object(request: Request) -> Response:
     return StreamingResponse(_read_fd(fd, start, length), status_code=status, headers=headers)
 
 
+class _BodyWriter(Protocol):
+    """Where a request body is streamed: a whole object or one part of a multipart upload."""
+
+    size: int
+
+    def write(self, data: bytes | bytearray) -> None: ...
+
+    def md5_hex(self) -> str: ...
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _too_large(key: str, limit: int) -> S3Error:
+    return S3Error(
+        400,
+        "EntityTooLarge",
+        f"Your proposed upload exceeds the maximum allowed size ({limit} bytes).",
+        key,
+    )
+
+
+def _check_md5(request: Request, md5_hex: str, key: str | None) -> None:
+    md5_header = request.headers.get("content-md5")
+    if md5_header is None:
+        return
+    try:
+        want = base64.b64decode(md5_header, validate=True).hex()
+    except (binascii.Error, ValueError):
+        raise S3Error(400, "InvalidDigest", "Content-MD5 is not valid base64", key) from None
+    if want != md5_hex:
+        raise S3Error(400, "BadDigest", "the Content-MD5 does not match the body", key)
+
+
+async def _receive(
+    request: Request, writer: _BodyWriter, key: str, *, limit: int | None = None
+) -> None:
+    """Stream the body into ``writer`` in 1 MiB writes; check its length and ``Content-MD5``.
+
+    One write (hashing and writing, in a worker thread) is in flight while the
+    next MiB is received, so the two overlap; writes stay in order.
+    """
+    expected = _content_length(request)
+    if limit is not None and expected is not None and expected > limit:
+        raise _too_large(key, limit)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    received = 0
+    buf = bytearray()
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise _too_large(key, limit)
+            if len(buf) >= _CHUNK:
+                data, buf = buf, bytearray()
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, writer.write, data)
+        if pending is not None:
+            await pending
+        pending = None
+        if buf:
+            await anyio.to_thread.run_sync(writer.write, buf)
+    finally:
+        if pending is not None:
+            # The caller discards the file after a failure: let the write finish first.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending)
+    if expected is not None and expected != writer.size:
+        raise S3Error(400, "IncompleteBody", "the body is shorter than Content-Length", key)
+    _check_md5(request, writer.md5_hex(), key)
+
+
+async def _read_small(request: Request, limit: int, on_excess: Callable[[], S3Error]) -> bytes:
+    """The whole body, which must not exceed ``limit`` bytes."""
+    expected = _content_length(request)
+    if expected is not None and expected > limit:
+        raise on_excess()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise on_excess()
+    if expected is not None and expected != len(body):
+        raise S3Error(400, "IncompleteBody", "the body is shorter than Content-Length")
+    return bytes(body)
+
+
 async def put_object(request: Request) -> Response:
-    """``PUT /s3/{diskId}/{key}``: stream the body to a temporary file, then rename it into place."""
+    """``PUT /s3/{diskId}/{key}``: PutObject, UploadPart (``?partNumber=&uploadId=``) or append."""
+    q = request.query_params
+    if "uploadId" in q or "partNumber" in q:
+        return await upload_part(request)
+    if "append" in q:
+        return await append_object(request)
     plane = _plane(request)
     disk_id = request.path_params["disk_id"]
     key = request.path_params["key"]
     if key == "":
         raise S3Error(400, "InvalidArgument", "an object key is required")
     _check_key(key)
+    _refuse_copy(request, key)
     plane.object_disk(disk_id)
     if key.endswith("/"):
         nonempty = False
@@ -236,27 +382,7 @@ async def put_object(request: Request) -> Response:
     except PathEscapeError as exc:
         raise S3Error(400, "InvalidArgument", str(exc), key) from None
     try:
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) >= _CHUNK:
-                data, buf = buf, bytearray()
-                await anyio.to_thread.run_sync(upload.write, data)
-        if buf:
-            await anyio.to_thread.run_sync(upload.write, buf)
-        expected = request.headers.get("content-length")
-        if expected is not None and expected.isdigit() and int(expected) != upload.size:
-            raise S3Error(400, "IncompleteBody", "the body is shorter than Content-Length", key)
-        md5_header = request.headers.get("content-md5")
-        if md5_header is not None:
-            try:
-                want = base64.b64decode(md5_header, validate=True).hex()
-            except (binascii.Error, ValueError):
-                raise S3Error(
-                    400, "InvalidDigest", "Content-MD5 is not valid base64", key
-                ) from None
-            if want != upload.md5_hex():
-                raise S3Error(400, "BadDigest", "the Content-MD5 does not match the body", key)
+        await _receive(request, upload, key)
         etag, st = await anyio.to_thread.run_sync(upload.commit)
     except ClientDisconnect:
         await anyio.to_thread.run_sync(upload.abort)
@@ -281,8 +407,63 @@ async def put_object(request: Request) -> Response:
     return Response(status_code=200, headers={"etag": f'"{etag}"'})
 
 
+def _refuse_copy(request: Request, key: str) -> None:
+    if "x-amz-copy-source" in request.headers:
+        raise S3Error(501, "NotImplemented", "copying objects is not supported", key)
+
+
+async def append_object(request: Request) -> Response:
+    """``PUT /s3/{diskId}/{key}?append=true``: add at most 1 MiB to an object, creating it if needed."""
+    plane = _plane(request)
+    disk_id = request.path_params["disk_id"]
+    key = request.path_params["key"]
+    if request.query_params.get("append", "").lower() != "true":
+        raise S3Error(400, "InvalidArgument", "append must be 'true'", key or None)
+    if key == "" or key.endswith("/"):
+        raise S3Error(400, "InvalidArgument", "append needs the key of a file", key or None)
+    _check_key(key)
+    _refuse_copy(request, key)
+    plane.object_disk(disk_id)
+    try:
+        body = await _read_small(request, _MAX_APPEND, lambda: _too_large(key, _MAX_APPEND))
+    except ClientDisconnect:
+        raise S3Error(
+            400, "IncompleteBody", "the client disconnected before the body was complete", key
+        ) from None
+    _check_md5(request, hashlib.md5(body, usedforsecurity=False).hexdigest(), key)
+    try:
+        etag, st, created = await anyio.to_thread.run_sync(
+            plane.disks.append_object, disk_id, key, body
+        )
+    except PathEscapeError as exc:
+        raise S3Error(400, "InvalidArgument", str(exc), key) from None
+    if created:
+        content_type = request.headers.get("content-type")
+    else:
+        meta = plane.state.get_object_meta(disk_id, key)
+        content_type = meta["content_type"] if meta is not None else None
+    plane.state.put_object_meta(
+        disk_id,
+        key,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        ino=st.st_ino,
+        etag=etag,
+        content_type=content_type,
+    )
+    return Response(
+        status_code=200,
+        headers={"etag": f'"{etag}"', "x-archil-object-size": str(st.st_size)},
+    )
+
+
 async def delete_object(request: Request) -> Response:
-    """``DELETE /s3/{diskId}/{key}``: 204, also when there was nothing there."""
+    """``DELETE /s3/{diskId}/{key}``: 204, also when there was nothing there.
+
+    With ``?uploadId=`` it is AbortMultipartUpload.
+    """
+    if "uploadId" in request.query_params:
+        return await abort_multipart_upload(request)
     plane = _plane(request)
     disk_id = request.path_params["disk_id"]
     key = request.path_params["key"]
@@ -406,10 +587,33 @@ async def list_objects(request: Request) -> Response:
 
 
 async def bucket(request: Request) -> Response:
-    """``GET``/``HEAD /s3/{diskId}``."""
+    """``GET``/``HEAD``/``POST /s3/{diskId}``: ListObjectsV2, ListMultipartUploads or DeleteObjects."""
     if request.method == "HEAD":
         return await head_bucket(request)
+    if request.method == "POST":
+        if "delete" in request.query_params:
+            return await delete_objects(request)
+        raise S3Error(400, "InvalidRequest", "POST on a disk needs ?delete (DeleteObjects)")
+    if "uploads" in request.query_params:
+        return await list_multipart_uploads(request)
     return await list_objects(request)
+
+
+async def post_object(request: Request) -> Response:
+    """``POST /s3/{diskId}/{key}``: CreateMultipartUpload (``?uploads``) or complete (``?uploadId=``)."""
+    if request.path_params["key"] == "":
+        return await bucket(request)
+    q = request.query_params
+    if "uploads" in q:
+        return await create_multipart_upload(request)
+    if "uploadId" in q:
+        return await complete_multipart_upload(request)
+    raise S3Error(
+        400,
+        "InvalidRequest",
+        "POST on an object needs ?uploads (CreateMultipartUpload) or ?uploadId= (complete)",
+        request.path_params["key"],
+    )
 
 
 async def no_bucket(request: Request) -> Response:
@@ -417,12 +621,404 @@ async def no_bucket(request: Request) -> Response:
     raise S3Error(400, "InvalidArgument", "a disk id is required: /s3/{diskId}/{key}")
 
 
+# ---------------------------------------------------------------------------
+# XML documents
+# ---------------------------------------------------------------------------
+
+
+def _el(name: str, value: object) -> str:
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def _xml_doc(root: str, inner: Sequence[str]) -> Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<{root} xmlns="{_NS}">' + "".join(inner) + f"</{root}>"
+    )
+    return Response(body, media_type="application/xml")
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _malformed() -> S3Error:
+    return S3Error(400, "MalformedXML", _MALFORMED_XML)
+
+
+async def _read_xml(request: Request, root_name: str) -> ET.Element:
+    """The request's XML document, whose root must be ``root_name`` (no DTDs or entities)."""
+    body = await _read_small(
+        request,
+        _MAX_XML_BODY,
+        lambda: S3Error(400, "MaxMessageLengthExceeded", "Your request was too big."),
+    )
+    _check_md5(request, hashlib.md5(body, usedforsecurity=False).hexdigest(), None)
+    lowered = body.lower()
+    if b"<!doctype" in lowered or b"<!entity" in lowered:
+        raise _malformed()
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise _malformed() from None
+    if _local(root.tag) != root_name:
+        raise _malformed()
+    return root
+
+
+def _owner(plane: ControlPlane) -> list[str]:
+    who = f"<ID>{escape(plane.organization)}</ID><DisplayName>{escape(plane.organization)}</DisplayName>"
+    return [f"<Initiator>{who}</Initiator>", f"<Owner>{who}</Owner>"]
+
+
+# ---------------------------------------------------------------------------
+# Multipart uploads
+# ---------------------------------------------------------------------------
+
+
+async def _staging(fn: Callable[..., T], *args: object, resource: str | None = None) -> T:
+    """Run a staging-store call in a worker thread, its refusals as S3 errors."""
+    try:
+        return await anyio.to_thread.run_sync(lambda: fn(*args))
+    except MultipartError as exc:
+        status = 404 if exc.code == "NoSuchUpload" else 400
+        raise S3Error(status, exc.code, exc.message, resource) from None
+    except PathEscapeError as exc:
+        raise S3Error(400, "InvalidArgument", str(exc), resource) from None
+
+
+def _object_target(request: Request) -> tuple[ControlPlane, str, str]:
+    """The plane, disk id and key of a request on one object (a file, not a folder)."""
+    plane = _plane(request)
+    disk_id = request.path_params["disk_id"]
+    key = request.path_params["key"]
+    _check_key(key)
+    if key.endswith("/"):
+        raise S3Error(
+            400, "InvalidArgument", "a key that ends with '/' names a folder, not an object", key
+        )
+    plane.object_disk(disk_id)
+    return plane, disk_id, key
+
+
+def _declared_part_size(request: Request, key: str) -> int | None:
+    """``x-archil-part-size``: the size of every part but the last, if the client knows it."""
+    raw = request.headers.get("x-archil-part-size")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PART_SIZE:
+        raise S3Error(
+            400, "InvalidArgument", f"x-archil-part-size must be from 1 to {MAX_PART_SIZE}", key
+        )
+    return int(raw)
+
+
+async def create_multipart_upload(request: Request) -> Response:
+    """``POST {key}?uploads``: start an upload (the same ``Idempotency-Key`` gives the same one).
+
+    With ``x-archil-part-size`` (an archil extension), parts of that size are
+    written in place, so completing them needs no copy.
+    """
+    plane, disk_id, key = _object_target(request)
+    async for _ in request.stream():
+        pass
+    extensions = plane.extensions
+    part_size = _declared_part_size(request, key) if extensions else None
+    idempotency_key = request.headers.get("idempotency-key") if extensions else None
+    record: UploadRecord = await _staging(
+        lambda: plane.disks.multipart.create(
+            disk_id,
+            key,
+            request.headers.get("content-type"),
+            part_size=part_size,
+            idempotency_key=idempotency_key,
+        ),
+        resource=key,
+    )
+    return _xml_doc(
+        "InitiateMultipartUploadResult",
+        [_el("Bucket", disk_id), _el("Key", key), _el("UploadId", record.upload_id)],
+    )
+
+
+def _part_number(request: Request, key: str) -> int:
+    raw = request.query_params.get("partNumber", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTS:
+        raise S3Error(
+            400,
+            "InvalidArgument",
+            f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive",
+            key,
+        )
+    return int(raw)
+
+
+async def upload_part(request: Request) -> Response:
+    """``PUT {key}?partNumber=&uploadId=``: stream one part to the staging area."""
+    upload_id = request.query_params.get("uploadId", "")
+    key = request.path_params["key"]
+    if not upload_id or "partNumber" not in request.query_params:
+        raise S3Error(400, "InvalidArgument", "UploadPart needs both partNumber and uploadId", key)
+    number = _part_number(request, key)
+    _refuse_copy(request, key)
+    plane, disk_id, key = _object_target(request)
+    expected = _content_length(request)
+    if expected is not None and expected > MAX_PART_SIZE:
+        raise _too_large(key, MAX_PART_SIZE)
+    store = plane.disks.multipart
+    writer = await _staging(
+        store.begin_part, upload_id, disk_id, key, number, expected, resource=key
+    )
+    try:
+        await _receive(request, writer, key, limit=MAX_PART_SIZE)
+        part = await _staging(writer.commit, resource=key)
+    except ClientDisconnect:
+        await anyio.to_thread.run_sync(writer.abort)
+        raise S3Error(
+            400, "IncompleteBody", "the client disconnected before the body was complete", key
+        ) from None
+    except MultipartError as exc:  # the upload was completed or aborted meanwhile
+        await anyio.to_thread.run_sync(writer.abort)
+        raise S3Error(
+            404 if exc.code == "NoSuchUpload" else 400, exc.code, exc.message, key
+        ) from None
+    except BaseException:
+        await anyio.to_thread.run_sync(writer.abort)
+        raise
+    return Response(status_code=200, headers={"etag": f'"{part.etag}"'})
+
+
+async def list_parts(request: Request) -> Response:
+    """``GET {key}?uploadId=``: ListParts (``max-parts``, ``part-number-marker``)."""
+    plane, disk_id, key = _object_target(request)
+    upload_id = request.query_params.get("uploadId", "")
+    max_parts = min(_int_arg(request, "max-parts", 1000), 1000)
+    marker = _int_arg(request, "part-number-marker", 0)
+    store = plane.disks.multipart
+    record = await _staging(store.get, upload_id, disk_id, key, resource=key)
+    parts = await _staging(store.list_parts, record, resource=key)
+    after = [p for p in parts if p.number > marker]
+    page, truncated = after[:max_parts], len(after) > max_parts
+    out = [
+        _el("Bucket", disk_id),
+        _el("Key", key),
+        _el("UploadId", upload_id),
+        *_owner(plane),
+        _el("StorageClass", "STANDARD"),
+        _el("PartNumberMarker", marker),
+    ]
+    if page:
+        out.append(_el("NextPartNumberMarker", page[-1].number))
+    out += [_el("MaxParts", max_parts), _el("IsTruncated", "true" if truncated else "false")]
+    for part in page:
+        out.append(
+            "<Part>"
+            f"{_el('PartNumber', part.number)}{_el('LastModified', _iso(part.mtime))}"
+            f"<ETag>&quot;{part.etag}&quot;</ETag>{_el('Size', part.size)}"
+            "</Part>"
+        )
+    return _xml_doc("ListPartsResult", out)
+
+
+def _after_marker(
+    records: list[UploadRecord], key_marker: str, upload_id_marker: str
+) -> list[UploadRecord]:
+    """The uploads after ``(key-marker, upload-id-marker)`` in listing order."""
+    if not key_marker:
+        return records
+    out: list[UploadRecord] = []
+    passed = False
+    for record in records:
+        if record.key < key_marker:
+            continue
+        if record.key == key_marker:
+            if upload_id_marker and passed:
+                out.append(record)
+            elif upload_id_marker and record.upload_id == upload_id_marker:
+                passed = True
+            continue
+        out.append(record)
+    return out
+
+
+async def list_multipart_uploads(request: Request) -> Response:
+    """``GET /s3/{diskId}?uploads``: the uploads in progress, by key, then by start time."""
+    plane = _plane(request)
+    disk_id = request.path_params["disk_id"]
+    q = request.query_params
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    key_marker, upload_id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+    max_uploads = min(_int_arg(request, "max-uploads", 1000), 1000)
+    plane.object_disk(disk_id)
+    records = await _staging(plane.disks.multipart.list_uploads, disk_id)
+    records = [r for r in records if r.key.startswith(prefix)]
+    items: list[UploadRecord | str] = []
+    truncated = False
+    for record in _after_marker(records, key_marker, upload_id_marker):
+        rest = record.key[len(prefix) :]
+        idx = rest.find(delimiter) if delimiter else -1
+        item: UploadRecord | str = record if idx == -1 else prefix + rest[: idx + len(delimiter)]
+        if isinstance(item, str) and (item <= key_marker or (items and items[-1] == item)):
+            continue
+        if len(items) >= max_uploads:
+            truncated = True
+            break
+        items.append(item)
+    out = [
+        _el("Bucket", disk_id),
+        _el("KeyMarker", key_marker),
+        _el("UploadIdMarker", upload_id_marker),
+    ]
+    if truncated and items:
+        last = items[-1]
+        out.append(_el("NextKeyMarker", last if isinstance(last, str) else last.key))
+        if not isinstance(last, str):
+            out.append(_el("NextUploadIdMarker", last.upload_id))
+    out += [_el("Prefix", prefix)]
+    if delimiter:
+        out.append(_el("Delimiter", delimiter))
+    out += [_el("MaxUploads", max_uploads), _el("IsTruncated", "true" if truncated else "false")]
+    for item in items:
+        if isinstance(item, str):
+            out.append(f"<CommonPrefixes>{_el('Prefix', item)}</CommonPrefixes>")
+            continue
+        out.append(
+            f"<Upload>{_el('Key', item.key)}{_el('UploadId', item.upload_id)}"
+            + "".join(_owner(plane))
+            + f"{_el('StorageClass', 'STANDARD')}{_el('Initiated', _iso(item.initiated))}</Upload>"
+        )
+    return _xml_doc("ListMultipartUploadsResult", out)
+
+
+def _parse_complete(root: ET.Element) -> list[tuple[int, str]]:
+    parts: list[tuple[int, str]] = []
+    for child in root:
+        if _local(child.tag) != "Part":
+            continue
+        fields = {_local(c.tag): (c.text or "").strip() for c in child}
+        number, etag = fields.get("PartNumber", ""), fields.get("ETag", "")
+        if not number.isdigit() or not etag:
+            raise _malformed()
+        parts.append((int(number), etag))
+    if not parts or len(parts) > MAX_PARTS:
+        raise _malformed()
+    return parts
+
+
+async def complete_multipart_upload(request: Request) -> Response:
+    """``POST {key}?uploadId=``: assemble the listed parts into the object, atomically.
+
+    A repeat with the same parts after success answers the same result (the
+    first answer may have been lost on the way back).
+    """
+    plane, disk_id, key = _object_target(request)
+    upload_id = request.query_params.get("uploadId", "")
+    requested = _parse_complete(await _read_xml(request, "CompleteMultipartUpload"))
+    result = await _staging(
+        lambda: plane.disks.multipart.complete(
+            upload_id,
+            disk_id,
+            key,
+            requested,
+            min_part_size=plane.settings.min_part_size,
+            destination=plane.disks.destination(disk_id, key),
+        ),
+        resource=key,
+    )
+    if result.stat is not None:
+        st = result.stat
+        plane.state.put_object_meta(
+            disk_id,
+            key,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            ino=st.st_ino,
+            etag=result.etag,
+            content_type=result.content_type,
+        )
+    location = f"{str(request.base_url).rstrip('/')}/s3/{quote(disk_id)}/{quote(key, safe='/')}"
+    return _xml_doc(
+        "CompleteMultipartUploadResult",
+        [
+            _el("Location", location),
+            _el("Bucket", disk_id),
+            _el("Key", key),
+            f"<ETag>&quot;{result.etag}&quot;</ETag>",
+        ],
+    )
+
+
+async def abort_multipart_upload(request: Request) -> Response:
+    """``DELETE {key}?uploadId=``: discard an upload and its parts (204)."""
+    plane, disk_id, key = _object_target(request)
+    upload_id = request.query_params.get("uploadId", "")
+    await _staging(plane.disks.multipart.abort, upload_id, disk_id, key, resource=key)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------------
+# DeleteObjects
+# ---------------------------------------------------------------------------
+
+
+def _parse_delete(root: ET.Element) -> tuple[list[str], bool]:
+    keys: list[str] = []
+    quiet = False
+    for child in root:
+        name = _local(child.tag)
+        if name == "Quiet":
+            quiet = (child.text or "").strip().lower() == "true"
+        elif name == "Object":
+            key = next((c.text for c in child if _local(c.tag) == "Key"), None)
+            if key is None:
+                raise _malformed()
+            keys.append(key)
+    if not keys or len(keys) > _MAX_DELETE_KEYS:
+        raise _malformed()
+    return keys, quiet
+
+
+async def delete_objects(request: Request) -> Response:
+    """``POST /s3/{diskId}?delete``: delete up to 1000 keys; a missing key counts as deleted."""
+    plane = _plane(request)
+    disk_id = request.path_params["disk_id"]
+    plane.object_disk(disk_id)
+    keys, quiet = _parse_delete(await _read_xml(request, "Delete"))
+
+    def run() -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            try:
+                split_key(key)
+            except PathEscapeError as exc:
+                out.append(
+                    f"<Error>{_el('Key', key)}{_el('Code', 'InvalidArgument')}"
+                    f"{_el('Message', str(exc))}</Error>"
+                )
+                continue
+            try:
+                plane.disks.delete_object(disk_id, key)
+                plane.state.delete_object_meta(disk_id, key)
+            except OSError:
+                out.append(
+                    f"<Error>{_el('Key', key)}{_el('Code', 'InternalError')}"
+                    f"{_el('Message', 'the object could not be deleted')}</Error>"
+                )
+                continue
+            if not quiet:
+                out.append(f"<Deleted>{_el('Key', key)}</Deleted>")
+        return out
+
+    return _xml_doc("DeleteResult", await anyio.to_thread.run_sync(run))
+
+
 def object_routes() -> list[Route]:
     """The ``/s3`` routes."""
     return [
         Route("/s3", no_bucket, methods=["GET", "HEAD", "PUT", "DELETE", "POST"]),
-        Route("/s3/{disk_id}", bucket, methods=["GET", "HEAD"]),
+        Route("/s3/{disk_id}", bucket, methods=["GET", "HEAD", "POST"]),
         Route("/s3/{disk_id}/{key:path}", get_object, methods=["GET", "HEAD"]),
         Route("/s3/{disk_id}/{key:path}", put_object, methods=["PUT"]),
         Route("/s3/{disk_id}/{key:path}", delete_object, methods=["DELETE"]),
+        Route("/s3/{disk_id}/{key:path}", post_object, methods=["POST"]),
     ]

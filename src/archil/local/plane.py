@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
+
 from .. import _models as models
 from .._models import AuthorizedUser, CreateDiskRequest, SandboxMount
 from .chaos import Chaos, ConnectionDropper
@@ -67,6 +69,7 @@ class ServerSettings:
             ``x-archil-extension`` route and field is off, and ``Idempotency-Key``
             is not honoured (the SDK must not depend on it).
         namespaces: force the runtime's Linux namespaces on or off (``None`` detects).
+        min_part_size: the least size in bytes of every multipart part but the last (S3: 5 MiB).
     """
 
     data_dir: Path
@@ -77,6 +80,7 @@ class ServerSettings:
     chaos_seed: int | None = None
     real_api_only: bool = False
     namespaces: bool | None = None
+    min_part_size: int = 5 * 1024 * 1024
 
 
 def load_api_key(data_dir: Path) -> str:
@@ -168,6 +172,7 @@ class ControlPlane:
             await asyncio.sleep(3600)
             with contextlib.suppress(Exception):
                 self.state.purge_idempotent()
+                await anyio.to_thread.run_sync(self.disks.multipart.sweep)
 
     def begin_shutdown(self) -> None:
         """Release process connections (call on the loop before stopping the server)."""
