@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from archil._constants import SANDBOX_DISK_PATH as SANDBOX_DISK_PATH
+
 __all__ = [
     "TERMINAL_STATES",
     "AdditionalMount",
@@ -73,7 +75,7 @@ MEM_MIN_MIB, MEM_MAX_MIB = 128, 262_144
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_FORBIDDEN_MOUNT_ROOTS = ("/proc", "/sys", "/dev", "/mnt/archil")
+_FORBIDDEN_MOUNT_ROOTS = ("/proc", "/sys", "/dev", SANDBOX_DISK_PATH)
 
 
 # ---------------------------------------------------------------------------
@@ -755,9 +757,6 @@ class MultipartUploadListing(_Response):
 # ---------------------------------------------------------------------------
 # Sandboxes (the live API's compute half: snake_case on the wire)
 # ---------------------------------------------------------------------------
-
-SANDBOX_DISK_PATH = "/mnt/archil"
-"""Where a sandbox's sole disk mount lands when it has no ``path``."""
 
 SandboxState = Literal[
     "pending",

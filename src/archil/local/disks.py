@@ -502,17 +502,6 @@ class DiskStore:
             raise PathEscapeError(f"the key {key!r} resolves outside the disk")
         return target
 
-    def stat_object(self, disk_id: str, key: str) -> ObjectStat:
-        """An object's size and times; :class:`NoSuchKey` when there is no regular file there."""
-        target = self._resolve_read(disk_id, key)
-        try:
-            st = os.stat(target)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NoSuchKey(key) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NoSuchKey(key)
-        return ObjectStat(key, st.st_size, st.st_mtime, st.st_mtime_ns, st.st_ino)
-
     def open_object(self, disk_id: str, key: str) -> tuple[int, ObjectStat]:
         """Open an object for reading: a file descriptor and the stat of what was opened."""
         target = self._resolve_read(disk_id, key)

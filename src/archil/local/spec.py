@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from archil._constants import SANDBOX_DISK_PATH
+
 __all__ = [
     "GUEST_DISK_PATH",
     "ExitInfo",
@@ -23,7 +25,7 @@ __all__ = [
     "SandboxSpec",
 ]
 
-GUEST_DISK_PATH = "/mnt/archil"
+GUEST_DISK_PATH = SANDBOX_DISK_PATH
 """Where a sandbox's sole disk is mounted."""
 
 

@@ -135,11 +135,14 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX checkpoints_sandbox ON checkpoints (sandbox_id);
     """,
+    # version 3: compute lives in sandboxes; the records of the retired container API go
+    """
+    DROP TABLE IF EXISTS containers;
+    DROP TABLE IF EXISTS images;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
-
-_TERMINAL = ("exited", "failed", "stopped")
 
 
 class StateError(RuntimeError):
@@ -238,11 +241,6 @@ class State:
             self._db.close()
 
     # -- meta -----------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        """A server-wide setting, or ``None``."""
-        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
-        return None if row is None else str(row["value"])
 
     def set_meta_default(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless one is already there; return the stored value."""
@@ -390,134 +388,6 @@ class State:
     def delete_token(self, token_id: str) -> bool:
         """Revoke an API token."""
         return self._exec("DELETE FROM api_tokens WHERE id = ?", (token_id,)) > 0
-
-    # -- images ---------------------------------------------------------------
-
-    def get_image(self, image_id: str) -> dict[str, Any] | None:
-        """An image row."""
-        return self._one("SELECT * FROM images WHERE id = ?", (image_id,))
-
-    def insert_image(self, image_id: str, dockerfile: str) -> bool:
-        """Record an image; ``False`` when it was already known."""
-        return (
-            self._exec(
-                "INSERT OR IGNORE INTO images (id, dockerfile, status, created_at)"
-                " VALUES (?, ?, 'building', ?)",
-                (image_id, dockerfile, utcnow()),
-            )
-            > 0
-        )
-
-    def set_image_status(self, image_id: str, status: str, reason: str | None) -> None:
-        """Update an image's build status."""
-        self._exec(
-            "UPDATE images SET status = ?, failure_reason = ? WHERE id = ?",
-            (status, reason, image_id),
-        )
-
-    # -- containers -----------------------------------------------------------
-
-    def insert_container(
-        self,
-        *,
-        container_id: str,
-        disk_id: str,
-        request: dict[str, Any],
-        limits: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """Insert a container in state ``pending``."""
-        now = utcnow()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO containers (id, status, disk_id, request, limits, created_at)"
-                " VALUES (?, 'pending', ?, ?, ?, ?)",
-                (
-                    container_id,
-                    disk_id,
-                    json.dumps(request),
-                    None if limits is None else json.dumps(limits),
-                    now,
-                ),
-            )
-            row = db.execute("SELECT * FROM containers WHERE id = ?", (container_id,)).fetchone()
-        return dict(row)
-
-    def get_container(self, container_id: str) -> dict[str, Any] | None:
-        """A container row."""
-        return self._one("SELECT * FROM containers WHERE id = ?", (container_id,))
-
-    def update_container(self, container_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Set columns of a container row and return the row."""
-        allowed = {"status", "exit_code", "failure_reason", "ports", "started_at", "finished_at"}
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"cannot update {sorted(bad)}")
-        if not fields:
-            return self.get_container(container_id)
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        values = tuple(json.dumps(v) if k == "ports" else v for k, v in fields.items())
-        with self._tx() as db:
-            db.execute(f"UPDATE containers SET {cols} WHERE id = ?", (*values, container_id))
-            row = db.execute("SELECT * FROM containers WHERE id = ?", (container_id,)).fetchone()
-        return _row(row)
-
-    def list_containers(
-        self, *, after: int, limit: int, status: str | None, disk_id: str | None
-    ) -> list[dict[str, Any]]:
-        """Containers in creation order, optionally filtered."""
-        sql = "SELECT * FROM containers WHERE seq > ?"
-        args: list[Any] = [after]
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        if disk_id is not None:
-            sql += " AND disk_id = ?"
-            args.append(disk_id)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        return self._all(sql, tuple(args))
-
-    def active_containers(self) -> list[dict[str, Any]]:
-        """Containers not yet in a terminal state."""
-        return self._all(
-            "SELECT * FROM containers WHERE status NOT IN (?, ?, ?) ORDER BY seq", _TERMINAL
-        )
-
-    def containers_on_disk(self, disk_id: str, *, active_only: bool) -> list[dict[str, Any]]:
-        """Containers whose primary or additional mounts use ``disk_id``."""
-        rows = self.active_containers() if active_only else self._all("SELECT * FROM containers")
-        out = []
-        for row in rows:
-            req = json.loads(row["request"])
-            ids = {row["disk_id"]} | {
-                m.get("diskId") for m in req.get("additionalMounts") or [] if isinstance(m, dict)
-            }
-            if disk_id in ids:
-                out.append(row)
-        return out
-
-    def fail_active_containers(self, reason: str) -> list[str]:
-        """Mark every non-terminal container ``failed`` with ``reason``; return their ids."""
-        now = utcnow()
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT id FROM containers WHERE status NOT IN (?, ?, ?)", _TERMINAL
-            ).fetchall()
-            db.execute(
-                "UPDATE containers SET status = 'failed', failure_reason = ?, finished_at = ?"
-                " WHERE status NOT IN (?, ?, ?)",
-                (reason, now, *_TERMINAL),
-            )
-        return [str(r["id"]) for r in rows]
-
-    def delete_container(self, container_id: str) -> bool:
-        """Remove a container record."""
-        return self._exec("DELETE FROM containers WHERE id = ?", (container_id,)) > 0
-
-    def count_containers(self) -> int:
-        """How many container records exist."""
-        row = self._one("SELECT COUNT(*) AS n FROM containers")
-        return 0 if row is None else int(row["n"])
 
     # -- sandboxes ------------------------------------------------------------
 
