@@ -22,6 +22,7 @@ __all__ = [
     "ConflictError",
     "ContainerError",
     "ImageBuildError",
+    "InsecureTransportWarning",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -40,6 +41,14 @@ class ArchilError(Exception):
 
 class ConfigurationError(ArchilError):
     """The SDK is not configured well enough to make a request (no API key, bad region...)."""
+
+
+class InsecureTransportWarning(UserWarning):
+    """The API key would travel unprotected: TLS verification is off, or plain HTTP off-host.
+
+    Warned once per client. Silence it deliberately, if you must, with
+    ``warnings.filterwarnings("ignore", category=archil.InsecureTransportWarning)``.
+    """
 
 
 class APIError(ArchilError):

@@ -18,6 +18,7 @@ from .._compat import Background, Lock, sleep
 from .._config import ClientConfig, _check_retries, _check_timeout
 from .._errors import APIConnectionError, APIStatusError, error_for_status
 from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
+from .._tls import warn_if_insecure
 from .._wire import Envelope, decode_envelope, error_from_response, map_transport_error, user_agent
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ class HTTPPool:
         self._client = http_client
         self._owned = http_client is None
         self._lock = Lock()
+
+    @property
+    def given(self) -> httpx.Client | None:
+        """The caller's own client, if one was passed in."""
+        return None if self._owned else self._client
 
     def get(self) -> httpx.Client:
         """The pooled client, created on first use."""
@@ -78,6 +84,8 @@ class Transport:
         self.config = config
         self.pool = pool
         self.owns_pool = owns_pool
+        if owns_pool:
+            warn_if_insecure([config.base_url, config.object_base_url], pool.given)
         self.policy = policy or RetryPolicy()
         self.background = background or Background()
         self.sleep = sleep

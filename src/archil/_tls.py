@@ -1,0 +1,63 @@
+"""Warnings for a transport that would expose the API key (no I/O: shared by both halves)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import warnings
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import InsecureTransportWarning
+
+__all__ = ["insecure_reasons", "warn_if_insecure"]
+
+logger = logging.getLogger("archil")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _ssl_contexts(http_client: Any) -> list[ssl.SSLContext]:
+    """The SSL contexts of an ``httpx`` client's transports (its own and its mounts')."""
+    transports = [getattr(http_client, "_transport", None)]
+    transports += list(getattr(http_client, "_mounts", {}).values())
+    contexts = []
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        context = getattr(pool, "_ssl_context", None)
+        if isinstance(context, ssl.SSLContext):
+            contexts.append(context)
+    return contexts
+
+
+def insecure_reasons(urls: list[str], http_client: Any | None) -> list[str]:
+    """Why requests to ``urls`` through ``http_client`` would expose the key (empty: they would not)."""
+    reasons = []
+    for url in dict.fromkeys(urls):
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            reasons.append(f"{url} is plain HTTP to another host: the API key travels unencrypted")
+    if http_client is not None:
+        for context in _ssl_contexts(http_client):
+            if context.verify_mode == ssl.CERT_NONE or not context.check_hostname:
+                reasons.append(
+                    "the http_client does not verify TLS certificates (verify=False): "
+                    "anyone on the network path can read the API key"
+                )
+                break
+    return reasons
+
+
+def warn_if_insecure(urls: list[str], http_client: Any | None, *, stacklevel: int = 4) -> None:
+    """Warn (:class:`~archil.InsecureTransportWarning`, and on the ``archil`` logger) if insecure."""
+    for reason in insecure_reasons(urls, http_client):
+        logger.warning("insecure connection to the control plane: %s", reason)
+        warnings.warn(reason, InsecureTransportWarning, stacklevel=stacklevel)
