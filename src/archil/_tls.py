@@ -11,12 +11,13 @@ from urllib.parse import urlsplit
 
 from ._errors import InsecureTransportWarning
 
-__all__ = ["insecure_reasons", "warn_if_insecure"]
+__all__ = ["insecure_reasons", "is_loopback_host", "warn_if_insecure"]
 
 logger = logging.getLogger("archil")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 in brackets or not) is this machine only."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -43,7 +44,7 @@ def insecure_reasons(urls: list[str], http_client: Any | None) -> list[str]:
     reasons = []
     for url in dict.fromkeys(urls):
         parts = urlsplit(url)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
             reasons.append(f"{url} is plain HTTP to another host: the API key travels unencrypted")
     if http_client is not None:
         for context in _ssl_contexts(http_client):

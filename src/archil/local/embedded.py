@@ -27,6 +27,7 @@ import httpx
 import uvicorn
 from starlette.types import Scope
 
+from .._tls import is_loopback_host
 from .server import LocalApp, ServerSettings, create_app, load_api_key
 
 __all__ = ["DataDirInUseError", "LocalServer", "default_data_dir", "ensure_embedded"]
@@ -90,7 +91,14 @@ class LocalServer:
         real_api_only: bool = False,
         namespaces: bool | None = None,
         min_part_size: int = 5 * 1024 * 1024,
+        allow_remote: bool = False,
     ) -> None:
+        if not allow_remote and not is_loopback_host(host):
+            raise ValueError(
+                f"host {host!r} is not a loopback address: the local control plane would be "
+                "reachable from other machines; pass allow_remote=True "
+                "(archil local serve --allow-remote) to mean it"
+            )
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.host = host
         self.port = port

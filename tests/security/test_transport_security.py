@@ -1,9 +1,11 @@
-"""Turning TLS verification off, or sending the key over plain HTTP off-host, is never silent."""
+"""Turning TLS verification off, sending the key over plain HTTP off-host, or exposing the
+local control plane beyond this machine is never silent or accidental."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,7 @@ KEY = "key-tls-test-0123456789abcdef"
 def _caught(make: object) -> list[warnings.WarningMessage]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make()  # type: ignore[operator]
+        make()
     return [w for w in caught if issubclass(w.category, archil.InsecureTransportWarning)]
 
 
@@ -68,3 +70,15 @@ def test_a_mounted_transport_without_verification_warns() -> None:
         lambda: archil.Archil(api_key=KEY, base_url="https://control.example.com", http_client=http)
     )
     assert len(got) == 1
+
+
+def test_the_local_server_binds_another_address_only_when_told(tmp_path: Path) -> None:
+    from archil.local.embedded import LocalServer
+
+    for host in ("0.0.0.0", "192.0.2.1", "::", "example.com"):
+        with pytest.raises(ValueError, match="allow_remote"):
+            LocalServer(tmp_path / "data", host=host)
+    assert not (tmp_path / "data").exists()
+    for host in ("127.0.0.1", "localhost", "::1", "127.1.2.3"):
+        LocalServer(tmp_path / "data", host=host)
+    LocalServer(tmp_path / "data", host="0.0.0.0", allow_remote=True)
