@@ -97,6 +97,28 @@ MS_RELATIME = 1 << 21
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_CAPBSET_DROP = 24
+# The capabilities a sandbox's processes keep (the common container default): enough for
+# package managers and servers run as root, not enough to mount, load modules, change the
+# network, the clock or the kernel's settings, or to trace processes they do not own.
+KEPT_CAPABILITIES = frozenset(
+    {
+        0,  # CAP_CHOWN
+        1,  # CAP_DAC_OVERRIDE
+        3,  # CAP_FOWNER
+        4,  # CAP_FSETID
+        5,  # CAP_KILL
+        6,  # CAP_SETGID
+        7,  # CAP_SETUID
+        8,  # CAP_SETPCAP
+        10,  # CAP_NET_BIND_SERVICE
+        13,  # CAP_NET_RAW
+        18,  # CAP_SYS_CHROOT
+        27,  # CAP_MKNOD
+        29,  # CAP_AUDIT_WRITE
+        31,  # CAP_SETFCAP
+    }
+)
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 _KEEP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME
 
@@ -130,6 +152,31 @@ def umount2(target: str, flags: int) -> None:
 def unshare(flags: int) -> None:
     """unshare(2)."""
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def drop_capabilities() -> None:
+    """Remove every capability but :data:`KEPT_CAPABILITIES` from the bounding set.
+
+    Called in a child just before ``execve``: what it runs (and any set-user-ID program
+    after it) can never hold a dropped capability. A process without ``CAP_SETPCAP``
+    (an ordinary user on the host, in process mode) has none of them to lose.
+    """
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = 40
+    for cap in range(last + 1):
+        if cap in KEPT_CAPABILITIES:
+            continue
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                continue
+            if e.errno == errno.EPERM and os.geteuid() != 0:
+                return
+            raise
 
 
 def prctl(option: int, arg: int) -> None:
@@ -453,6 +500,7 @@ class Agent:
             raise OSError(e.errno, f"cannot change to the directory {cwd}: {e.strerror}") from None
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 1 << 20)
+        drop_capabilities()
         # execve resets handled signals; ignored ones (SIGPIPE, SIGXFSZ, SIGINT...) stay so.
         for sig in signal.valid_signals():
             if signal.getsignal(sig) == signal.SIG_IGN:
