@@ -5,6 +5,12 @@ connection (the socket is closed with no response at all). Requests that
 change something (POST, PUT, DELETE, PATCH) fail either *before* the effect is
 applied or *after* it (the effect happens, its result is stored under the
 ``Idempotency-Key``, and then the response is lost). ``/healthz`` is exempt.
+
+A process WebSocket is dropped, at the same rate, at a random moment after its
+``started`` or ``attached`` answer (the connection is cut, with no close frame),
+which a client recovers from by attaching again from its offset. The ``start``
+message itself is never lost: like any request that is not idempotent, a start
+whose answer never came cannot be told apart from one that did not happen.
 """
 
 from __future__ import annotations
@@ -63,6 +69,13 @@ class Chaos:
             kind: FailureKind = self._rng.choice(("503", "429", "drop"))
             after = method.upper() in _MUTATING and self._rng.random() < 0.5
             return ChaosDecision(kind, after)
+
+    def socket_drop(self) -> float | None:
+        """``None`` to leave a process WebSocket alone, else after how many seconds to cut it."""
+        with self._lock:
+            if self.rate <= 0.0 or self._rng.random() >= self.rate:
+                return None
+            return self._rng.uniform(0.0, 0.5)
 
 
 def _is_chaos_target(path: str) -> bool:

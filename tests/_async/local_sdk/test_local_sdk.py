@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import uuid
@@ -267,6 +268,35 @@ async def test_chaos_100_creates_give_exactly_100_sandboxes(make_server: ServerF
             await (await sdk.sandboxes.get(sid)).delete()
     assert len(set(ids)) == 100
     assert sorted(listed) == sorted(ids)
+
+
+async def test_dropped_process_sockets_lose_and_repeat_no_output(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chaos cuts process WebSockets mid-stream; each process's output arrives exactly once."""
+    caplog.set_level(logging.DEBUG, logger="archil")
+
+    def drops() -> int:
+        return sum("dropped the process connection" in r.getMessage() for r in caplog.records)
+
+    server = make_server(chaos_rate=0.0)
+    async with AsyncArchil(base_url=server.base_url, api_key=server.api_key, max_retries=8) as sdk:
+        sandbox = await sdk.sandboxes.create(mem_size_mib=128)
+        server.set_chaos(0.3, seed=5)
+        try:
+            script = "for i in $(seq 1 40); do echo line-$i; sleep 0.02; done"
+            runs = 0
+            while drops() < 3 and runs < 20:
+                runs += 1
+                result = await sandbox.exec(script)
+                assert result.exit_code == 0
+                assert result.stdout.split() == [f"line-{i}" for i in range(1, 41)]
+        finally:
+            server.set_chaos(0.0)
+            await sandbox.stop()
+            await sandbox.delete()
+    assert drops() >= 3
+    assert any(r.getMessage().startswith("reconnecting") for r in caplog.records)
 
 
 async def test_a_container_cannot_reach_other_disks_or_the_key(

@@ -208,16 +208,29 @@ class _Session:
     async def _stream(self, proc: Proc, offset: int) -> None:
         manager = self.plane.sandboxes
         manager.attach(self.sid, self.closing.set)
-        sender = asyncio.ensure_future(self._send_output(proc, offset))
-        receiver = asyncio.ensure_future(self._receive_input(proc))
-        closing = asyncio.ensure_future(self.closing.wait())
+        tasks = [
+            asyncio.ensure_future(self._send_output(proc, offset)),
+            asyncio.ensure_future(self._receive_input(proc)),
+            asyncio.ensure_future(self.closing.wait()),
+        ]
+        drop_after = self.plane.chaos.socket_drop()
+        if drop_after is not None:
+            tasks.append(asyncio.ensure_future(self._chaos_drop(drop_after)))
         try:
-            await asyncio.wait({sender, receiver, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, receiver, closing):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, receiver, closing, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             manager.detach(self.sid, self.closing.set)
+
+    async def _chaos_drop(self, delay: float) -> None:
+        """Chaos mode: cut the connection after ``delay`` seconds, as a network would."""
+        await asyncio.sleep(delay)
+        dropper = self.plane.dropper
+        if dropper is None or not dropper(self.ws.scope):
+            await self.ws.close(code=1011)
+        logger.debug("chaos: dropped the process connection of sandbox %s", self.sid)
 
     async def _send_output(self, proc: Proc, offset: int) -> None:
         async for stream, start, payload in self.plane.sandboxes.follow(proc, offset):
