@@ -13,7 +13,15 @@ import pytest
 import archil
 from archil._config import REGIONS, object_url_for, resolve_config
 
-ENV = ("ARCHIL_API_KEY", "ARCHIL_BASE_URL", "ARCHIL_REGION", "ARCHIL_OBJECT_URL", "ARCHIL_NO_LOCAL")
+ENV = (
+    "ARCHIL_API_KEY",
+    "ARCHIL_BASE_URL",
+    "ARCHIL_REGION",
+    "ARCHIL_OBJECT_URL",
+    "ARCHIL_NO_LOCAL",
+    "ARCHIL_TIMEOUT",
+    "ARCHIL_MAX_RETRIES",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +54,26 @@ def test_environment_is_read_and_arguments_win(monkeypatch: pytest.MonkeyPatch) 
     assert cfg.object_base_url == "http://127.0.0.1:9/s3"
     monkeypatch.setenv("ARCHIL_OBJECT_URL", "http://127.0.0.1:10")
     assert resolve_config().object_base_url == "http://127.0.0.1:10"
+
+
+def test_timeout_and_retries_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIL_TIMEOUT", "12.5")
+    monkeypatch.setenv("ARCHIL_MAX_RETRIES", "9")
+    cfg = resolve_config(api_key="k")
+    assert (cfg.timeout, cfg.max_retries) == (12.5, 9)
+    cfg = resolve_config(api_key="k", timeout=3, max_retries=0)
+    assert (cfg.timeout, cfg.max_retries) == (3.0, 0)
+    for name, bad in (
+        ("ARCHIL_TIMEOUT", "0"),
+        ("ARCHIL_TIMEOUT", "soon"),
+        ("ARCHIL_MAX_RETRIES", "-1"),
+        ("ARCHIL_MAX_RETRIES", "2.5"),
+    ):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(archil.ConfigurationError, match=name):
+            resolve_config(api_key="k")
+        monkeypatch.delenv(name)
+    assert resolve_config(api_key="k").max_retries == 3
 
 
 def test_object_url_swaps_the_control_host() -> None:

@@ -110,8 +110,8 @@ def resolve_config(
         raise ConfigurationError("api_key must not be empty")
     url = base_url if base_url is not None else os.environ.get("ARCHIL_BASE_URL") or None
     reg = region if region is not None else os.environ.get("ARCHIL_REGION") or None
-    t = _check_timeout(timeout) if timeout is not None else DEFAULT_TIMEOUT
-    r = _check_retries(max_retries) if max_retries is not None else DEFAULT_MAX_RETRIES
+    t = _check_timeout(timeout) if timeout is not None else _env_timeout()
+    r = _check_retries(max_retries) if max_retries is not None else _env_retries()
 
     if key is None and url is None:
         if allow_local and os.environ.get("ARCHIL_NO_LOCAL", "") in ("", "0"):
@@ -140,6 +140,32 @@ def resolve_config(
         timeout=t,
         max_retries=r,
     )
+
+
+def _env_timeout() -> float:
+    """``ARCHIL_TIMEOUT`` (seconds), checked; the default when unset."""
+    raw = os.environ.get("ARCHIL_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        return _check_timeout(float(raw))
+    except ValueError:
+        raise ConfigurationError(
+            f"ARCHIL_TIMEOUT must be a positive number of seconds, got {raw!r}"
+        ) from None
+
+
+def _env_retries() -> int:
+    """``ARCHIL_MAX_RETRIES``, checked; the default when unset."""
+    raw = os.environ.get("ARCHIL_MAX_RETRIES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_RETRIES
+    try:
+        return _check_retries(int(raw))
+    except ValueError:
+        raise ConfigurationError(
+            f"ARCHIL_MAX_RETRIES must be a non-negative integer, got {raw!r}"
+        ) from None
 
 
 def _local_config(*, timeout: float, max_retries: int) -> ClientConfig:
