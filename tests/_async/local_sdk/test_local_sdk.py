@@ -187,6 +187,8 @@ async def test_wait_is_prompt_and_stop_kills_the_process_tree(sdk: AsyncArchil) 
     final = await sdk.containers.wait(stopped.container_id, timeout=30)
     assert final.status == "stopped"
     assert _live_processes(c.container_id) == []
+    with pytest.raises(archil.ContainerError, match=r"output .* is gone: its sandbox is stopped"):
+        [e async for e in sdk.containers.logs(c.container_id)]
     await sdk.containers.delete(c.container_id)
     with pytest.raises(archil.NotFoundError):
         await sdk.containers.get(c.container_id)

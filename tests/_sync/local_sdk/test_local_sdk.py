@@ -185,6 +185,8 @@ def test_wait_is_prompt_and_stop_kills_the_process_tree(sdk: Archil) -> None:
     final = sdk.containers.wait(stopped.container_id, timeout=30)
     assert final.status == "stopped"
     assert _live_processes(c.container_id) == []
+    with pytest.raises(archil.ContainerError, match=r"output .* is gone: its sandbox is stopped"):
+        [e for e in sdk.containers.logs(c.container_id)]
     sdk.containers.delete(c.container_id)
     with pytest.raises(archil.NotFoundError):
         sdk.containers.get(c.container_id)

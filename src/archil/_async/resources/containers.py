@@ -21,7 +21,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from ..._errors import APITimeoutError, ArchilError, NotFoundError
+from ..._errors import APITimeoutError, ArchilError, ContainerError, NotFoundError
 from ..._models import (
     SANDBOX_DISK_PATH,
     AdditionalMount,
@@ -273,6 +273,10 @@ class AsyncContainers:
         With ``follow=True`` the entries come as the command writes them, until
         it ends; without, the output written so far (all of it once the
         command has ended). A dropped connection is resumed from the last byte received.
+
+        Raises:
+            ContainerError: the container's sandbox was stopped or deleted, and
+                its output with it.
         """
         validate_container_id(container_id)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -285,6 +289,14 @@ class AsyncContainers:
         container = await self.get(container_id)
         if container.process_id is None or container.sandbox is None:
             return
+        if container.sandbox.status not in ("running", "paused"):
+            raise ContainerError(
+                f"the output of container {container_id} is gone: its sandbox is "
+                f"{container.sandbox.status} (the control plane keeps a process's output only "
+                "while its sandbox runs; read logs before stop or delete)",
+                container_id=container_id,
+                exit_code=container.exit_code,
+            )
         sandbox = AsyncSandbox(self._transport, container.sandbox)
         decoders = {
             "stdout": codecs.getincrementaldecoder("utf-8")(errors="replace"),
