@@ -27,6 +27,16 @@ def example(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The chaos storm: 30% injected failures and a SIGKILL of the server while the SDK works.
+
+    ``python -m nox -s chaos -- --scale 0.1`` runs a small one (CI runs that as a test).
+    """
+    session.install("-e", ".[local]")
+    session.run("python", "scripts/chaos_storm.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
     session.install("ruff")
