@@ -242,3 +242,161 @@ async def test_the_multipart_lifecycle_by_hand(
         await mp.complete(disk, "small.bin", too_small.upload_id, [a, b])
     assert err.value.code == "EntityTooSmall"
     await mp.abort(disk, "small.bin", too_small.upload_id)
+
+
+RESERVED_KEYS = [
+    "with space/and more spaces.txt",
+    "plus+sign+key",
+    "percent%20not-an-escape%2F.bin",
+    "unicode/ünïcødé-名前-😀.txt",
+    "mixed/a b+c%d é?#&=.dat",
+]
+
+
+@pytest.mark.parametrize("size", [0, 1])
+async def test_tiny_objects_through_multipart(sdk: AsyncArchil, size: int) -> None:
+    disk = await _disk(sdk)
+    body = os.urandom(size)
+    upload = await sdk.objects.multipart.create(disk, "tiny.bin")
+    part = await sdk.objects.multipart.upload_part(disk, "tiny.bin", upload.upload_id, 1, body)
+    info = await sdk.objects.multipart.complete(disk, "tiny.bin", upload.upload_id, [part])
+    assert info.size == size
+    assert info.etag is not None and info.etag.endswith("-1")
+    assert await sdk.objects.get(disk, "tiny.bin") == body
+    if size:
+        # The same through put(): any body above the threshold goes in parts.
+        info = await sdk.objects.put(disk, "put.bin", body, multipart_threshold=0)
+        assert info.etag is not None and info.etag.endswith("-1")
+        assert await sdk.objects.get(disk, "put.bin") == body
+    assert (await sdk.objects.multipart.list_uploads(disk)).uploads == []
+
+
+async def test_a_200_mb_object_through_multipart_and_ranges(
+    sdk: AsyncArchil, tmp_path: Path
+) -> None:
+    disk = await _disk(sdk)
+    src = _random_file(tmp_path / "200.bin", 200 * MIB + 7)
+    info = await sdk.objects.upload_file(disk, "big/200.bin", src)
+    assert info.size == src.stat().st_size
+    assert info.etag is not None and info.etag.endswith("-26")  # 8 MiB parts
+    dst = tmp_path / "back.bin"
+    got = await sdk.objects.download_file(disk, "big/200.bin", dst)
+    assert got.size == info.size
+    assert _sha(dst) == _sha(src)
+    src.unlink()
+    dst.unlink()
+    await sdk.objects.delete(disk, "big/200.bin")
+
+
+async def test_reserved_characters_in_keys_round_trip(sdk: AsyncArchil, tmp_path: Path) -> None:
+    disk = await _disk(sdk)
+    for n, key in enumerate(RESERVED_KEYS):
+        body = f"{n}:{key}".encode()
+        await sdk.objects.put(disk, key, body)
+        assert await sdk.objects.get(disk, key) == body
+        assert (await sdk.objects.head(disk, key)).size == len(body)
+    listed = sorted([o.key async for o in sdk.objects.list(disk)])
+    assert listed == sorted(RESERVED_KEYS)
+    # Through a multipart upload and a ranged download too.
+    key = RESERVED_KEYS[-1]
+    data = os.urandom(6 * MIB)
+    info = await sdk.objects.put(disk, key, data, multipart_threshold=0, part_size=5 * MIB)
+    assert info.etag is not None and info.etag.endswith("-2")
+    dst = tmp_path / "ranged.bin"
+    await sdk.objects.download_file(disk, key, dst, part_size=5 * MIB)
+    assert dst.read_bytes() == data
+    await sdk.objects.delete_many(disk, RESERVED_KEYS)
+    assert [o async for o in sdk.objects.list(disk)] == []
+
+
+async def test_multipart_mistakes_are_refused_as_s3_refuses_them(sdk: AsyncArchil) -> None:
+    disk = await _disk(sdk)
+    mp = sdk.objects.multipart
+    upload = await mp.create(disk, "m.bin")
+    one = await mp.upload_part(disk, "m.bin", upload.upload_id, 1, os.urandom(5 * MIB))
+    two = await mp.upload_part(disk, "m.bin", upload.upload_id, 2, b"tail")
+    wrong_etag = one.model_copy(update={"etag": '"' + "0" * 32 + '"'})
+    missing = archil.UploadedPart(part_number=3, etag=two.etag)
+    for parts, code in (
+        ([wrong_etag, two], "InvalidPart"),
+        ([one, two, missing], "InvalidPart"),
+    ):
+        with pytest.raises(archil.BadRequestError) as err:
+            await mp.complete(disk, "m.bin", upload.upload_id, parts)
+        assert err.value.code == code
+    with pytest.raises(archil.NotFoundError):
+        await sdk.objects.head(disk, "m.bin")
+    # An upload id belongs to its key and its disk.
+    other_disk = await _disk(sdk)
+    for d, k in ((disk, "other.bin"), (other_disk, "m.bin")):
+        with pytest.raises(archil.NotFoundError) as missing_upload:
+            await mp.upload_part(d, k, upload.upload_id, 1, b"x")
+        assert missing_upload.value.code == "NoSuchUpload"
+    # Parts listed out of order are put in order (the gateway refuses any other order).
+    info = await mp.complete(disk, "m.bin", upload.upload_id, [two, one])
+    assert info.size == 5 * MIB + 4
+    for bad in (0, 10_001):
+        with pytest.raises(ValueError, match="part_number"):
+            await mp.upload_part(disk, "m.bin", upload.upload_id, bad, b"x")
+
+
+class _HalfThenDrop(httpx.AsyncByteStream):
+    """Sends the first half of a body, then the connection drops."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body[: len(self.body) // 2]
+        raise httpx.WriteError("the connection dropped in the middle of the part")
+
+
+class DropPartOnce(httpx.AsyncBaseTransport):
+    """A real transport that drops the connection once, halfway through one part's body."""
+
+    def __init__(self, part_number: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.part = f"partNumber={part_number}"
+        self.dropped = False
+        self.parts_sent: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        query = request.url.query.decode()
+        if request.method == "PUT" and "partNumber=" in query:
+            number = query.split("partNumber=")[1].split("&")[0]
+            self.parts_sent.append(number)
+            if self.part in query and not self.dropped:
+                self.dropped = True
+                body = await request.aread()
+                request = httpx.Request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    stream=_HalfThenDrop(body),
+                )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_part_dropped_mid_body_is_the_only_one_sent_again(
+    shared_server: LocalServer, tmp_path: Path
+) -> None:
+    transport = DropPartOnce(part_number=3)
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        AsyncArchil(
+            base_url=shared_server.base_url, api_key=shared_server.api_key, http_client=http
+        ) as sdk,
+    ):
+        disk = await _disk(sdk)
+        src = _random_file(tmp_path / "src.bin", 5 * 5 * MIB + 99)
+        info = await sdk.objects.upload_file(disk, "f.bin", src, part_size=5 * MIB, concurrency=2)
+        assert transport.dropped
+        assert sorted(transport.parts_sent, key=int) == ["1", "2", "3", "3", "4", "5", "6"]
+        dst = tmp_path / "dst.bin"
+        await sdk.objects.download_file(disk, "f.bin", dst)
+        assert _sha(dst) == _sha(src)
+        assert info.size == src.stat().st_size
+        assert (await sdk.objects.multipart.list_uploads(disk)).uploads == []
