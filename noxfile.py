@@ -37,6 +37,32 @@ def chaos(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every benchmark: one line per figure, ours beside a baseline measured in the same run.
+
+    The sandbox benchmarks run in a private PID and mount namespace where ``unshare`` works.
+    ``python -m nox -s bench -- --quick`` runs fewer repeats and 100 MB objects only.
+    """
+    session.install("-e", ".[local]")
+    quick = "--quick" in session.posargs
+    repeat = "3" if quick else "5"
+    wrap = ["unshare", "--pid", "--fork", "--mount", "--mount-proc"] if _can_unshare() else []
+    session.run(*wrap, "python", "bench/bench_core.py", "--repeat", repeat, external=bool(wrap))
+    for size in ("100M",) if quick else ("100M", "1G"):
+        session.run("python", "bench/bench_objects.py", "--size", size, "--repeat", "3")
+
+
+def _can_unshare() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "true"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
     session.install("ruff")

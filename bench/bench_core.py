@@ -2,12 +2,16 @@
 
     python bench/bench_core.py [--requests 1000] [--repeat 5]
 
-Prints, for each target of the design handbook, the measured ratio:
-- ``import archil`` against ``import httpx, pydantic``;
-- 1,000 ``client.disks.get()`` calls (blocking and async) against bare httpx;
+Prints one line per figure: ours, the baseline measured in the same run, the
+ratio, each a median over ``--repeat`` runs:
+- ``import archil`` against ``import httpx, pydantic`` (wall time, and peak RSS);
+- 1,000 ``client.disks.get()`` calls blocking against a bare ``httpx.Client``,
+  and async with 50 in flight against a bare ``httpx.AsyncClient``;
 - ``fn.remote()`` of a trivial function on a ready image and on a prepared
   (forked) image, and ``job.remote()`` of ``true``, against
-  ``python -c "import cloudpickle"`` in a subprocess.
+  ``python -c "import cloudpickle"`` in a subprocess;
+- sandbox create to first output of a process (p50 and p95);
+- ``fn.map`` over 64 inputs that sleep 0.5 s against the ideal for its concurrency.
 
 The server runs in its own process (``archil local serve``), as it does for a
 client of Archil's cloud; ``--in-process`` runs it embedded in this one.
@@ -17,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +36,24 @@ import httpx
 import archil
 from archil.local.embedded import LocalServer
 
+IN_FLIGHT = 50
+"""Async requests in flight at once."""
+MAP_CONCURRENCY = 8
+"""``fn.map``'s default concurrency."""
 
-def _best_of(repeat: int, fn: object) -> float:
+
+def _median_of(repeat: int, fn: object) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()  # type: ignore[operator]
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return statistics.median(times)
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _python(code: str) -> None:
@@ -82,8 +98,28 @@ class ExternalServer:
 
 
 def bench_import(repeat: int) -> tuple[float, float]:
-    base = _best_of(repeat, lambda: _python("import httpx, pydantic"))
-    ours = _best_of(repeat, lambda: _python("import archil"))
+    base = _median_of(repeat, lambda: _python("import httpx, pydantic"))
+    ours = _median_of(repeat, lambda: _python("import archil"))
+    return ours, base
+
+
+def _peak_rss_kib(modules: str) -> int:
+    # VmHWM belongs to the process image that exec made (ru_maxrss would count the
+    # parent's pages that the child held between fork and exec).
+    code = (
+        f"import {modules}\n"
+        "for line in open('/proc/self/status'):\n"
+        "    if line.startswith('VmHWM:'):\n"
+        "        print(line.split()[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def bench_import_rss(repeat: int) -> tuple[float, float]:
+    """Peak RSS (KiB) after ``import archil`` and after ``import httpx, pydantic``."""
+    ours = statistics.median(_peak_rss_kib("archil") for _ in range(repeat))
+    base = statistics.median(_peak_rss_kib("httpx, pydantic") for _ in range(repeat))
     return ours, base
 
 
@@ -104,7 +140,11 @@ def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, f
 
             bare()
             sdk()
-            sync = (_best_of(repeat, sdk), _best_of(repeat, bare))
+            ours, base = [], []
+            for _ in range(repeat):  # alternate, so drift hits both alike
+                ours.append(_median_of(1, sdk))
+                base.append(_median_of(1, bare))
+            sync = (statistics.median(ours), statistics.median(base))
 
     async def run_async() -> tuple[float, float]:
         async with (
@@ -112,23 +152,31 @@ def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, f
             httpx.AsyncClient(headers=headers) as araw,
         ):
 
-            async def abare() -> float:
+            async def in_flight(call: Callable[[], Awaitable[object]]) -> float:
+                # n requests, IN_FLIGHT at a time.
+                left = iter(range(n))
+
+                async def worker() -> None:
+                    for _ in left:
+                        await call()
+
                 t0 = time.perf_counter()
-                for _ in range(n):
-                    (await araw.get(url)).raise_for_status()
+                await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
                 return time.perf_counter() - t0
 
-            async def asdk() -> float:
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    await aclient.disks.get(disk.id)
-                return time.perf_counter() - t0
+            async def bare_get() -> None:
+                (await araw.get(url)).raise_for_status()
 
-            await abare()
-            await asdk()
-            ours = min([await asdk() for _ in range(repeat)])
-            base = min([await abare() for _ in range(repeat)])
-            return ours, base
+            async def sdk_get() -> None:
+                await aclient.disks.get(disk.id)
+
+            await in_flight(bare_get)
+            await in_flight(sdk_get)
+            ours, base = [], []
+            for _ in range(repeat):
+                ours.append(await in_flight(sdk_get))
+                base.append(await in_flight(bare_get))
+            return statistics.median(ours), statistics.median(base)
 
     return {"blocking": sync, "async": asyncio.run(run_async())}
 
@@ -165,6 +213,49 @@ def bench_remote(server: Any, repeat: int) -> dict[str, tuple[float, float]]:
     return out
 
 
+def bench_first_output(server: Any, samples: int) -> tuple[float, float]:
+    """Sandbox create (``?wait=true``) to the first byte of a process's output: p50, p95."""
+    times = []
+    with archil.Archil(base_url=server.base_url, api_key=server.api_key) as client:
+        for i in range(samples + 2):
+            t0 = time.perf_counter()
+            sandbox = client.sandboxes.create(
+                base_image="python:3.11-slim", idle_ttl_seconds=60, name=f"first-output-{i}"
+            )
+            process = sandbox.run("echo ready")
+            next(iter(process))
+            elapsed = time.perf_counter() - t0
+            process.wait()
+            sandbox.stop()
+            sandbox.delete()
+            if i >= 2:  # the first two warm the image and the runtime
+                times.append(elapsed)
+            time.sleep(0.05)
+    return _percentile(times, 0.5), _percentile(times, 0.95)
+
+
+def bench_map(server: Any, repeat: int) -> tuple[float, float]:
+    """``fn.map`` over 64 inputs sleeping 0.5 s, against the ideal for its concurrency."""
+    app = archil.App(
+        name="bench-map", disk_id="bench-map", base_url=server.base_url, api_key=server.api_key
+    )
+
+    @app.function(stream_logs=False)
+    def nap(i: int) -> int:
+        time.sleep(0.5)
+        return i
+
+    nap.remote(0)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        assert list(nap.map(range(64), concurrency=MAP_CONCURRENCY)) == list(range(64))
+        times.append(time.perf_counter() - t0)
+    app.close()
+    ideal = math.ceil(64 / MAP_CONCURRENCY) * 0.5
+    return statistics.median(times), ideal
+
+
 def _timed(fn: object) -> float:
     t0 = time.perf_counter()
     fn()  # type: ignore[operator]
@@ -177,15 +268,16 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=20, help="sandbox creates timed")
     parser.add_argument(
         "--in-process", action="store_true", help="run the server in this process (shares the GIL)"
     )
     args = parser.parse_args()
 
     ours, base = bench_import(args.repeat)
-    print(
-        f"import archil            {ours * 1000:8.1f} ms  vs import httpx, pydantic {base * 1000:8.1f} ms  ratio {ours / base:.2f} (target <= 1.05)"
-    )
+    _line("import archil (wall)", ours * 1000, "ms", "import httpx, pydantic", base * 1000, 0.25)
+    ours, base = bench_import_rss(args.repeat)
+    _line("import archil (peak RSS)", ours / 1024, "MiB", "import httpx, pydantic", base / 1024)
     with tempfile.TemporaryDirectory() as data:
         server: Any = (
             LocalServer(Path(data), auto_create_disks=True).start()
@@ -193,16 +285,37 @@ def main() -> None:
             else ExternalServer(data)
         )
         try:
-            for kind, (o, b) in bench_requests(server, args.requests, args.repeat).items():
-                print(
-                    f"{args.requests} disks.get ({kind:8s}) {o:8.3f} s   vs bare httpx {b:8.3f} s  ratio {o / b:.2f} (target <= 1.05)"
-                )
+            n = args.requests
+            for kind, (o, b) in bench_requests(server, n, args.repeat).items():
+                what = "blocking" if kind == "blocking" else f"async, {IN_FLIGHT} in flight"
+                _line(f"{n} disks.get ({what})", o, "s", "bare httpx", b, 1.05)
             for name, (o, b) in bench_remote(server, args.repeat).items():
-                print(
-                    f"{name:24s} {o * 1000:8.1f} ms  vs python -c 'import cloudpickle' {b * 1000:8.1f} ms  ratio {o / b:.2f} (target <= 1.5)"
-                )
+                _line(name, o * 1000, "ms", "python -c 'import cloudpickle'", b * 1000, 1.5)
+            p50, p95 = bench_first_output(server, args.samples)
+            print(
+                f"{'sandbox create to first output':34s} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms"
+            )
+            ours, ideal = bench_map(server, max(1, args.repeat // 2))
+            _line(
+                f"fn.map 64 x sleep(0.5), concurrency {MAP_CONCURRENCY}",
+                ours,
+                "s",
+                "the ideal",
+                ideal,
+                1.2,
+            )
         finally:
             server.stop() if args.in_process else server.close()
+
+
+def _line(
+    name: str, ours: float, unit: str, baseline: str, base: float, target: float | None = None
+) -> None:
+    goal = f" (target <= {target})" if target is not None else ""
+    print(
+        f"{name:34s} {ours:9.2f} {unit:3s} vs {baseline} {base:9.2f} {unit:3s} ratio {ours / base:.2f}{goal}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
