@@ -147,3 +147,17 @@ def test_decode_result_reraises_the_remote_exception_with_its_traceback() -> Non
     assert decode_result(cloudpickle.dumps({"ok": True, "value": [1, 2]})) == [1, 2]
     with pytest.raises(archil.RemoteError):
         decode_result(b"not a pickle")
+
+
+def test_function_idle_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARCHIL_FUNCTION_IDLE_TTL", raising=False)
+    app = make_app()
+    assert app.function()(lambda: 1).options.template.idle_ttl_seconds == 600
+    monkeypatch.setenv("ARCHIL_FUNCTION_IDLE_TTL", " 5 ")
+    assert app.function()(lambda: 1).options.template.idle_ttl_seconds == 5
+    assert app.run(command="true")(lambda: None).options.template.idle_ttl_seconds == 5
+    for bad in ("0", "-1", "1.5", "ten", "86401"):
+        monkeypatch.setenv("ARCHIL_FUNCTION_IDLE_TTL", bad)
+        with pytest.raises(archil.ConfigurationError, match="ARCHIL_FUNCTION_IDLE_TTL") as info:
+            app.function()
+        assert repr(bad) in str(info.value)
