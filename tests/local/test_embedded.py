@@ -312,6 +312,30 @@ def test_cli_rejects_bad_arguments(args: list[str]) -> None:
     assert "usage: archil" in result.stderr
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+def test_cli_binds_a_non_loopback_address_only_with_allow_remote(host: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archil.cli",
+            "local",
+            "serve",
+            "--host",
+            host,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--allow-remote" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
 def test_cli_reports_a_busy_data_dir(
     make_server: Callable[..., LocalServer], tmp_path: Path
 ) -> None:

@@ -92,6 +92,7 @@ class LocalServer:
         namespaces: bool | None = None,
         min_part_size: int = 5 * 1024 * 1024,
         allow_remote: bool = False,
+        reap_idle: bool = False,
     ) -> None:
         if not allow_remote and not is_loopback_host(host):
             raise ValueError(
@@ -112,6 +113,7 @@ class LocalServer:
             real_api_only=real_api_only,
             namespaces=namespaces,
             min_part_size=min_part_size,
+            reap_idle=reap_idle,
         )
         self.access_log = access_log
         self.base_url = ""
