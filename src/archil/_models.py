@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal, Union
 
@@ -144,6 +145,26 @@ def validate_relative_path(value: str, field: str = "path", *, allow_empty: bool
     if not parts or any(p in (".", "..") for p in parts):
         raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
     return "/".join(parts)
+
+
+def as_list(value: Any, field: str) -> list[Any] | None:
+    """``value`` (any iterable but a string or a mapping) as a list; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"{field} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def as_dict(value: Any, field: str) -> dict[Any, Any] | None:
+    """``value`` (a mapping) as a dict; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{field} must be a mapping of names to values, got {type(value).__name__}"
+        )
+    return dict(value)
 
 
 def validate_object_key(value: str, field: str = "key") -> str:

@@ -47,6 +47,9 @@ def test_function_keeps_options_and_runs_locally() -> None:
         ({"mem_size_mib": -1}, "mem_size_mib"),
         ({"kernel_variant": "gpu"}, "kernel_variant"),
         ({"ports": [70000]}, "ports"),
+        ({"ports": 8080}, "ports"),
+        ({"env": "A=1"}, "env"),
+        ({"additional_volumes": ["/data"]}, "additional_volumes"),
         ({"additional_volumes": {"../etc": archil.Volume("d")}}, "path"),
         ({"additional_volumes": {"/mnt/archil/x": archil.Volume("d")}}, "mnt/archil"),
         ({"additional_volumes": {"/usr/data": archil.Volume("d")}}, "reserved"),
@@ -161,3 +164,4 @@ def test_function_idle_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(archil.ConfigurationError, match="ARCHIL_FUNCTION_IDLE_TTL") as info:
             app.function()
         assert repr(bad) in str(info.value)
+

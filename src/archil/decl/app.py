@@ -17,6 +17,8 @@ from .._models import (
     CreateSandboxRequest,
     KernelVariant,
     SandboxMount,
+    as_dict,
+    as_list,
     validate_disk_id,
 )
 from .image import Image
@@ -186,12 +188,12 @@ class App:
                     "mem_size_mib": mem_size_mib,
                     "kernel_variant": None if kernel_variant == "base" else kernel_variant,
                     "mounts": self._mounts(additional_volumes),
-                    "ports": list(ports) if ports else None,
+                    "ports": as_list(ports, "ports") or None,
                     "env": plan.env or None,
                     "idle_ttl_seconds": function_idle_ttl(),
                 }
             )
-            process_env = CreateSandboxRequest(env=dict(env) if env else None).env or {}
+            process_env = CreateSandboxRequest(env=as_dict(env, "env") or None).env or {}
         except ValidationError as exc:
             raise ValueError(_describe(exc)) from None
         return FunctionSpec(
@@ -206,7 +208,7 @@ class App:
     def _mounts(self, volumes: Mapping[str, Volume] | None) -> list[SandboxMount]:
         """The app's disk at /mnt/archil (writable by many sandboxes at once), then the volumes."""
         mounts = [SandboxMount(disk_id=self.disk_id, path=SANDBOX_DISK_PATH, conditional=True)]
-        for path, vol in (volumes or {}).items():
+        for path, vol in (as_dict(volumes, "additional_volumes") or {}).items():
             if not isinstance(vol, Volume):
                 raise ValueError(
                     f"additional_volumes[{path!r}] must be an archil.Volume, got {type(vol).__name__}"
