@@ -188,7 +188,10 @@ def validate_object_key(value: str, field: str = "key") -> str:
 
 
 class _Request(BaseModel):
-    """A request body: snake_case in Python, camelCase on the wire, unknown fields rejected."""
+    """A request body: snake_case in Python, camelCase on the wire, unknown fields rejected.
+
+    Errors name a field as the caller spells it (``disk_id``), not as the wire does.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -196,6 +199,7 @@ class _Request(BaseModel):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,
+        loc_by_alias=False,
     )
 
     def to_wire(self) -> dict[str, Any]:

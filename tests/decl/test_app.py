@@ -165,3 +165,11 @@ def test_function_idle_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch)
             app.function()
         assert repr(bad) in str(info.value)
 
+
+def test_request_model_errors_name_fields_as_python_spells_them() -> None:
+    with pytest.raises(ValueError, match="disk_id") as info:
+        archil.ArchilMount()  # type: ignore[call-arg]
+    assert "diskId" not in str(info.value)
+    with pytest.raises(ValueError, match="read_only") as info:
+        archil.AdditionalMount(path="/data", disk_id="d", read_only="maybe")  # type: ignore[arg-type]
+    assert "readOnly" not in str(info.value)
