@@ -168,15 +168,19 @@ def as_dict(value: Any, field: str) -> dict[Any, Any] | None:
 
 
 def validate_object_key(value: str, field: str = "key") -> str:
-    """An object key inside a disk: relative, no ``.``/``..`` segments, no NUL, at most 1024 bytes."""
+    """An object key inside a disk: relative, no ``.``/``..`` segments, no control characters
+    (NUL, newlines...), at most 1024 bytes."""
     if not isinstance(value, str) or value == "":
         raise ValueError(f"{field} must be a non-empty string")
     if len(value.encode("utf-8")) > 1024:
         raise ValueError(f"{field} is longer than 1024 bytes")
     if value.startswith("/"):
         raise ValueError(f"{field} {value!r} must not start with '/'")
-    if "\x00" in value or "\\" in value:
+    if "\\" in value:
         raise ValueError(f"{field} {value!r} contains a forbidden character")
+    if any(c < " " or c == "\x7f" for c in value):
+        # XML 1.0 (the object API's listings) cannot carry them, nor can a URL path safely.
+        raise ValueError(f"{field} {value!r} contains a control character")
     if any(p in (".", "..") for p in value.split("/")):
         raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
     return value
