@@ -168,8 +168,8 @@ def as_dict(value: Any, field: str) -> dict[Any, Any] | None:
 
 
 def validate_object_key(value: str, field: str = "key") -> str:
-    """An object key inside a disk: relative, no ``.``/``..`` segments, no control characters
-    (NUL, newlines...), at most 1024 bytes."""
+    """An object key inside a disk: relative, no ``.``/``..`` or empty segments, no control
+    characters (NUL, newlines...), at most 1024 bytes."""
     if not isinstance(value, str) or value == "":
         raise ValueError(f"{field} must be a non-empty string")
     if len(value.encode("utf-8")) > 1024:
@@ -183,6 +183,9 @@ def validate_object_key(value: str, field: str = "key") -> str:
         raise ValueError(f"{field} {value!r} contains a control character")
     if any(p in (".", "..") for p in value.split("/")):
         raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    if "//" in value:
+        # A disk is a file system: 'a//b' names no file (the gateway refuses it too).
+        raise ValueError(f"{field} {value!r} must not contain empty segments ('//')")
     return value
 
 

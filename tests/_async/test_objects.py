@@ -230,7 +230,7 @@ async def test_list_page_with_delimiter(client: AsyncArchil, router: respx.MockR
 
 
 @pytest.mark.parametrize(
-    "key", ["", "../escape", "a/../../b", "/abs", "a/./b", "\n", "a\nb", "a\r", "x\x7f"]
+    "key", ["", "../escape", "a/../../b", "/abs", "a/./b", "a//b", "\n", "a\nb", "a\r", "x\x7f"]
 )
 async def test_bad_keys_are_rejected(
     client: AsyncArchil, router: respx.MockRouter, key: str
