@@ -302,7 +302,14 @@ def test_cli_serve(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["local", "serve", "--chaos", "2"], ["local", "serve", "--port", "99999"], ["local"], []],
+    [
+        ["local", "serve", "--chaos", "2"],
+        ["local", "serve", "--port", "99999"],
+        ["local", "serve", "--exec-timeout", "nan"],
+        ["local", "serve", "--exec-timeout", "inf"],
+        ["local"],
+        [],
+    ],
 )
 def test_cli_rejects_bad_arguments(args: list[str]) -> None:
     result = subprocess.run(
