@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal, Union
 
@@ -146,18 +147,45 @@ def validate_relative_path(value: str, field: str = "path", *, allow_empty: bool
     return "/".join(parts)
 
 
+def as_list(value: Any, field: str) -> list[Any] | None:
+    """``value`` (any iterable but a string or a mapping) as a list; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ValueError(f"{field} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def as_dict(value: Any, field: str) -> dict[Any, Any] | None:
+    """``value`` (a mapping) as a dict; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{field} must be a mapping of names to values, got {type(value).__name__}"
+        )
+    return dict(value)
+
+
 def validate_object_key(value: str, field: str = "key") -> str:
-    """An object key inside a disk: relative, no ``.``/``..`` segments, no NUL, at most 1024 bytes."""
+    """An object key inside a disk: relative, no ``.``/``..`` or empty segments, no control
+    characters (NUL, newlines...), at most 1024 bytes."""
     if not isinstance(value, str) or value == "":
         raise ValueError(f"{field} must be a non-empty string")
     if len(value.encode("utf-8")) > 1024:
         raise ValueError(f"{field} is longer than 1024 bytes")
     if value.startswith("/"):
         raise ValueError(f"{field} {value!r} must not start with '/'")
-    if "\x00" in value or "\\" in value:
+    if "\\" in value:
         raise ValueError(f"{field} {value!r} contains a forbidden character")
+    if any(c < " " or c == "\x7f" for c in value):
+        # XML 1.0 (the object API's listings) cannot carry them, nor can a URL path safely.
+        raise ValueError(f"{field} {value!r} contains a control character")
     if any(p in (".", "..") for p in value.split("/")):
         raise ValueError(f"{field} {value!r} must not contain '.' or '..' segments")
+    if "//" in value:
+        # A disk is a file system: 'a//b' names no file (the gateway refuses it too).
+        raise ValueError(f"{field} {value!r} must not contain empty segments ('//')")
     return value
 
 
@@ -167,7 +195,10 @@ def validate_object_key(value: str, field: str = "key") -> str:
 
 
 class _Request(BaseModel):
-    """A request body: snake_case in Python, camelCase on the wire, unknown fields rejected."""
+    """A request body: snake_case in Python, camelCase on the wire, unknown fields rejected.
+
+    Errors name a field as the caller spells it (``disk_id``), not as the wire does.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -175,6 +206,7 @@ class _Request(BaseModel):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,
+        loc_by_alias=False,
     )
 
     def to_wire(self) -> dict[str, Any]:

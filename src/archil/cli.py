@@ -8,8 +8,8 @@ prints what a client needs to use it (``ARCHIL_BASE_URL`` and
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
+import math
 import signal
 import sys
 import threading
@@ -45,8 +45,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
 
 
@@ -67,7 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
             "when it uses the same data directory and no API key is set."
         ),
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; a non-loopback address needs --allow-remote)",
+    )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow --host to be an address other machines can reach",
+    )
     serve.add_argument(
         "--port", type=_port, default=0, help="port to bind (default: 0, any free port)"
     )
@@ -104,25 +113,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time limit of exec requests (default: 30)",
     )
+    serve.add_argument(
+        "--reap-idle",
+        action="store_true",
+        help="stop a sandbox whose idle TTL runs out instead of pausing it (a paused local "
+        "sandbox keeps its processes, frozen)",
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(handler=_serve)
     return parser
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve(args: argparse.Namespace) -> int:
+    from ._tls import is_loopback_host
     from .local.embedded import DataDirInUseError, LocalServer, default_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    if not args.allow_remote and not is_loopback_host(args.host):
+        print(
+            f"archil: --host {args.host} is not a loopback address: other machines could reach "
+            "the local control plane; add --allow-remote to mean it",
+            file=sys.stderr,
+        )
+        return 2
     server = LocalServer(
         data_dir,
         host=args.host,
@@ -133,8 +147,10 @@ def _serve(args: argparse.Namespace) -> int:
         exec_timeout=args.exec_timeout,
         access_log=args.access_log,
         real_api_only=args.real_api_only,
+        allow_remote=args.allow_remote,
+        reap_idle=args.reap_idle,
     )
-    if not _is_loopback(args.host):
+    if not is_loopback_host(args.host):
         print(
             f"archil: warning: binding {args.host}, reachable from other machines; "
             "anyone who has the API key can run commands on this one",

@@ -229,7 +229,9 @@ async def test_list_page_with_delimiter(client: AsyncArchil, router: respx.MockR
     assert route.calls[0].request.url.params["delimiter"] == "/"
 
 
-@pytest.mark.parametrize("key", ["", "../escape", "a/../../b", "/abs", "a/./b"])
+@pytest.mark.parametrize(
+    "key", ["", "../escape", "a/../../b", "/abs", "a/./b", "a//b", "\n", "a\nb", "a\r", "x\x7f"]
+)
 async def test_bad_keys_are_rejected(
     client: AsyncArchil, router: respx.MockRouter, key: str
 ) -> None:

@@ -181,6 +181,11 @@ async def test_create_without_waiting(client: AsyncArchil, router: respx.MockRou
         ({"env": {"1BAD": "x"}}, "env"),
         ({"kernel_variant": "huge"}, "kernel_variant"),
         ({"mounts": {"disk_id": DISK}}, "mounts must be a list"),
+        ({"mounts": 3}, "mounts must be a list"),
+        ({"ports": 8080}, "ports must be a list"),
+        ({"ports": "8080"}, "ports must be a list"),
+        ({"env": "A=1"}, "env must be a mapping"),
+        ({"network": ["deny"]}, "network must be a mapping"),
     ],
 )
 async def test_bad_input_is_rejected_before_any_request(

@@ -227,7 +227,9 @@ def test_list_page_with_delimiter(client: Archil, router: respx.MockRouter) -> N
     assert route.calls[0].request.url.params["delimiter"] == "/"
 
 
-@pytest.mark.parametrize("key", ["", "../escape", "a/../../b", "/abs", "a/./b"])
+@pytest.mark.parametrize(
+    "key", ["", "../escape", "a/../../b", "/abs", "a/./b", "a//b", "\n", "a\nb", "a\r", "x\x7f"]
+)
 def test_bad_keys_are_rejected(client: Archil, router: respx.MockRouter, key: str) -> None:
     with pytest.raises(ValueError, match="key"):
         client.objects.get(DISK, key)

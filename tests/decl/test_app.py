@@ -47,6 +47,9 @@ def test_function_keeps_options_and_runs_locally() -> None:
         ({"mem_size_mib": -1}, "mem_size_mib"),
         ({"kernel_variant": "gpu"}, "kernel_variant"),
         ({"ports": [70000]}, "ports"),
+        ({"ports": 8080}, "ports"),
+        ({"env": "A=1"}, "env"),
+        ({"additional_volumes": ["/data"]}, "additional_volumes"),
         ({"additional_volumes": {"../etc": archil.Volume("d")}}, "path"),
         ({"additional_volumes": {"/mnt/archil/x": archil.Volume("d")}}, "mnt/archil"),
         ({"additional_volumes": {"/usr/data": archil.Volume("d")}}, "reserved"),
@@ -147,3 +150,26 @@ def test_decode_result_reraises_the_remote_exception_with_its_traceback() -> Non
     assert decode_result(cloudpickle.dumps({"ok": True, "value": [1, 2]})) == [1, 2]
     with pytest.raises(archil.RemoteError):
         decode_result(b"not a pickle")
+
+
+def test_function_idle_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARCHIL_FUNCTION_IDLE_TTL", raising=False)
+    app = make_app()
+    assert app.function()(lambda: 1).options.template.idle_ttl_seconds == 600
+    monkeypatch.setenv("ARCHIL_FUNCTION_IDLE_TTL", " 5 ")
+    assert app.function()(lambda: 1).options.template.idle_ttl_seconds == 5
+    assert app.run(command="true")(lambda: None).options.template.idle_ttl_seconds == 5
+    for bad in ("0", "-1", "1.5", "ten", "86401"):
+        monkeypatch.setenv("ARCHIL_FUNCTION_IDLE_TTL", bad)
+        with pytest.raises(archil.ConfigurationError, match="ARCHIL_FUNCTION_IDLE_TTL") as info:
+            app.function()
+        assert repr(bad) in str(info.value)
+
+
+def test_request_model_errors_name_fields_as_python_spells_them() -> None:
+    with pytest.raises(ValueError, match="disk_id") as info:
+        archil.ArchilMount()  # type: ignore[call-arg]
+    assert "diskId" not in str(info.value)
+    with pytest.raises(ValueError, match="read_only") as info:
+        archil.AdditionalMount(path="/data", disk_id="d", read_only="maybe")  # type: ignore[arg-type]
+    assert "readOnly" not in str(info.value)

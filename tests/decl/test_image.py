@@ -67,6 +67,9 @@ def test_dockerfile_on_class_and_instance() -> None:
         (lambda: Image.python("3.11").workdir("relative/dir"), "workdir"),
         (lambda: Image.python("3.11").run_commands("  "), "run_commands"),
         (lambda: Image.ubuntu("jammy"), "ubuntu"),
+        (lambda: Image.ubuntu(b"22.04"), "ubuntu"),  # type: ignore[arg-type]
+        (lambda: Image.ubuntu(None), "ubuntu"),  # type: ignore[arg-type]
+        (lambda: Image.python("3.11").workdir("/app\x00"), "workdir"),
     ],
 )
 def test_bad_input_names_the_method(call, match) -> None:  # type: ignore[no-untyped-def]

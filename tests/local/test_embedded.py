@@ -302,7 +302,14 @@ def test_cli_serve(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["local", "serve", "--chaos", "2"], ["local", "serve", "--port", "99999"], ["local"], []],
+    [
+        ["local", "serve", "--chaos", "2"],
+        ["local", "serve", "--port", "99999"],
+        ["local", "serve", "--exec-timeout", "nan"],
+        ["local", "serve", "--exec-timeout", "inf"],
+        ["local"],
+        [],
+    ],
 )
 def test_cli_rejects_bad_arguments(args: list[str]) -> None:
     result = subprocess.run(
@@ -310,6 +317,30 @@ def test_cli_rejects_bad_arguments(args: list[str]) -> None:
     )
     assert result.returncode == 2
     assert "usage: archil" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+def test_cli_binds_a_non_loopback_address_only_with_allow_remote(host: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archil.cli",
+            "local",
+            "serve",
+            "--host",
+            host,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--allow-remote" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
 
 
 def test_cli_reports_a_busy_data_dir(

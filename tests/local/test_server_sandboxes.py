@@ -364,6 +364,32 @@ def test_idle_ttl_pauses_and_timeout_endpoint(c: httpx.Client) -> None:
         destroy(c, sid)
 
 
+def test_reap_idle_stops_a_sandbox_whose_idle_ttl_runs_out(tmp_path: Path) -> None:
+    server = LocalServer(tmp_path / "reap", stop_grace=2.0, reap_idle=True)
+    server.start()
+    try:
+        with httpx.Client(
+            base_url=server.base_url,
+            headers={"Authorization": server.api_key},
+            timeout=60,
+            trust_env=False,
+        ) as c:
+            sid = create(c, idle_ttl_seconds=1)["sandbox_id"]
+            kept = create(c, idle_ttl_seconds=0)["sandbox_id"]
+            try:
+                assert wait_for(
+                    lambda: c.get(f"/api/sandboxes/{sid}").json()["data"]["status"] == "stopped"
+                )
+                data = c.get(f"/api/sandboxes/{sid}").json()["data"]
+                assert data["exit_reason"] == "idle_ttl_seconds ran out"
+                assert c.get(f"/api/sandboxes/{kept}").json()["data"]["status"] == "running"
+            finally:
+                destroy(c, sid)
+                destroy(c, kept)
+    finally:
+        server.stop()
+
+
 def test_ports(c: httpx.Client) -> None:
     sid = create(c, ports=[8080])["sandbox_id"]
     try:

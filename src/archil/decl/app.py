@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -10,11 +11,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from pydantic import SecretStr, ValidationError
 
 from .._callproto import FunctionSpec, check_python_version
+from .._errors import ConfigurationError
 from .._models import (
     SANDBOX_DISK_PATH,
     CreateSandboxRequest,
     KernelVariant,
     SandboxMount,
+    as_dict,
+    as_list,
     validate_disk_id,
 )
 from .image import Image
@@ -32,7 +36,30 @@ R = TypeVar("R")
 DEFAULT_MAP_CONCURRENCY = 8
 FUNCTION_IDLE_TTL = 600
 """Seconds a function's sandbox may sit with no process connection before the control
-plane pauses it: a caller that died cannot leave it running for long."""
+plane pauses it: a caller that died cannot leave it running for long.
+``ARCHIL_FUNCTION_IDLE_TTL`` sets another value (see :func:`function_idle_ttl`)."""
+
+
+def function_idle_ttl() -> int:
+    """The idle TTL of function and job sandboxes: ``ARCHIL_FUNCTION_IDLE_TTL``, else 600 s.
+
+    Read when a function is declared. It must be a whole number of seconds from 1 to
+    86400 (0, which disables the idle TTL, is refused: a caller that dies would leave
+    its sandbox running until its lifetime budget runs out).
+    """
+    raw = os.environ.get("ARCHIL_FUNCTION_IDLE_TTL", "").strip()
+    if not raw:
+        return FUNCTION_IDLE_TTL
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 86_400:
+        raise ConfigurationError(
+            f"ARCHIL_FUNCTION_IDLE_TTL must be a whole number of seconds from 1 to 86400, "
+            f"got {raw!r}"
+        )
+    return value
 
 
 class App:
@@ -161,12 +188,12 @@ class App:
                     "mem_size_mib": mem_size_mib,
                     "kernel_variant": None if kernel_variant == "base" else kernel_variant,
                     "mounts": self._mounts(additional_volumes),
-                    "ports": list(ports) if ports else None,
+                    "ports": as_list(ports, "ports") or None,
                     "env": plan.env or None,
-                    "idle_ttl_seconds": FUNCTION_IDLE_TTL,
+                    "idle_ttl_seconds": function_idle_ttl(),
                 }
             )
-            process_env = CreateSandboxRequest(env=dict(env) if env else None).env or {}
+            process_env = CreateSandboxRequest(env=as_dict(env, "env") or None).env or {}
         except ValidationError as exc:
             raise ValueError(_describe(exc)) from None
         return FunctionSpec(
@@ -181,7 +208,7 @@ class App:
     def _mounts(self, volumes: Mapping[str, Volume] | None) -> list[SandboxMount]:
         """The app's disk at /mnt/archil (writable by many sandboxes at once), then the volumes."""
         mounts = [SandboxMount(disk_id=self.disk_id, path=SANDBOX_DISK_PATH, conditional=True)]
-        for path, vol in (volumes or {}).items():
+        for path, vol in (as_dict(volumes, "additional_volumes") or {}).items():
             if not isinstance(vol, Volume):
                 raise ValueError(
                     f"additional_volumes[{path!r}] must be an archil.Volume, got {type(vol).__name__}"

@@ -96,7 +96,7 @@ class Image:
     @classmethod
     def ubuntu(cls, version: str = "22.04") -> Image:
         """Ubuntu ``version``. It has no Python of the caller's version; use it for ``app.run``."""
-        if not re.match(r"^\d{2}\.\d{2}$", version or ""):
+        if not isinstance(version, str) or not re.match(r"^\d{2}\.\d{2}$", version):
             raise ValueError(f"ubuntu version must look like '22.04', got {version!r}")
         return cls(f"ubuntu:{version}")
 
@@ -144,8 +144,14 @@ class Image:
 
     def workdir(self, path: str) -> Image:
         """Set the working directory of later steps and of the function."""
-        if not isinstance(path, str) or not path.startswith("/") or "\n" in path:
-            raise ValueError(f"workdir: {path!r} must be an absolute path")
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or any(c in path for c in "\n\r\x00")
+        ):
+            raise ValueError(
+                f"workdir: {path!r} must be an absolute path on one line, without NUL bytes"
+            )
         return self._add(f"WORKDIR {path}")
 
     def env(self, **variables: str) -> Image:

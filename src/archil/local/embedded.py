@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -41,6 +42,34 @@ _LOCK_FILE = "server.lock"
 
 class DataDirInUseError(RuntimeError):
     """Another local control plane already serves this data directory."""
+
+
+class _RedactTokens(logging.Filter):
+    """Hides the ``token=`` of process WebSocket URLs in uvicorn's records.
+
+    uvicorn logs each WebSocket's path and query (``"WebSocket /ws/...?token=..."
+    [accepted]``) at INFO; the token lets whoever holds it run processes in the sandbox
+    until it expires, so it must not reach a log, whatever the logging configuration.
+    """
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        if "token=" in message:
+            record.msg = self._TOKEN.sub(r"\1<redacted>", message)
+            record.args = None
+        return True
+
+
+def _redact_uvicorn_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in target.filters):
+            target.addFilter(_RedactTokens())
 
 
 def default_data_dir() -> Path:
@@ -92,6 +121,7 @@ class LocalServer:
         namespaces: bool | None = None,
         min_part_size: int = 5 * 1024 * 1024,
         allow_remote: bool = False,
+        reap_idle: bool = False,
     ) -> None:
         if not allow_remote and not is_loopback_host(host):
             raise ValueError(
@@ -112,6 +142,7 @@ class LocalServer:
             real_api_only=real_api_only,
             namespaces=namespaces,
             min_part_size=min_part_size,
+            reap_idle=reap_idle,
         )
         self.access_log = access_log
         self.base_url = ""
@@ -199,6 +230,7 @@ class LocalServer:
         port = int(sock.getsockname()[1])
         self.app = create_app(self.settings, api_key=self.api_key)
         self.app.plane.dropper = self._drop_connection
+        _redact_uvicorn_logs()
         config = uvicorn.Config(
             self.app,
             log_config=None,

@@ -7,6 +7,7 @@ its HTTP status. The object API's S3 XML errors are in :mod:`archil.local.object
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -43,12 +44,13 @@ def error_response(status: int, message: str, code: str) -> Response:
     return json_response({"success": False, "error": message, "code": code}, status)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def _format_loc(loc: tuple[int | str, ...], names: Mapping[str, str] | None = None) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
+        part = (names or {}).get(part, part)
         if part in _MODEL_NAMES or part in _TYPE_TAGS or "[" in part or "(" in part:
             continue
         if out and not part.replace("_", "").isalnum():
@@ -58,12 +60,18 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """``"<field path>: <message>"`` for each error of a pydantic ``ValidationError``."""
+def describe_validation_error(
+    exc: ValidationError, prefix: str = "", names: Mapping[str, str] | None = None
+) -> str:
+    """``"<field path>: <message>"`` for each error of a pydantic ``ValidationError``.
+
+    ``names`` maps field names to the wire's (the SDK's models name fields as Python
+    spells them in errors; a request's sender knows them by their wire names).
+    """
     parts: list[str] = []
     seen: set[str] = set()
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = _format_loc(tuple(err.get("loc", ())))
+        loc = _format_loc(tuple(err.get("loc", ())), names)
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
         msg = str(err.get("msg", "invalid value"))

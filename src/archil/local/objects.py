@@ -34,6 +34,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape as _xml_escape
 
 import anyio.to_thread
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -1012,13 +1013,33 @@ async def delete_objects(request: Request) -> Response:
     return _xml_doc("DeleteResult", await anyio.to_thread.run_sync(run))
 
 
+class _KeyConvertor(Convertor[str]):
+    """An object key: the rest of the path, newlines included.
+
+    Starlette's ``path`` convertor is ``.*``, which stops at a newline (and ``$`` matches
+    before a final one), so ``/s3/d/a%0Ab`` would reach no object route or the disk's;
+    this one takes every character, and the key's own checks refuse what is not allowed.
+    """
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("objectkey", _KeyConvertor())
+
+
 def object_routes() -> list[Route]:
     """The ``/s3`` routes."""
     return [
         Route("/s3", no_bucket, methods=["GET", "HEAD", "PUT", "DELETE", "POST"]),
         Route("/s3/{disk_id}", bucket, methods=["GET", "HEAD", "POST"]),
-        Route("/s3/{disk_id}/{key:path}", get_object, methods=["GET", "HEAD"]),
-        Route("/s3/{disk_id}/{key:path}", put_object, methods=["PUT"]),
-        Route("/s3/{disk_id}/{key:path}", delete_object, methods=["DELETE"]),
-        Route("/s3/{disk_id}/{key:path}", post_object, methods=["POST"]),
+        Route("/s3/{disk_id}/{key:objectkey}", get_object, methods=["GET", "HEAD"]),
+        Route("/s3/{disk_id}/{key:objectkey}", put_object, methods=["PUT"]),
+        Route("/s3/{disk_id}/{key:objectkey}", delete_object, methods=["DELETE"]),
+        Route("/s3/{disk_id}/{key:objectkey}", post_object, methods=["POST"]),
     ]

@@ -70,6 +70,9 @@ class ServerSettings:
             is not honoured (the SDK must not depend on it).
         namespaces: force the runtime's Linux namespaces on or off (``None`` detects).
         min_part_size: the least size in bytes of every multipart part but the last (S3: 5 MiB).
+        reap_idle: a sandbox whose idle TTL runs out is stopped (its processes end, its
+            writes are kept as a checkpoint) instead of paused. A paused local sandbox keeps
+            its processes, frozen; a live control plane's paused sandbox runs nothing.
     """
 
     data_dir: Path
@@ -81,6 +84,7 @@ class ServerSettings:
     real_api_only: bool = False
     namespaces: bool | None = None
     min_part_size: int = 5 * 1024 * 1024
+    reap_idle: bool = False
 
 
 def load_api_key(data_dir: Path) -> str:
@@ -147,6 +151,7 @@ class ControlPlane:
             resolve_mounts=self.resolve_mounts,
             stop_grace=settings.stop_grace,
             extensions=self.extensions,
+            reap_idle=settings.reap_idle,
         )
         self.chaos = Chaos(settings.chaos_rate, settings.chaos_seed)
         self.dropper: ConnectionDropper | None = None

@@ -11,7 +11,8 @@ and its processes. The states and transitions are the live API's:
   writes into a checkpoint: ``pausing`` then ``paused``; resume thaws them;
 - a session whose environment ends by itself ends ``exited``;
 - ``max_ttl_seconds`` and ``idle_ttl_seconds`` (no process connection
-  attached for that long) pause a running sandbox;
+  attached for that long) pause a running sandbox; with ``reap_idle`` the idle
+  TTL stops it instead, so nothing of it keeps running;
 - delete removes a stopped, exited or failed sandbox without forks, its
   processes' output and the layers nothing else uses.
 
@@ -158,6 +159,7 @@ class SandboxManager:
         resolve_mounts: Callable[[list[SandboxMount]], list[MountSpec]],
         stop_grace: float = 10.0,
         extensions: bool = True,
+        reap_idle: bool = False,
     ) -> None:
         self.state = state
         self.runtime = runtime
@@ -167,6 +169,7 @@ class SandboxManager:
         self.resolve_mounts = resolve_mounts
         self.stop_grace = stop_grace
         self.extensions = extensions
+        self.reap_idle = reap_idle
         self._live: dict[str, _Live] = {}
         self._exclusive: dict[str, str] = {}
         self._delegation_freed = asyncio.Event()
@@ -770,6 +773,13 @@ class SandboxManager:
         self._background(self._pause_on_expiry(sid, which))
 
     async def _pause_on_expiry(self, sid: str, which: str) -> None:
+        if which == "idle_ttl_seconds" and self.reap_idle:
+            with contextlib.suppress(ApiError):
+                row = await self.stop(sid)
+                if row["status"] == "stopped":
+                    logger.info("sandbox %s stopped: its %s ran out", sid, which)
+                    self.state.update_sandbox(sid, exit_reason=f"{which} ran out")
+            return
         with contextlib.suppress(ApiError):
             row = await self.pause(sid)
             if row["status"] == "paused":

@@ -30,6 +30,8 @@ from ..._models import (
     CreateContainerRequest,
     KernelVariant,
     LogEntry,
+    as_dict,
+    as_list,
     validate_container_id,
     validate_disk_id,
 )
@@ -99,12 +101,12 @@ class AsyncContainers:
             kernel_variant=kernel_variant,
             initialization_script=initialization_script,
             command=command,
-            env=dict(env) if env is not None else None,
+            env=as_dict(env, "env"),
             image_id=image_id,
             base_image=base_image,
-            additional_mounts=list(additional_mounts or ()),
+            additional_mounts=as_list(additional_mounts, "additional_mounts") or [],
             ports=list(ports or ()),
-            metadata=dict(metadata) if metadata is not None else None,
+            metadata=as_dict(metadata, "metadata"),
             timeout_seconds=timeout_seconds,
         )
         name = CONTAINER_NAME_PREFIX + secrets.token_hex(8)

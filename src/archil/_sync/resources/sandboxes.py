@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 import logging
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -50,6 +50,8 @@ from ..._models import (
     SandboxTimeoutRequest,
     StartSandboxRequest,
     _check_port,
+    as_dict,
+    as_list,
     validate_disk_id,
     validate_sandbox_id,
 )
@@ -105,7 +107,7 @@ def _mount_list(
 ) -> builtins.list[Any] | None:
     if mounts is None:
         return None
-    if isinstance(mounts, (SandboxMount, Mapping, str, bytes)):
+    if isinstance(mounts, (SandboxMount, Mapping, str, bytes)) or not isinstance(mounts, Iterable):
         raise ValueError("mounts must be a list of SandboxMount (or dicts)")
     return [dict(m) if isinstance(m, Mapping) else m for m in mounts]
 
@@ -200,9 +202,9 @@ class Sandboxes:
             mem_size_mib=mem_size_mib,
             base_image=base_image,
             image_id=image_id,
-            env=dict(env) if env is not None else None,
-            ports=list(ports) if ports is not None else None,
-            network=dict(network) if network is not None else None,
+            env=as_dict(env, "env"),
+            ports=as_list(ports, "ports"),
+            network=as_dict(network, "network"),
             mounts=_mount_list(mounts),
             max_ttl_seconds=max_ttl_seconds,
             idle_ttl_seconds=idle_ttl_seconds,

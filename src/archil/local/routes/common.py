@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -79,11 +79,36 @@ async def read_json(request: Request, *, optional: bool = False) -> dict[str, An
 
 
 def validated(model: type[M], data: dict[str, Any], prefix: str = "") -> M:
-    """``data`` as ``model``; a 400 naming the bad field otherwise."""
+    """``data`` as ``model``; a 400 naming the bad field (by its wire name) otherwise."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(400, describe_validation_error(exc, prefix), "validation_error") from None
+        message = describe_validation_error(exc, prefix, wire_names(model))
+        raise ApiError(400, message, "validation_error") from None
+
+
+def wire_names(model: type[BaseModel]) -> dict[str, str]:
+    """Field name to wire name, for ``model`` and the models inside it, where they differ."""
+    names: dict[str, str] = {}
+    todo: list[type[BaseModel]] = [model]
+    seen: set[type[BaseModel]] = set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for name, info in current.model_fields.items():
+            alias = info.serialization_alias or info.alias
+            if alias and alias != name:
+                names.setdefault(name, alias)
+            todo.extend(_models_in(info.annotation))
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def int_query(
