@@ -1,7 +1,7 @@
 """The ``archil`` command line (``archil --help``; also ``python -m archil``).
 
-One module per group of commands: :mod:`.disks`, :mod:`.sandboxes`, :mod:`.containers`,
-:mod:`.tokens`, :mod:`.images` and :mod:`.local` (``archil local serve|status``).
+One module per group of commands: :mod:`.run` (``archil run``), :mod:`.disks`,
+:mod:`.sandboxes`, :mod:`.containers`, :mod:`.tokens`, :mod:`.images` and :mod:`.local` (``archil local serve|status``).
 Commands use the blocking client :class:`archil.Archil`, configured by
 ``--api-key``/``--region``/``--base-url`` or the SDK's ``ARCHIL_*`` variables;
 with none set they use the embedded local control plane, as the SDK does.
@@ -32,6 +32,7 @@ from .containers import containers
 from .disks import disks
 from .images import images
 from .local import local
+from .run import run
 from .sandboxes import sandboxes
 from .tokens import tokens
 
@@ -41,7 +42,12 @@ __all__ = ["cli", "main"]
 @click.group(
     cls=ArchilGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=("\b\nExamples:\n  archil disks ls --json\n  archil local status"),
+    epilog=(
+        "\b\nExamples:\n"
+        "  archil run app.py::train --epochs 3\n"
+        "  archil disks ls --json\n"
+        "  archil local status"
+    ),
 )
 @click.option(
     "--api-key",
@@ -74,7 +80,7 @@ def cli(api_key: str | None, region: str | None, base_url: str | None, debug: bo
     click.get_current_context().call_on_close(current.close)
 
 
-for _command in (disks, sandboxes, containers, tokens, images, local):
+for _command in (run, disks, sandboxes, containers, tokens, images, local):
     cli.add_command(_command)
 
 
