@@ -1,7 +1,8 @@
 """The ``archil`` command line (``archil --help``; also ``python -m archil``).
 
-One module per group of commands: :mod:`.run` (``archil run``), :mod:`.disks`,
-:mod:`.sandboxes`, :mod:`.containers`, :mod:`.tokens`, :mod:`.images` and :mod:`.local` (``archil local serve|status``).
+One module per group of commands: :mod:`.run` (``archil run``), :mod:`.shell`
+(``archil shell``), :mod:`.disks`, :mod:`.sandboxes`, :mod:`.containers`,
+:mod:`.tokens`, :mod:`.images` and :mod:`.local` (``archil local serve|status``).
 Commands use the blocking client :class:`archil.Archil`, configured by
 ``--api-key``/``--region``/``--base-url`` or the SDK's ``ARCHIL_*`` variables;
 with none set they use the embedded local control plane, as the SDK does.
@@ -34,6 +35,7 @@ from .images import images
 from .local import local
 from .run import run
 from .sandboxes import sandboxes
+from .shell import shell
 from .tokens import tokens
 
 __all__ = ["cli", "main"]
@@ -45,6 +47,7 @@ __all__ = ["cli", "main"]
     epilog=(
         "\b\nExamples:\n"
         "  archil run app.py::train --epochs 3\n"
+        "  archil shell dsk-0123456789abcdef\n"
         "  archil disks ls --json\n"
         "  archil local status"
     ),
@@ -80,7 +83,7 @@ def cli(api_key: str | None, region: str | None, base_url: str | None, debug: bo
     click.get_current_context().call_on_close(current.close)
 
 
-for _command in (run, disks, sandboxes, containers, tokens, images, local):
+for _command in (run, shell, disks, sandboxes, containers, tokens, images, local):
     cli.add_command(_command)
 
 
