@@ -137,31 +137,15 @@ def _parameters(fn: Function[..., Any]) -> tuple[list[click.Parameter], list[str
         if param.kind is param.POSITIONAL_ONLY:
             positional.append(param.name)
         flag = param.name.replace("_", "-")
-        default = param.default if has_default else None
         help_text = f"{kind.__name__} parameter {param.name!r}" + (
             "" if has_default else " (required)"
         )
-        if kind is bool:
-            options.append(
-                click.Option(
-                    [f"--{flag}/--no-{flag}", param.name],
-                    default=default,
-                    required=not has_default,
-                    show_default=has_default,
-                    help=help_text,
-                )
-            )
-        else:
-            options.append(
-                click.Option(
-                    [f"--{flag}", param.name],
-                    type=kind,
-                    default=default,
-                    required=not has_default,
-                    show_default=has_default,
-                    help=help_text,
-                )
-            )
+        switch = f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"
+        decls = [switch, param.name]
+        extra: dict[str, Any] = {"default": param.default} if has_default else {"required": True}
+        if kind is not bool:
+            extra["type"] = kind
+        options.append(click.Option(decls, show_default=has_default, help=help_text, **extra))
     return options, positional
 
 
