@@ -41,13 +41,16 @@ def _window_size() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _raw(fd: int) -> Iterator[None]:
-    """This terminal in raw mode (keys go through as they are typed), restored at the end."""
+    """This terminal in raw mode (keys go through as they are typed), restored at the end.
+
+    What was typed while the sandbox started is kept (``TCSADRAIN``, not ``TCSAFLUSH``).
+    """
     import termios
     import tty
 
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSADRAIN)
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
