@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel
-
 __all__ = [
     "dumpable",
     "human_bytes",
@@ -31,8 +29,9 @@ __all__ = [
 
 def dumpable(value: Any) -> Any:
     """``value`` as JSON data: models dumped with ``mode="json"``, lists and dicts walked."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
     if isinstance(value, dict):
         return {str(k): dumpable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
