@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +217,43 @@ def test_containers(cli: Cli) -> None:
     assert isinstance(stopped, dict) and stopped["status"] == "stopped"
     cli.ok("containers", "rm", cid)
     assert cli("containers", "get", cid).returncode == 1
+
+
+def test_copy_to_and_from_a_disk(cli: Cli, tmp_path: Path) -> None:
+    with cli.client() as client:
+        disk = client.disks.create(f"cli-cp-{uuid.uuid4().hex[:8]}")
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    source = tmp_path / "blob.bin"
+    source.write_bytes(payload)
+    up = cli.ok("disks", "cp", str(source), f"{disk.id}:in/", "--json")
+    info = json.loads(up.stdout)
+    assert info["key"] == "in/blob.bin" and info["size"] == len(payload)
+    # Not a terminal: one line when it starts, one when it ends, with the size and rate.
+    assert f"archil: uploading blob.bin to {disk.id}:in/blob.bin (3.0 MiB)...\n" in up.stderr
+    assert re.search(r": 3\.0 MiB in [0-9.]+s \([0-9.]+ [KMG]?i?B/s\)\n$", up.stderr)
+    (tmp_path / "out").mkdir()
+    cli.ok("disks", "cp", f"{disk.id}:in/blob.bin", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == payload
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["blob.bin"]
+    missing = cli("disks", "cp", f"{disk.id}:in/nothing", str(tmp_path / "x"))
+    assert missing.returncode == 1 and not (tmp_path / "x").exists()
+    both = cli("disks", "cp", str(source), str(tmp_path / "y"))
+    assert both.returncode == 2 and "DISK_ID:PATH" in both.stderr
+
+
+def test_transfer_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from archil.cli._output import Transfer
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    with Transfer("uploading x", 4 * 1024 * 1024) as bar:
+        bar.add(1024 * 1024)
+        time.sleep(0.11)
+        bar.add(1024 * 1024)
+    text = err.getvalue()
+    assert "[############............]  50% 2.0 MiB / 4.0 MiB" in text
+    assert re.search(r"MiB/s\r\x1b\[2Karchil: uploading x: 2\.0 MiB in", text)

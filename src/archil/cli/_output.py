@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "Transfer",
     "dumpable",
     "human_bytes",
     "print_fields",
@@ -161,3 +162,67 @@ def progress(message: str, *, done: str = "done") -> Iterator[None]:
         prefix = "\r\x1b[2K" if live else ""
         stream.write(f"{prefix}archil: {message}: {outcome} in {elapsed:.1f}s\n")
         stream.flush()
+
+
+class Transfer:
+    """Progress of a transfer of ``total`` bytes (``None`` if unknown) on stderr.
+
+    On a terminal, a bar with the bytes done, the total and the rate, redrawn
+    at most ten times a second; otherwise a line when it starts and one when
+    it ends, for logs. Use it as a context manager and call :meth:`add`.
+    """
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._stream = sys.stderr
+        self._live = self._stream.isatty()
+        self._started = 0.0
+        self._drawn = 0.0
+
+    def __enter__(self) -> Transfer:
+        self._started = time.monotonic()
+        if self._live:
+            self._draw()
+        else:
+            size = f" ({human_bytes(self.total)})" if self.total is not None else ""
+            self._stream.write(f"archil: {self.label}{size}...\n")
+            self._stream.flush()
+        return self
+
+    def add(self, count: int) -> None:
+        """``count`` more bytes are done."""
+        self.done += count
+        if self._live and time.monotonic() - self._drawn >= 0.1:
+            self._draw()
+
+    def _rate(self) -> float:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        return self.done / elapsed
+
+    def _draw(self) -> None:
+        self._drawn = time.monotonic()
+        rate = f"{human_bytes(self._rate())}/s"
+        if self.total:
+            fraction = min(self.done / self.total, 1.0)
+            bar = "#" * int(fraction * 24)
+            text = (
+                f"{self.label} [{bar.ljust(24, '.')}] {fraction:4.0%} "
+                f"{human_bytes(self.done)} / {human_bytes(self.total)} {rate}"
+            )
+        else:
+            text = f"{self.label} {human_bytes(self.done)} {rate}"
+        self._stream.write("\r\x1b[2K" + text)
+        self._stream.flush()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        elapsed = time.monotonic() - self._started
+        if exc_type is None:
+            outcome = f"{human_bytes(self.done)} in {elapsed:.1f}s ({human_bytes(self._rate())}/s)"
+        else:
+            outcome = "interrupted" if exc_type is KeyboardInterrupt else "failed"
+            outcome += f" after {human_bytes(self.done)}"
+        prefix = "\r\x1b[2K" if self._live else ""
+        self._stream.write(f"{prefix}archil: {self.label}: {outcome}\n")
+        self._stream.flush()

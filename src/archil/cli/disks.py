@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 
 from ._base import ArchilGroup, fail, json_option, state
-from ._output import human_bytes, print_fields, print_json, print_table
+from ._output import Transfer, human_bytes, print_fields, print_json, print_table
 
 __all__ = ["command_text", "disks"]
 
@@ -251,3 +251,78 @@ def exec_on_disk(
     sys.stderr.write(result.stderr)
     sys.stderr.flush()
     return result.exit_code
+
+
+_CHUNK = 1 << 20
+
+
+def _remote(text: str) -> tuple[str, str] | None:
+    """``(disk_id, key)`` of ``DISK_ID:KEY``; ``None`` for a local path."""
+    if text.startswith(("/", "./", "../", "~")) or ":" not in text:
+        return None
+    disk_id, _, key = text.partition(":")
+    return (disk_id, key.lstrip("/")) if disk_id else None
+
+
+@disks.command(
+    "cp",
+    epilog="\b\nExamples:\n"
+    "  archil disks cp data.csv dsk-0123456789abcdef:datasets/\n"
+    "  archil disks cp dsk-0123456789abcdef:models/model.bin ./model.bin",
+)
+@click.argument("source")
+@click.argument("destination")
+@json_option
+def copy(source: str, destination: str, as_json: bool) -> None:
+    """Copy a file to a disk or from one; the disk side is written DISK_ID:PATH.
+
+    A destination ending with / (or a local directory) keeps the source's file
+    name. Progress is shown on stderr: a bar with bytes and rate on a
+    terminal, a line at the start and at the end otherwise.
+    """
+    from pathlib import Path
+
+    src, dst = _remote(source), _remote(destination)
+    if (src is None) == (dst is None):
+        raise click.UsageError("give one local path and one DISK_ID:PATH")
+    objects = state().client().objects
+    if dst is not None:
+        local = Path(source).expanduser()
+        if not local.is_file():
+            raise fail(f"{source}: not a file")
+        disk_id, key = dst
+        if not key or key.endswith("/"):
+            key += local.name
+        size = local.stat().st_size
+        with Transfer(f"uploading {local.name} to {disk_id}:{key}", size) as bar:
+
+            def chunks() -> Iterator[bytes]:
+                with local.open("rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        bar.add(len(chunk))
+                        yield chunk
+
+            info = objects.put(disk_id, key, chunks())
+    else:
+        assert src is not None
+        disk_id, key = src
+        if not key or key.endswith("/"):
+            raise click.UsageError("the source must be a file: DISK_ID:PATH/TO/FILE")
+        target = Path(destination).expanduser()
+        if target.is_dir() or destination.endswith("/"):
+            target = target / key.rsplit("/", 1)[-1]
+        head = objects.head(disk_id, key)
+        partial = target.with_name(f".{target.name}.partial")
+        with Transfer(f"downloading {disk_id}:{key} to {target}", head.size) as bar:
+            try:
+                with partial.open("wb") as f:
+                    for chunk in objects.iter_bytes(disk_id, key, chunk_size=_CHUNK):
+                        f.write(chunk)
+                        bar.add(len(chunk))
+                partial.replace(target)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        info = head
+    if as_json:
+        print_json(info)
