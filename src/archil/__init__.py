@@ -30,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     # declarative layer
     "App": ".decl.app",
     "Function": ".decl.app",
+    "FunctionCall": ".decl.functioncall",
+    "Retries": "._callproto",
+    "Secret": "._secrets",
+    "is_local": "._constants",
     "Job": ".decl.app",
     "Image": ".decl.image",
     "Volume": ".decl.volume",
@@ -81,6 +85,8 @@ _EXPORTS: dict[str, str] = {
     "InsecureTransportWarning": "._errors",
     "ConflictError": "._errors",
     "ContainerError": "._errors",
+    "FunctionCallCancelledError": "._errors",
+    "FunctionTimeoutError": "._errors",
     "ImageBuildError": "._errors",
     "InternalServerError": "._errors",
     "NotFoundError": "._errors",
@@ -123,6 +129,9 @@ __all__ = [
     "ExecResult",
     "ExecTiming",
     "Function",
+    "FunctionCall",
+    "FunctionCallCancelledError",
+    "FunctionTimeoutError",
     "Image",
     "ImageBuildError",
     "InsecureTransportWarning",
@@ -144,24 +153,29 @@ __all__ = [
     "ProcessResult",
     "RateLimitError",
     "RemoteError",
+    "Retries",
     "Sandbox",
     "SandboxData",
     "SandboxError",
     "SandboxImage",
     "SandboxMount",
     "SandboxPort",
+    "Secret",
     "UnprocessableEntityError",
     "UploadedPart",
     "Volume",
     "__version__",
     "aio",
+    "is_local",
 ]
 
 if TYPE_CHECKING:
     from . import aio
     from ._async.client import AsyncArchil
+    from ._callproto import Retries
     from ._client import Archil
     from ._config import ClientConfig
+    from ._constants import is_local
     from ._errors import (
         APIConnectionError,
         APIError,
@@ -173,6 +187,8 @@ if TYPE_CHECKING:
         ConfigurationError,
         ConflictError,
         ContainerError,
+        FunctionCallCancelledError,
+        FunctionTimeoutError,
         ImageBuildError,
         InsecureTransportWarning,
         InternalServerError,
@@ -216,8 +232,10 @@ if TYPE_CHECKING:
         UploadedPart,
     )
     from ._process import ProcessOutput, ProcessResult
+    from ._secrets import Secret
     from ._sync.resources.sandboxes import Sandbox
     from .decl.app import App, Function, Job
+    from .decl.functioncall import FunctionCall
     from .decl.image import Image
     from .decl.volume import Volume
 

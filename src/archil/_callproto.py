@@ -4,7 +4,10 @@ A call lives under ``.archil/calls/<call-id>/`` on the app's disk: the caller
 uploads ``input.pkl`` (cloudpickle of ``(fn, args, kwargs)``), the sandbox
 runs :data:`BOOTSTRAP` (which needs only Python; cloudpickle comes from the
 disk, see :class:`CloudpickleLib`) and writes ``output.pkl``, and the caller
-reads it back and returns the value or re-raises the remote exception.
+reads it back and returns the value or re-raises the remote exception. The
+input stays until the call is over, so that a retry can run it again. A
+spawned call also has ``call.json`` (:class:`CallRecord`): which sandbox and
+process run it, so that another process can wait for it or cancel it.
 
 :class:`FunctionSpec` is what a declared function runs on: a validated
 ``CreateSandboxRequest`` used as a template, and the :class:`ImagePlan` of its
@@ -18,6 +21,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shlex
 import sys
 import sysconfig
@@ -25,25 +29,31 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
 
+from ._constants import REMOTE_ENV
 from ._errors import RemoteError
 from ._models import SANDBOX_DISK_PATH, CreateSandboxRequest
+from ._secrets import Secret, merged_env
 
 __all__ = [
     "BOOTSTRAP",
     "CALLS_PREFIX",
+    "REMOTE_ENV",
+    "CallAborted",
     "CallPaths",
+    "CallRecord",
     "CloudpickleLib",
     "FunctionSpec",
     "ImagePlan",
     "LogPrinter",
     "OutputTail",
     "PlanCache",
+    "Retries",
     "bootstrap_command",
     "check_python_version",
     "decode_result",
@@ -52,6 +62,7 @@ __all__ = [
 ]
 
 CALLS_PREFIX = ".archil/calls"
+CALL_ID_PREFIX = "fc-"
 LIB_PREFIX = ".archil/lib"
 CONTAINER_DISK_ROOT = SANDBOX_DISK_PATH
 
@@ -85,7 +96,6 @@ try:
     source = os.path.join(call_dir, "input.pkl")
     with open(source, "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
-    os.remove(source)
     value = fn(*args, **kwargs)
     out = {"ok": True, "value": value}
 except BaseException as exc:
@@ -95,6 +105,10 @@ sys.stdout.flush()
 sys.stderr.flush()
 _write(out)
 """
+
+
+class CallAborted(Exception):
+    """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
 
 
 def local_python_version() -> str:
@@ -143,6 +157,30 @@ class CallPaths:
     def output_key(self) -> str:
         """Object key of the pickled result."""
         return f"{self.prefix}/output.pkl"
+
+    @property
+    def record_key(self) -> str:
+        """Object key of a spawned call's :class:`CallRecord`."""
+        return f"{self.prefix}/call.json"
+
+    @property
+    def object_id(self) -> str:
+        """The call's public id (``fc-`` and 32 hex digits)."""
+        return CALL_ID_PREFIX + self.call_id
+
+    @classmethod
+    def from_object_id(cls, object_id: str) -> CallPaths:
+        """The paths of the call ``object_id``; ``ValueError`` naming it when malformed."""
+        if (
+            not isinstance(object_id, str)
+            or not object_id.startswith(CALL_ID_PREFIX)
+            or not re.fullmatch(r"[0-9a-f]{32}", object_id[len(CALL_ID_PREFIX) :])
+        ):
+            raise ValueError(
+                f"object_id must look like 'fc-' and 32 hex digits (from call.object_id), "
+                f"got {object_id!r}"
+            )
+        return cls(object_id[len(CALL_ID_PREFIX) :])
 
     @property
     def container_dir(self) -> str:
@@ -330,6 +368,25 @@ class FunctionSpec:
     env: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
     stream_logs: bool = True
+    retries: Retries | None = None
+    startup_timeout: int | None = None
+    secrets: tuple[Secret, ...] = ()
+
+    def process_env(self, pythonpath: str) -> dict[str, str]:
+        """The call's process environment: ``env``, the secrets, and archil's own variables."""
+        return {**self.env, **merged_env(self.secrets), "PYTHONPATH": pythonpath, REMOTE_ENV: "1"}
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``********``."""
+        for value in sorted(merged_env(self.secrets).values(), key=len, reverse=True):
+            if len(value) >= 4:
+                text = text.replace(value, "********")
+        return text
+
+    @property
+    def max_attempts(self) -> int:
+        """How many times one call may run (1 without retries)."""
+        return 1 + (self.retries.max_retries if self.retries is not None else 0)
 
     @property
     def cwd(self) -> str:
@@ -346,6 +403,88 @@ class FunctionSpec:
         )
         blob = json.dumps({"image": self.image.key, "sandbox": inherited}, sort_keys=True)
         return "archil-img-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How a function's failed attempts are retried (``@app.function(retries=...)``).
+
+    An attempt is retried when its container failed or was killed (out of
+    memory, for example), when the function raised, or when it went past its
+    ``timeout``. The wait before retry ``n`` (1-based) is
+    ``initial_delay * backoff_coefficient ** (n - 1)`` seconds, at most
+    ``max_delay``. ``retries=3`` is ``Retries(max_retries=3)``.
+    """
+
+    max_retries: int
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or not 0 <= self.max_retries <= 10
+        ):
+            raise ValueError(
+                f"max_retries must be a whole number from 0 to 10, got {self.max_retries!r}"
+            )
+        for name, low, high in (
+            ("backoff_coefficient", 1.0, 10.0),
+            ("initial_delay", 0.0, 60.0),
+            ("max_delay", 0.0, 3600.0),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (low <= value <= high)
+            ):
+                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        return float(
+            min(self.max_delay, self.initial_delay * self.backoff_coefficient ** (retry - 1))
+        )
+
+
+@dataclass
+class CallRecord:
+    """A spawned call's state on the app's disk (``call.json``).
+
+    ``status`` is ``running`` or ``cancelled``; ``attempt`` counts from 1;
+    ``sandbox_id``/``process_id`` are the current attempt's. It holds no
+    argument, no environment and no secret.
+    """
+
+    call_id: str
+    function: str
+    sandbox_id: str
+    process_id: str
+    attempt: int = 1
+    status: str = "running"
+
+    def dumps(self) -> bytes:
+        """The record as JSON bytes."""
+        return json.dumps({"version": 1, **asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> CallRecord:
+        """Parse a record written by :meth:`dumps` (``ValueError`` when it is not one)."""
+        try:
+            raw = json.loads(data)
+            return cls(
+                call_id=str(raw["call_id"]),
+                function=str(raw["function"]),
+                sandbox_id=str(raw["sandbox_id"]),
+                process_id=str(raw["process_id"]),
+                attempt=int(raw.get("attempt", 1)),
+                status=str(raw.get("status", "running")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a call record: {exc}") from None
 
 
 class CloudpickleLib:
