@@ -171,9 +171,12 @@ class AsyncCallRunner:
         except ArchilError as exc:
             log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
 
-    async def _sandbox(self, spec: FunctionSpec, call_id: str) -> AsyncSandbox:
-        """A running sandbox for one call: a fork of the image's preparation, or a new one."""
-        name = f"archil-call-{call_id[:20]}"
+    async def _sandbox(self, spec: FunctionSpec, key: str) -> AsyncSandbox:
+        """A running sandbox for one call: a fork of the image's preparation, or a new one.
+
+        ``key`` makes its name (``archil-call-<key>``): one per call and attempt.
+        """
+        name = f"archil-call-{key}"
         prepared = await self._prepared(spec)
         if prepared is None:
             image_id = await self._image_id(spec.image.base)
@@ -186,13 +189,13 @@ class AsyncCallRunner:
             )
         except (NotFoundError, ConflictError):
             PLANS.drop(self._base_url, "prepared", spec.prepared_name())
-            return await self._sandbox(spec, call_id)
+            return await self._sandbox(spec, key)
 
-    async def _startup(self, spec: FunctionSpec, call_id: str) -> AsyncSandbox:
+    async def _startup(self, spec: FunctionSpec, key: str) -> AsyncSandbox:
         """A running sandbox for one attempt, within the function's ``startup_timeout``."""
         limit = spec.startup_timeout
         began = self._client._transport.clock()
-        sandbox = await self._sandbox(spec, call_id)
+        sandbox = await self._sandbox(spec, key)
         if limit is not None and self._client._transport.clock() - began > limit:
             await self._discard(sandbox)
             raise FunctionTimeoutError(
@@ -204,14 +207,21 @@ class AsyncCallRunner:
         return sandbox
 
     async def _launch(
-        self, spec: FunctionSpec, paths: CallPaths, lib: str, *, detached: bool = False
+        self,
+        spec: FunctionSpec,
+        paths: CallPaths,
+        lib: str,
+        attempt: int,
+        *,
+        detached: bool = False,
     ) -> tuple[AsyncSandbox, AsyncProcess]:
         """A sandbox running the bootstrap for ``paths`` (whose input is on the disk).
 
         ``detached``: the call outlives this connection (a spawned call), so the sandbox
         must not be paused for want of a connection.
         """
-        sandbox = await self._startup(spec, paths.call_id)
+        key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
+        sandbox = await self._startup(spec, key)
         try:
             if detached:
                 await sandbox.set_timeout(idle_ttl_seconds=0)
@@ -373,7 +383,7 @@ class AsyncCallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = await self._launch(spec, paths, lib)
+                sandbox, process = await self._launch(spec, paths, lib, attempt)
                 tail = OutputTail()
                 try:
                     result = await self._watch(process, self._printer_for(spec), tail)
@@ -422,7 +432,7 @@ class AsyncCallRunner:
         await self._client.objects.put(disk, paths.input_key, payload)
         sandbox: AsyncSandbox | None = None
         try:
-            sandbox, process = await self._launch(spec, paths, lib, detached=True)
+            sandbox, process = await self._launch(spec, paths, lib, 1, detached=True)
             await process.close()
             record = CallRecord(paths.call_id, function, sandbox.id, process.id)
             await self._client.objects.put(disk, paths.record_key, record.dumps())
@@ -494,9 +504,11 @@ class AsyncCallRunner:
                 assert spec is not None
                 await self._remove_keys(disk, (paths.output_key,))
                 lib = await self._cloudpickle(disk)
-                sandbox, process = await self._launch(spec, paths, lib, detached=True)
-                await process.close()
                 record.attempt += 1
+                sandbox, process = await self._launch(
+                    spec, paths, lib, record.attempt, detached=True
+                )
+                await process.close()
                 record.sandbox_id, record.process_id = sandbox.id, process.id
                 await self._client.objects.put(disk, paths.record_key, record.dumps())
                 continue
@@ -593,7 +605,7 @@ class AsyncCallRunner:
         sandbox: AsyncSandbox | None = None
         finished = False
         try:
-            sandbox = await self._startup(spec, CallPaths.new().call_id)
+            sandbox = await self._startup(spec, CallPaths.new().call_id[:20])
             env = {**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"}
             result, tail = await self._follow(
                 sandbox, command, env, spec.cwd, spec.timeout, self._printer_for(spec)

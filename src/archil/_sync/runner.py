@@ -173,9 +173,12 @@ class CallRunner:
         except ArchilError as exc:
             log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
 
-    def _sandbox(self, spec: FunctionSpec, call_id: str) -> Sandbox:
-        """A running sandbox for one call: a fork of the image's preparation, or a new one."""
-        name = f"archil-call-{call_id[:20]}"
+    def _sandbox(self, spec: FunctionSpec, key: str) -> Sandbox:
+        """A running sandbox for one call: a fork of the image's preparation, or a new one.
+
+        ``key`` makes its name (``archil-call-<key>``): one per call and attempt.
+        """
+        name = f"archil-call-{key}"
         prepared = self._prepared(spec)
         if prepared is None:
             image_id = self._image_id(spec.image.base)
@@ -188,13 +191,13 @@ class CallRunner:
             )
         except (NotFoundError, ConflictError):
             PLANS.drop(self._base_url, "prepared", spec.prepared_name())
-            return self._sandbox(spec, call_id)
+            return self._sandbox(spec, key)
 
-    def _startup(self, spec: FunctionSpec, call_id: str) -> Sandbox:
+    def _startup(self, spec: FunctionSpec, key: str) -> Sandbox:
         """A running sandbox for one attempt, within the function's ``startup_timeout``."""
         limit = spec.startup_timeout
         began = self._client._transport.clock()
-        sandbox = self._sandbox(spec, call_id)
+        sandbox = self._sandbox(spec, key)
         if limit is not None and self._client._transport.clock() - began > limit:
             self._discard(sandbox)
             raise FunctionTimeoutError(
@@ -206,14 +209,21 @@ class CallRunner:
         return sandbox
 
     def _launch(
-        self, spec: FunctionSpec, paths: CallPaths, lib: str, *, detached: bool = False
+        self,
+        spec: FunctionSpec,
+        paths: CallPaths,
+        lib: str,
+        attempt: int,
+        *,
+        detached: bool = False,
     ) -> tuple[Sandbox, Process]:
         """A sandbox running the bootstrap for ``paths`` (whose input is on the disk).
 
         ``detached``: the call outlives this connection (a spawned call), so the sandbox
         must not be paused for want of a connection.
         """
-        sandbox = self._startup(spec, paths.call_id)
+        key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
+        sandbox = self._startup(spec, key)
         try:
             if detached:
                 sandbox.set_timeout(idle_ttl_seconds=0)
@@ -375,7 +385,7 @@ class CallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = self._launch(spec, paths, lib)
+                sandbox, process = self._launch(spec, paths, lib, attempt)
                 tail = OutputTail()
                 try:
                     result = self._watch(process, self._printer_for(spec), tail)
@@ -422,7 +432,7 @@ class CallRunner:
         self._client.objects.put(disk, paths.input_key, payload)
         sandbox: Sandbox | None = None
         try:
-            sandbox, process = self._launch(spec, paths, lib, detached=True)
+            sandbox, process = self._launch(spec, paths, lib, 1, detached=True)
             process.close()
             record = CallRecord(paths.call_id, function, sandbox.id, process.id)
             self._client.objects.put(disk, paths.record_key, record.dumps())
@@ -494,9 +504,9 @@ class CallRunner:
                 assert spec is not None
                 self._remove_keys(disk, (paths.output_key,))
                 lib = self._cloudpickle(disk)
-                sandbox, process = self._launch(spec, paths, lib, detached=True)
-                process.close()
                 record.attempt += 1
+                sandbox, process = self._launch(spec, paths, lib, record.attempt, detached=True)
+                process.close()
                 record.sandbox_id, record.process_id = sandbox.id, process.id
                 self._client.objects.put(disk, paths.record_key, record.dumps())
                 continue
@@ -588,7 +598,7 @@ class CallRunner:
         sandbox: Sandbox | None = None
         finished = False
         try:
-            sandbox = self._startup(spec, CallPaths.new().call_id)
+            sandbox = self._startup(spec, CallPaths.new().call_id[:20])
             env = {**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"}
             result, tail = self._follow(
                 sandbox, command, env, spec.cwd, spec.timeout, self._printer_for(spec)
