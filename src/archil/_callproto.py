@@ -74,6 +74,9 @@ try:
 except ImportError:
     sys.stderr.write("archil: cloudpickle is not installed in this image\n")
     sys.exit(3)
+_fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)), "fallback")
+if os.path.isdir(_fallback):
+    sys.path.append(_fallback)
 
 def _write(out):
     try:
@@ -487,27 +490,37 @@ class CallRecord:
             raise ValueError(f"not a call record: {exc}") from None
 
 
+FALLBACK_MODULES = ("__init__.py", "_constants.py", "_secrets.py")
+"""The part of archil a function's code may use in a container without archil installed:
+``archil.is_local()`` and unpickling an ``archil.Secret``."""
+
+
 class CloudpickleLib:
     """This process's cloudpickle, shipped to a disk so a sandbox can import it.
 
     The real control plane's Python images have no cloudpickle; the bootstrap finds
     the caller's own version on the disk (``PYTHONPATH``), so no image needs a pip
-    step for it and no network is needed. ``files`` are ``(object key, bytes)``,
-    written before ``marker_key``, which says the set is complete.
+    step for it and no network is needed. Beside it, under ``fallback/``, is the
+    small dependency-free part of archil (:data:`FALLBACK_MODULES`), which the
+    bootstrap appends to ``sys.path`` so that an archil installed in the image
+    wins. ``files`` are ``(object key, bytes)``, written before ``marker_key``,
+    which says the set is complete.
     """
 
     def __init__(self) -> None:
         version = str(cloudpickle.__version__)
         package = Path(cloudpickle.__file__).parent
-        sources = sorted(package.glob("*.py"))
+        ours = Path(__file__).parent
+        sources = [(f"cloudpickle/{p.name}", p) for p in sorted(package.glob("*.py"))]
+        sources += [(f"fallback/archil/{name}", ours / name) for name in FALLBACK_MODULES]
         digest = hashlib.sha256()
         files: list[tuple[str, bytes]] = []
-        for path in sources:
+        for name, path in sources:
             data = path.read_bytes()
-            digest.update(path.name.encode() + b"\0" + data)
-            files.append((path.name, data))
+            digest.update(name.encode() + b"\0" + data)
+            files.append((name, data))
         self.prefix = f"{LIB_PREFIX}/cloudpickle-{version}-{digest.hexdigest()[:12]}"
-        self.files = [(f"{self.prefix}/cloudpickle/{name}", data) for name, data in files]
+        self.files = [(f"{self.prefix}/{name}", data) for name, data in files]
         self.marker_key = f"{self.prefix}/.complete"
 
     @property

@@ -17,7 +17,23 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+try:
+    from pydantic import SecretStr
+except ImportError:  # in a container that has only archil's dependency-free part
+
+    class SecretStr:  # type: ignore[no-redef]
+        """A stand-in for pydantic's ``SecretStr``: the value is never shown."""
+
+        def __init__(self, value: str) -> None:
+            self._secret_value = value
+
+        def get_secret_value(self) -> str:
+            """The value."""
+            return self._secret_value
+
+        def __repr__(self) -> str:
+            return "SecretStr('**********')"
+
 
 __all__ = ["Secret"]
 
