@@ -50,6 +50,7 @@ __all__ = [
     "CloudpickleLib",
     "FunctionSpec",
     "ImagePlan",
+    "LocalTree",
     "LogPrinter",
     "OutputTail",
     "PlanCache",
@@ -213,12 +214,18 @@ def _is_installed(module_name: str) -> bool:
 
 
 @contextmanager
-def _by_value(fn: Callable[..., Any]) -> Iterator[None]:
-    """Pickle the function's module by value when it is a local, non-installed module."""
+def _by_value(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> Iterator[None]:
+    """Pickle the function's module by value when it is a local, non-installed module
+    that the image does not hold (``in_image``)."""
     name = getattr(fn, "__module__", None) or "__main__"
     top = name.split(".")[0]
     registered = False
-    if name != "__main__" and not _is_installed(name) and top in sys.modules:
+    if (
+        name != "__main__"
+        and top not in in_image
+        and not _is_installed(name)
+        and top in sys.modules
+    ):
         try:
             cloudpickle.register_pickle_by_value(sys.modules[top])
             registered = True
@@ -231,9 +238,14 @@ def _by_value(fn: Callable[..., Any]) -> Iterator[None]:
             cloudpickle.unregister_pickle_by_value(sys.modules[top])
 
 
-def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialize a call with cloudpickle (local modules by value)."""
-    with _by_value(fn):
+def encode_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    in_image: tuple[str, ...] = (),
+) -> bytes:
+    """Serialize a call with cloudpickle (local modules by value, unless the image has them)."""
+    with _by_value(fn, in_image):
         try:
             data: bytes = cloudpickle.dumps((fn, args, kwargs))
         except Exception as exc:
@@ -336,6 +348,40 @@ class OutputTail:
         return "\n".join(lines[-self._max_lines :])
 
 
+FILES_PREFIX = ".archil/files"
+LOCAL_PYTHON_ROOT = "/opt/archil/python"
+"""Where ``Image.add_local_python_source`` puts packages in the image (on ``PYTHONPATH``)."""
+
+
+@dataclass(frozen=True)
+class LocalTree:
+    """Local files an image copies to ``remote``, content-addressed by ``digest``.
+
+    ``files`` are ``(relative path, local path)``; the set is uploaded once to the
+    app's disk under ``.archil/files/<digest>/`` and copied into the image by its
+    preparation, so an unchanged tree is reused and a changed one rebuilds.
+    """
+
+    digest: str
+    remote: str
+    files: tuple[tuple[str, str], ...]
+
+    @property
+    def prefix(self) -> str:
+        """The object-key prefix of the uploaded tree."""
+        return f"{FILES_PREFIX}/{self.digest}"
+
+    @property
+    def marker_key(self) -> str:
+        """Written after every file: the upload is complete."""
+        return f"{self.prefix}/.complete"
+
+    @property
+    def guest_dir(self) -> str:
+        """The uploaded tree as a sandbox sees it."""
+        return f"{CONTAINER_DISK_ROOT}/{self.prefix}/tree"
+
+
 @dataclass(frozen=True)
 class ImagePlan:
     """How to get an image on the control plane.
@@ -352,6 +398,9 @@ class ImagePlan:
     workdir: str | None
     key: str
     python_version: str | None = None
+    uploads: tuple[LocalTree, ...] = ()
+    python_modules: tuple[str, ...] = ()
+    """Top-level modules the image holds (``add_local_python_source``): pickled by reference."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +426,8 @@ class FunctionSpec:
 
     def process_env(self, pythonpath: str) -> dict[str, str]:
         """The call's process environment: ``env``, the secrets, and archil's own variables."""
+        if self.image.python_modules:
+            pythonpath += ":" + LOCAL_PYTHON_ROOT
         return {**self.env, **merged_env(self.secrets), "PYTHONPATH": pythonpath, REMOTE_ENV: "1"}
 
     def redact(self, text: str) -> str:

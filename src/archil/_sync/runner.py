@@ -128,8 +128,22 @@ class CallRunner:
                 continue
             self._discard(found)
 
+    def _upload_trees(self, spec: FunctionSpec) -> None:
+        """Put the image's local files on the disk (once per content: a marker says done)."""
+        objects = self._client.objects
+        for tree in spec.image.uploads:
+            try:
+                objects.head(spec.disk_id, tree.marker_key)
+                continue
+            except NotFoundError:
+                pass
+            for rel, local in tree.files:
+                objects.upload_file(spec.disk_id, f"{tree.prefix}/tree/{rel}", local)
+            objects.put(spec.disk_id, tree.marker_key, b"")
+
     def _prepare(self, spec: FunctionSpec, name: str) -> Sandbox | None:
         """Run the image's steps in a new sandbox and stop it; ``None`` if another caller won."""
+        self._upload_trees(spec)
         image_id = self._image_id(spec.image.base)
         template = spec.template.model_copy(update={"name": name, "image_id": image_id})
         try:
@@ -374,7 +388,7 @@ class CallRunner:
         the removal of the call's files) are left to the client's background work;
         if the call is interrupted on the way, they are done before it returns.
         """
-        payload = encode_call(fn, args, kwargs)
+        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
@@ -425,7 +439,7 @@ class CallRunner:
         The record is written to the disk, so :meth:`collect` and :meth:`cancel` work
         from any process; the sandbox keeps running when this one exits.
         """
-        payload = encode_call(fn, args, kwargs)
+        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
         disk = spec.disk_id
         lib = self._cloudpickle(disk)
