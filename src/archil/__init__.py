@@ -31,6 +31,9 @@ _EXPORTS: dict[str, str] = {
     "App": ".decl.app",
     "Function": ".decl.app",
     "FunctionCall": ".decl.functioncall",
+    "Cls": ".decl.cls",
+    "enter": ".decl.cls",
+    "method": ".decl.cls",
     "Retries": "._callproto",
     "Secret": "._secrets",
     "is_local": "._constants",
@@ -114,6 +117,7 @@ __all__ = [
     "AuthorizedUser",
     "BadRequestError",
     "ClientConfig",
+    "Cls",
     "ConfigurationError",
     "ConflictError",
     "Container",
@@ -166,7 +170,9 @@ __all__ = [
     "Volume",
     "__version__",
     "aio",
+    "enter",
     "is_local",
+    "method",
 ]
 
 if TYPE_CHECKING:
@@ -235,6 +241,7 @@ if TYPE_CHECKING:
     from ._secrets import Secret
     from ._sync.resources.sandboxes import Sandbox
     from .decl.app import App, Function, Job
+    from .decl.cls import Cls, enter, method
     from .decl.functioncall import FunctionCall
     from .decl.image import Image
     from .decl.volume import Volume

@@ -43,6 +43,7 @@ from ._secrets import Secret, merged_env
 __all__ = [
     "BOOTSTRAP",
     "CALLS_PREFIX",
+    "CLS_BOOTSTRAP",
     "REMOTE_ENV",
     "CallAborted",
     "CallPaths",
@@ -56,9 +57,13 @@ __all__ = [
     "PlanCache",
     "Retries",
     "bootstrap_command",
+    "call_marker",
     "check_python_version",
+    "cls_bootstrap_command",
     "decode_result",
     "encode_call",
+    "encode_instance",
+    "encode_method_call",
     "local_python_version",
 ]
 
@@ -113,6 +118,110 @@ _write(out)
 
 class CallAborted(Exception):
     """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
+
+
+CLS_BOOTSTRAP = r"""
+import os, sys, traceback
+init_dir = sys.argv[1]
+try:
+    import cloudpickle
+except ImportError:
+    sys.stderr.write("archil: cloudpickle is not installed in this image\n")
+    sys.exit(3)
+_fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)), "fallback")
+if os.path.isdir(_fallback):
+    sys.path.append(_fallback)
+
+def _write(call_dir, out):
+    try:
+        data = cloudpickle.dumps(out)
+    except Exception as exc:
+        if out.get("ok"):
+            out = {"ok": False, "exc": None, "type": "archil.ResultNotSerializable",
+                   "message": "the return value could not be pickled: %r" % (exc,), "traceback": ""}
+        else:
+            out = dict(out, exc=None)
+        data = cloudpickle.dumps(out)
+    path = os.path.join(call_dir, "output.pkl")
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, b"\x1e" + os.path.basename(call_dir).encode() + b"\x1e\n")
+
+def _failed(exc):
+    return {"ok": False, "exc": exc, "type": type(exc).__module__ + "." + type(exc).__qualname__,
+            "message": str(exc), "traceback": traceback.format_exc()}
+
+obj = None
+try:
+    with open(os.path.join(init_dir, "input.pkl"), "rb") as f:
+        cls, args, kwargs, enters = cloudpickle.load(f)
+    obj = cls(*args, **kwargs)
+    for name in enters:
+        getattr(obj, name)()
+    out = {"ok": True, "value": None}
+except BaseException as exc:
+    obj = None
+    out = _failed(exc)
+_write(init_dir, out)
+if obj is None:
+    sys.exit(0)
+for line in sys.stdin:
+    call_dir = line.strip()
+    if not call_dir:
+        continue
+    try:
+        with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
+            name, args, kwargs = cloudpickle.load(f)
+        out = {"ok": True, "value": getattr(obj, name)(*args, **kwargs)}
+    except BaseException as exc:
+        out = _failed(exc)
+    _write(call_dir, out)
+"""
+"""A class's container process: builds the instance, runs its ``enter`` methods, then
+serves method calls named on its standard input (one call directory a line), writing
+each result to the disk and then a marker line (``\\x1e<call id>\\x1e``) to stdout."""
+
+
+def call_marker(call_id: str) -> bytes:
+    """The bytes a class's container writes to stdout once call ``call_id`` has its result."""
+    return b"\x1e" + call_id.encode() + b"\x1e\n"
+
+
+def cls_bootstrap_command(paths: CallPaths) -> str:
+    """The container command of a class's warm container, built from the call ``paths``."""
+    return f"exec python -u -c {shlex.quote(CLS_BOOTSTRAP)} {shlex.quote(paths.container_dir)}"
+
+
+def encode_instance(
+    cls: type[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    enters: tuple[str, ...],
+    in_image: tuple[str, ...] = (),
+) -> bytes:
+    """Serialize a class, its constructor's arguments and its ``enter`` methods' names."""
+    with _by_value(cls, in_image):
+        try:
+            data: bytes = cloudpickle.dumps((cls, args, kwargs, enters))
+        except Exception as exc:
+            raise ValueError(
+                f"could not serialize the class {cls.__qualname__!r} and its arguments: {exc}"
+            ) from exc
+    return data
+
+
+def encode_method_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Serialize a method call of a warm instance."""
+    try:
+        data: bytes = cloudpickle.dumps((name, args, kwargs))
+    except Exception as exc:
+        raise ValueError(f"could not serialize the arguments of {name!r}: {exc}") from exc
+    return data
 
 
 def local_python_version() -> str:

@@ -113,3 +113,34 @@ def test_is_local(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHIL_IS_REMOTE", "1")
     assert archil.is_local() is False
     assert os.environ["ARCHIL_IS_REMOTE"] == "1"
+
+
+def test_cls_markers_and_local_calls() -> None:
+    app = make_app()
+
+    @app.cls(scaledown_window=5)
+    class Model:
+        def __init__(self, scale: int) -> None:
+            self.scale = scale
+            self.loaded = 0
+
+        @archil.enter()
+        def load(self) -> None:
+            self.loaded += 1
+
+        @archil.method()
+        def predict(self, x: int) -> tuple[int, int]:
+            return self.scale * x, self.loaded
+
+        def helper(self) -> None:
+            pass
+
+    assert (Model.methods, Model.enters) == (("predict",), ("load",))
+    inst = Model(3)
+    assert inst.predict.local(2) == (6, 1)
+    assert inst.predict.local(3) == (9, 1)  # enter ran once
+    with pytest.raises(AttributeError, match="no remote method 'helper'"):
+        inst.helper  # noqa: B018
+    assert "Model" in repr(Model) and "predict" in repr(inst.predict)
+    with pytest.raises(TypeError, match="class"):
+        app.cls()(lambda: None)  # type: ignore[arg-type]

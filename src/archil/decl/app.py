@@ -26,6 +26,7 @@ from .._models import (
     validate_disk_id,
 )
 from .._secrets import Secret
+from .cls import Cls
 from .functioncall import FunctionCall
 from .image import Image
 from .volume import Volume
@@ -38,6 +39,7 @@ __all__ = ["App", "Function", "FunctionCall", "Job"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_MAP_CONCURRENCY = 8
 FUNCTION_IDLE_TTL = 600
@@ -281,6 +283,62 @@ class App:
             f = Function(self, fn, opts)
             self.functions[f.name] = f
             return f
+
+        return decorator
+
+    def cls(
+        self,
+        image: Image | None = None,
+        vcpu_count: int = 1,
+        mem_size_mib: int = 512,
+        kernel_variant: KernelVariant = "base",
+        additional_volumes: Mapping[str, Volume] | None = None,
+        ports: Sequence[int] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
+        timeout: int | None = None,
+        startup_timeout: int | None = None,
+        scaledown_window: float = 60.0,
+        stream_logs: bool = True,
+    ) -> Callable[[type[T]], Cls[T]]:
+        """Declare a class whose instances live in a warm container on the app's disk.
+
+        Its ``@archil.enter()`` methods run once per container; its
+        ``@archil.method()`` methods are called with ``Model().predict.remote(x)``.
+        Successive calls (with the same constructor arguments) reuse one sandbox
+        until it has been idle ``scaledown_window`` seconds; it is deleted then, at
+        the end of the script and on Ctrl-C. ``timeout`` applies to each method
+        call; the other options are those of :meth:`function`.
+        """
+        if (
+            isinstance(scaledown_window, bool)
+            or not isinstance(scaledown_window, (int, float))
+            or not 0 < scaledown_window <= 86_400
+        ):
+            raise ValueError(
+                f"scaledown_window must be a number of seconds from 0 to 86400, "
+                f"got {scaledown_window!r}"
+            )
+        opts = self._spec(
+            image=image,
+            vcpu_count=vcpu_count,
+            mem_size_mib=mem_size_mib,
+            kernel_variant=kernel_variant,
+            additional_volumes=additional_volumes,
+            ports=ports,
+            env=env,
+            timeout=timeout,
+            stream_logs=stream_logs,
+            needs_python=True,
+            secrets=secrets,
+            startup_timeout=startup_timeout,
+        )
+
+        def decorator(user_cls: type[T]) -> Cls[T]:
+            if not isinstance(user_cls, type):
+                raise TypeError("@app.cls() decorates a class")
+            return Cls(self, user_cls, opts, float(scaledown_window))
 
         return decorator
 
