@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import archil
+
 from .helpers import ARCHIL, ROOT, Cli
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -143,6 +145,39 @@ def test_detach_a_job(cli_auto: Cli) -> None:
             assert sandbox.status == "running" and sandbox.idle_ttl_seconds == 0
     for sid in (sandbox_id, ids["sandbox_id"]):
         cli_auto.ok("sandboxes", "rm", sid)
+
+
+def test_detach_a_function(cli_auto: Cli, typed_app: tuple[Path, str]) -> None:
+    path, disk = typed_app
+    started = cli_auto.ok("run", "--detach", f"{path}::combine", "--count", "4")
+    object_id = started.stdout.strip()
+    assert re.match(r"^fc-[0-9a-f]{32}$", object_id), started.stdout
+    assert "archil.FunctionCall.from_id" in started.stderr
+    app = archil.App(
+        name="typed",
+        disk_id=disk,
+        api_key=cli_auto.server.api_key,
+        base_url=cli_auto.server.base_url,
+    )
+    try:
+        call = archil.FunctionCall.from_id(object_id, app=app)
+        assert call.get(timeout=60) == {"count": 8, "ratio": 0.5, "loud": False, "label": "x"}
+    finally:
+        app.close()
+    as_json = json.loads(
+        cli_auto.ok("run", f"{path}::combine", "--count", "1", "--detach", "--json").stdout
+    )
+    assert set(as_json) == {"object_id"}
+    app = archil.App(
+        name="typed",
+        disk_id=disk,
+        api_key=cli_auto.server.api_key,
+        base_url=cli_auto.server.base_url,
+    )
+    try:
+        archil.FunctionCall.from_id(as_json["object_id"], app=app).cancel()
+    finally:
+        app.close()
 
 
 def test_ctrl_c_stops_and_deletes_the_sandbox(cli_auto: Cli, typed_app: tuple[Path, str]) -> None:

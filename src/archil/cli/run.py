@@ -230,20 +230,21 @@ def _warn_if_embedded(obj: Function[..., Any] | Job) -> None:
 
 def _detach_job(obj: Job, as_json: bool) -> None:
     """Start the job's command in its sandbox and leave it running; print the sandbox id."""
-    from .._callproto import CallPaths
+    from .._callproto import REMOTE_ENV, CallPaths
+    from .._secrets import merged_env
     from .._sync.runner import CallRunner
 
     client = obj.app.client()
     runner = CallRunner(client)
     spec = obj.options
     _warn_if_embedded(obj)
-    sandbox = runner._sandbox(spec, CallPaths.new().call_id)
+    sandbox = runner._sandbox(spec, CallPaths.new().call_id[:20])
     try:
         if sandbox.idle_ttl_seconds:
             sandbox.set_timeout(idle_ttl_seconds=0)
         process = sandbox.run(
             obj.command,
-            env=dict(spec.env),
+            env={**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"},
             cwd=spec.cwd,
             timeout_seconds=spec.timeout,
             collect_output=False,
@@ -268,9 +269,18 @@ def _detach_job(obj: Job, as_json: bool) -> None:
 def _detach_function(
     obj: Function[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool
 ) -> None:
-    raise fail(
-        f"--detach is available for jobs (@app.run); {obj.name} is a function: "
-        "run it without --detach"
+    """Spawn the call and leave it running; print its id (``archil.FunctionCall``'s)."""
+    _warn_if_embedded(obj)
+    call = obj.spawn(*args, **kwargs)
+    if as_json:
+        _print_value({"object_id": call.object_id}, True)
+        return
+    sys.stdout.write(call.object_id + "\n")
+    sys.stdout.flush()
+    click.echo(
+        f"archil: {obj.name} started as call {call.object_id}; its value: "
+        f"archil.FunctionCall.from_id({call.object_id!r}, app=app).get()",
+        err=True,
     )
 
 
