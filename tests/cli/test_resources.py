@@ -9,11 +9,13 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import archil
+from archil.local.embedded import LocalServer
 
 from .helpers import Cli, clean_env
 
@@ -159,6 +161,12 @@ def test_images(cli: Cli) -> None:
     assert f"archil: building image {source}: ready in" in built.stderr
     shown = cli.ok("images", "get", image["image_id"]).stdout
     assert re.search(r"^status:\s+ready$", shown, re.M)
+    listed = json.loads(cli.ok("images", "ls", "--json").stdout)
+    assert image["image_id"] in [i["image_id"] for i in listed]
+    assert set(listed[0]) == set(image)
+    table = cli.ok("images", "ls").stdout.splitlines()
+    assert table[0].split() == ["ID", "SOURCE", "STATUS", "CREATED"]
+    assert any(line.startswith(image["image_id"]) and "ready" in line for line in table)
     bad = cli("images", "build", "registry.invalid/nothing:1")
     assert bad.returncode == 1 and "nothing" in bad.stderr.splitlines()[-1]
 
@@ -257,3 +265,15 @@ def test_transfer_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     text = err.getvalue()
     assert "[############............]  50% 2.0 MiB / 4.0 MiB" in text
     assert re.search(r"MiB/s\r\x1b\[2Karchil: uploading x: 2\.0 MiB in", text)
+
+
+def test_images_ls_where_the_control_plane_has_no_listing(
+    make_server: Callable[..., LocalServer],
+) -> None:
+    server = make_server(real_api_only=True)
+    result = Cli(server)("images", "ls")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "archil: error: this control plane does not list images (GET /api/images is an "
+        "archil extension of the local control plane); get one by id instead\n"
+    )

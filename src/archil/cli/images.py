@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._base import ArchilGroup, json_option, state
-from ._output import print_fields, print_json, progress
+from ._output import print_fields, print_json, print_table, progress
 
 __all__ = ["images"]
 
@@ -13,6 +13,21 @@ __all__ = ["images"]
 @click.group(cls=ArchilGroup)
 def images() -> None:
     """Sandbox images, built from OCI references."""
+
+
+@images.command("ls", epilog="\b\nExamples:\n  archil images ls\n  archil images ls --json")
+@json_option
+def list_images(as_json: bool) -> None:
+    """List the images requested on this control plane (a local control plane extension)."""
+    items = state().client().images.list()
+    if as_json:
+        print_json(items)
+        return
+    print_table(
+        ["ID", "SOURCE", "STATUS", "CREATED"],
+        ([i.image_id, i.source, i.status, i.created_at] for i in items),
+        empty="no images",
+    )
 
 
 @images.command(
