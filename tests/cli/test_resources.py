@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -277,3 +278,30 @@ def test_images_ls_where_the_control_plane_has_no_listing(
         "archil: error: this control plane does not list images (GET /api/images is an "
         "archil extension of the local control plane); get one by id instead\n"
     )
+
+
+def test_every_command_has_an_example() -> None:
+    import click
+
+    from archil.cli import cli as root
+
+    def leaves(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
+        found = []
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += leaves(command, f"{path} {name}")
+            else:
+                found.append((f"{path} {name}", command))
+        return found
+
+    commands = leaves(root, "archil")
+    assert len(commands) >= 30
+    for path, command in commands:
+        assert "Example" in (command.epilog or ""), path
+        assert command.help, path
+
+
+def test_import_archil_does_not_import_the_cli() -> None:
+    code = "import sys, archil; print('archil.cli' in sys.modules, 'click' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"]
