@@ -79,6 +79,9 @@ def test_examples(cli_auto: Cli, args: list[str], expected: str | None) -> None:
         assert result.stdout.endswith(expected or "")
     if args[0] == "examples/declarative_simple.py":
         assert "Hello from Ada!" in result.stdout
+        # Progress on stderr (not a terminal: plain lines): the image, then the run.
+        assert re.search(r"^archil: building image \S+: ready in [0-9.]+s$", result.stderr, re.M)
+        assert "archil: running say_hello on disk disk_abc123\n" in result.stderr
 
 
 def test_which_function(cli_auto: Cli) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Union
 import click
 
 from ._base import ArchilCommand, fail
+from ._output import progress
 
 if TYPE_CHECKING:
     from .._callproto import FunctionSpec
@@ -299,6 +300,10 @@ def _call(
     runner = CallRunner(obj.app.client(), printer)
     spec = _spec(obj, quiet)
     if not quiet:
+        # The base image is built (or found) here so that its progress shows; the runner
+        # reuses it. Preparation steps, when the image has any, print their own output.
+        with progress(f"building image {spec.image.base}", done="ready"):
+            runner._image_id(spec.image.base)
         click.echo(f"archil: running {obj.name} on disk {obj.app.disk_id}", err=True)
     if isinstance(obj, Function):
         return runner.call(spec, obj.fn, args, kwargs)
