@@ -130,6 +130,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncSandbox": "Sandbox",
     "AsyncProcess": "Process",
     "AsyncCallRunner": "CallRunner",
+    "AsyncWarmContainer": "WarmContainer",
 }
 
 # Names that may keep unasync's default treatment.

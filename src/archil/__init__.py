@@ -30,6 +30,13 @@ _EXPORTS: dict[str, str] = {
     # declarative layer
     "App": ".decl.app",
     "Function": ".decl.app",
+    "FunctionCall": ".decl.functioncall",
+    "Cls": ".decl.cls",
+    "enter": ".decl.cls",
+    "method": ".decl.cls",
+    "Retries": "._callproto",
+    "Secret": "._secrets",
+    "is_local": "._constants",
     "Job": ".decl.app",
     "Image": ".decl.image",
     "Volume": ".decl.volume",
@@ -81,6 +88,8 @@ _EXPORTS: dict[str, str] = {
     "InsecureTransportWarning": "._errors",
     "ConflictError": "._errors",
     "ContainerError": "._errors",
+    "FunctionCallCancelledError": "._errors",
+    "FunctionTimeoutError": "._errors",
     "ImageBuildError": "._errors",
     "InternalServerError": "._errors",
     "NotFoundError": "._errors",
@@ -108,6 +117,7 @@ __all__ = [
     "AuthorizedUser",
     "BadRequestError",
     "ClientConfig",
+    "Cls",
     "ConfigurationError",
     "ConflictError",
     "Container",
@@ -123,6 +133,9 @@ __all__ = [
     "ExecResult",
     "ExecTiming",
     "Function",
+    "FunctionCall",
+    "FunctionCallCancelledError",
+    "FunctionTimeoutError",
     "Image",
     "ImageBuildError",
     "InsecureTransportWarning",
@@ -144,24 +157,31 @@ __all__ = [
     "ProcessResult",
     "RateLimitError",
     "RemoteError",
+    "Retries",
     "Sandbox",
     "SandboxData",
     "SandboxError",
     "SandboxImage",
     "SandboxMount",
     "SandboxPort",
+    "Secret",
     "UnprocessableEntityError",
     "UploadedPart",
     "Volume",
     "__version__",
     "aio",
+    "enter",
+    "is_local",
+    "method",
 ]
 
 if TYPE_CHECKING:
     from . import aio
     from ._async.client import AsyncArchil
+    from ._callproto import Retries
     from ._client import Archil
     from ._config import ClientConfig
+    from ._constants import is_local
     from ._errors import (
         APIConnectionError,
         APIError,
@@ -173,6 +193,8 @@ if TYPE_CHECKING:
         ConfigurationError,
         ConflictError,
         ContainerError,
+        FunctionCallCancelledError,
+        FunctionTimeoutError,
         ImageBuildError,
         InsecureTransportWarning,
         InternalServerError,
@@ -216,8 +238,11 @@ if TYPE_CHECKING:
         UploadedPart,
     )
     from ._process import ProcessOutput, ProcessResult
+    from ._secrets import Secret
     from ._sync.resources.sandboxes import Sandbox
     from .decl.app import App, Function, Job
+    from .decl.cls import Cls, enter, method
+    from .decl.functioncall import FunctionCall
     from .decl.image import Image
     from .decl.volume import Volume
 

@@ -4,7 +4,10 @@ A call lives under ``.archil/calls/<call-id>/`` on the app's disk: the caller
 uploads ``input.pkl`` (cloudpickle of ``(fn, args, kwargs)``), the sandbox
 runs :data:`BOOTSTRAP` (which needs only Python; cloudpickle comes from the
 disk, see :class:`CloudpickleLib`) and writes ``output.pkl``, and the caller
-reads it back and returns the value or re-raises the remote exception.
+reads it back and returns the value or re-raises the remote exception. The
+input stays until the call is over, so that a retry can run it again. A
+spawned call also has ``call.json`` (:class:`CallRecord`): which sandbox and
+process run it, so that another process can wait for it or cancel it.
 
 :class:`FunctionSpec` is what a declared function runs on: a validated
 ``CreateSandboxRequest`` used as a template, and the :class:`ImagePlan` of its
@@ -18,6 +21,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shlex
 import sys
 import sysconfig
@@ -25,33 +29,46 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import cloudpickle
 
+from ._constants import REMOTE_ENV
 from ._errors import RemoteError
 from ._models import SANDBOX_DISK_PATH, CreateSandboxRequest
+from ._secrets import Secret, merged_env
 
 __all__ = [
     "BOOTSTRAP",
     "CALLS_PREFIX",
+    "CLS_BOOTSTRAP",
+    "REMOTE_ENV",
+    "CallAborted",
     "CallPaths",
+    "CallRecord",
     "CloudpickleLib",
     "FunctionSpec",
     "ImagePlan",
+    "LocalTree",
     "LogPrinter",
     "OutputTail",
     "PlanCache",
+    "Retries",
     "bootstrap_command",
+    "call_marker",
     "check_python_version",
+    "cls_bootstrap_command",
     "decode_result",
     "encode_call",
+    "encode_instance",
+    "encode_method_call",
     "local_python_version",
 ]
 
 CALLS_PREFIX = ".archil/calls"
+CALL_ID_PREFIX = "fc-"
 LIB_PREFIX = ".archil/lib"
 CONTAINER_DISK_ROOT = SANDBOX_DISK_PATH
 
@@ -63,6 +80,9 @@ try:
 except ImportError:
     sys.stderr.write("archil: cloudpickle is not installed in this image\n")
     sys.exit(3)
+_fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)), "fallback")
+if os.path.isdir(_fallback):
+    sys.path.append(_fallback)
 
 def _write(out):
     try:
@@ -85,7 +105,6 @@ try:
     source = os.path.join(call_dir, "input.pkl")
     with open(source, "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
-    os.remove(source)
     value = fn(*args, **kwargs)
     out = {"ok": True, "value": value}
 except BaseException as exc:
@@ -95,6 +114,114 @@ sys.stdout.flush()
 sys.stderr.flush()
 _write(out)
 """
+
+
+class CallAborted(Exception):
+    """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
+
+
+CLS_BOOTSTRAP = r"""
+import os, sys, traceback
+init_dir = sys.argv[1]
+try:
+    import cloudpickle
+except ImportError:
+    sys.stderr.write("archil: cloudpickle is not installed in this image\n")
+    sys.exit(3)
+_fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)), "fallback")
+if os.path.isdir(_fallback):
+    sys.path.append(_fallback)
+
+def _write(call_dir, out):
+    try:
+        data = cloudpickle.dumps(out)
+    except Exception as exc:
+        if out.get("ok"):
+            out = {"ok": False, "exc": None, "type": "archil.ResultNotSerializable",
+                   "message": "the return value could not be pickled: %r" % (exc,), "traceback": ""}
+        else:
+            out = dict(out, exc=None)
+        data = cloudpickle.dumps(out)
+    path = os.path.join(call_dir, "output.pkl")
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, b"\x1e" + os.path.basename(call_dir).encode() + b"\x1e\n")
+
+def _failed(exc):
+    return {"ok": False, "exc": exc, "type": type(exc).__module__ + "." + type(exc).__qualname__,
+            "message": str(exc), "traceback": traceback.format_exc()}
+
+obj = None
+try:
+    with open(os.path.join(init_dir, "input.pkl"), "rb") as f:
+        cls, args, kwargs, enters = cloudpickle.load(f)
+    obj = cls(*args, **kwargs)
+    for name in enters:
+        getattr(obj, name)()
+    out = {"ok": True, "value": None}
+except BaseException as exc:
+    obj = None
+    out = _failed(exc)
+_write(init_dir, out)
+if obj is None:
+    sys.exit(0)
+for line in sys.stdin:
+    call_dir = line.strip()
+    if not call_dir:
+        continue
+    try:
+        with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
+            name, args, kwargs = cloudpickle.load(f)
+        out = {"ok": True, "value": getattr(obj, name)(*args, **kwargs)}
+    except BaseException as exc:
+        out = _failed(exc)
+    _write(call_dir, out)
+"""
+"""A class's container process: builds the instance, runs its ``enter`` methods, then
+serves method calls named on its standard input (one call directory a line), writing
+each result to the disk and then a marker line (``\\x1e<call id>\\x1e``) to stdout."""
+
+
+def call_marker(call_id: str) -> bytes:
+    """The bytes a class's container writes to stdout once call ``call_id`` has its result."""
+    return b"\x1e" + call_id.encode() + b"\x1e\n"
+
+
+def cls_bootstrap_command(paths: CallPaths) -> str:
+    """The container command of a class's warm container, built from the call ``paths``."""
+    return f"exec python -u -c {shlex.quote(CLS_BOOTSTRAP)} {shlex.quote(paths.container_dir)}"
+
+
+def encode_instance(
+    cls: type[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    enters: tuple[str, ...],
+    in_image: tuple[str, ...] = (),
+) -> bytes:
+    """Serialize a class, its constructor's arguments and its ``enter`` methods' names."""
+    with _by_value(cls, in_image):
+        try:
+            data: bytes = cloudpickle.dumps((cls, args, kwargs, enters))
+        except Exception as exc:
+            raise ValueError(
+                f"could not serialize the class {cls.__qualname__!r} and its arguments: {exc}"
+            ) from exc
+    return data
+
+
+def encode_method_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Serialize a method call of a warm instance."""
+    try:
+        data: bytes = cloudpickle.dumps((name, args, kwargs))
+    except Exception as exc:
+        raise ValueError(f"could not serialize the arguments of {name!r}: {exc}") from exc
+    return data
 
 
 def local_python_version() -> str:
@@ -145,6 +272,30 @@ class CallPaths:
         return f"{self.prefix}/output.pkl"
 
     @property
+    def record_key(self) -> str:
+        """Object key of a spawned call's :class:`CallRecord`."""
+        return f"{self.prefix}/call.json"
+
+    @property
+    def object_id(self) -> str:
+        """The call's public id (``fc-`` and 32 hex digits)."""
+        return CALL_ID_PREFIX + self.call_id
+
+    @classmethod
+    def from_object_id(cls, object_id: str) -> CallPaths:
+        """The paths of the call ``object_id``; ``ValueError`` naming it when malformed."""
+        if (
+            not isinstance(object_id, str)
+            or not object_id.startswith(CALL_ID_PREFIX)
+            or not re.fullmatch(r"[0-9a-f]{32}", object_id[len(CALL_ID_PREFIX) :])
+        ):
+            raise ValueError(
+                f"object_id must look like 'fc-' and 32 hex digits (from call.object_id), "
+                f"got {object_id!r}"
+            )
+        return cls(object_id[len(CALL_ID_PREFIX) :])
+
+    @property
     def container_dir(self) -> str:
         """The call's directory as the container sees it."""
         return f"{CONTAINER_DISK_ROOT}/{self.prefix}"
@@ -172,12 +323,18 @@ def _is_installed(module_name: str) -> bool:
 
 
 @contextmanager
-def _by_value(fn: Callable[..., Any]) -> Iterator[None]:
-    """Pickle the function's module by value when it is a local, non-installed module."""
+def _by_value(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> Iterator[None]:
+    """Pickle the function's module by value when it is a local, non-installed module
+    that the image does not hold (``in_image``)."""
     name = getattr(fn, "__module__", None) or "__main__"
     top = name.split(".")[0]
     registered = False
-    if name != "__main__" and not _is_installed(name) and top in sys.modules:
+    if (
+        name != "__main__"
+        and top not in in_image
+        and not _is_installed(name)
+        and top in sys.modules
+    ):
         try:
             cloudpickle.register_pickle_by_value(sys.modules[top])
             registered = True
@@ -190,9 +347,14 @@ def _by_value(fn: Callable[..., Any]) -> Iterator[None]:
             cloudpickle.unregister_pickle_by_value(sys.modules[top])
 
 
-def encode_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialize a call with cloudpickle (local modules by value)."""
-    with _by_value(fn):
+def encode_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    in_image: tuple[str, ...] = (),
+) -> bytes:
+    """Serialize a call with cloudpickle (local modules by value, unless the image has them)."""
+    with _by_value(fn, in_image):
         try:
             data: bytes = cloudpickle.dumps((fn, args, kwargs))
         except Exception as exc:
@@ -295,6 +457,40 @@ class OutputTail:
         return "\n".join(lines[-self._max_lines :])
 
 
+FILES_PREFIX = ".archil/files"
+LOCAL_PYTHON_ROOT = "/opt/archil/python"
+"""Where ``Image.add_local_python_source`` puts packages in the image (on ``PYTHONPATH``)."""
+
+
+@dataclass(frozen=True)
+class LocalTree:
+    """Local files an image copies to ``remote``, content-addressed by ``digest``.
+
+    ``files`` are ``(relative path, local path)``; the set is uploaded once to the
+    app's disk under ``.archil/files/<digest>/`` and copied into the image by its
+    preparation, so an unchanged tree is reused and a changed one rebuilds.
+    """
+
+    digest: str
+    remote: str
+    files: tuple[tuple[str, str], ...]
+
+    @property
+    def prefix(self) -> str:
+        """The object-key prefix of the uploaded tree."""
+        return f"{FILES_PREFIX}/{self.digest}"
+
+    @property
+    def marker_key(self) -> str:
+        """Written after every file: the upload is complete."""
+        return f"{self.prefix}/.complete"
+
+    @property
+    def guest_dir(self) -> str:
+        """The uploaded tree as a sandbox sees it."""
+        return f"{CONTAINER_DISK_ROOT}/{self.prefix}/tree"
+
+
 @dataclass(frozen=True)
 class ImagePlan:
     """How to get an image on the control plane.
@@ -311,6 +507,9 @@ class ImagePlan:
     workdir: str | None
     key: str
     python_version: str | None = None
+    uploads: tuple[LocalTree, ...] = ()
+    python_modules: tuple[str, ...] = ()
+    """Top-level modules the image holds (``add_local_python_source``): pickled by reference."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +529,27 @@ class FunctionSpec:
     env: dict[str, str] = field(default_factory=dict)
     timeout: int | None = None
     stream_logs: bool = True
+    retries: Retries | None = None
+    startup_timeout: int | None = None
+    secrets: tuple[Secret, ...] = ()
+
+    def process_env(self, pythonpath: str) -> dict[str, str]:
+        """The call's process environment: ``env``, the secrets, and archil's own variables."""
+        if self.image.python_modules:
+            pythonpath += ":" + LOCAL_PYTHON_ROOT
+        return {**self.env, **merged_env(self.secrets), "PYTHONPATH": pythonpath, REMOTE_ENV: "1"}
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``********``."""
+        for value in sorted(merged_env(self.secrets).values(), key=len, reverse=True):
+            if len(value) >= 4:
+                text = text.replace(value, "********")
+        return text
+
+    @property
+    def max_attempts(self) -> int:
+        """How many times one call may run (1 without retries)."""
+        return 1 + (self.retries.max_retries if self.retries is not None else 0)
 
     @property
     def cwd(self) -> str:
@@ -348,27 +568,119 @@ class FunctionSpec:
         return "archil-img-" + hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class Retries:
+    """How a function's failed attempts are retried (``@app.function(retries=...)``).
+
+    An attempt is retried when its container failed or was killed (out of
+    memory, for example), when the function raised, or when it went past its
+    ``timeout``. The wait before retry ``n`` (1-based) is
+    ``initial_delay * backoff_coefficient ** (n - 1)`` seconds, at most
+    ``max_delay``. ``retries=3`` is ``Retries(max_retries=3)``.
+    """
+
+    max_retries: int
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or not 0 <= self.max_retries <= 10
+        ):
+            raise ValueError(
+                f"max_retries must be a whole number from 0 to 10, got {self.max_retries!r}"
+            )
+        for name, low, high in (
+            ("backoff_coefficient", 1.0, 10.0),
+            ("initial_delay", 0.0, 60.0),
+            ("max_delay", 0.0, 3600.0),
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (low <= value <= high)
+            ):
+                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        return float(
+            min(self.max_delay, self.initial_delay * self.backoff_coefficient ** (retry - 1))
+        )
+
+
+@dataclass
+class CallRecord:
+    """A spawned call's state on the app's disk (``call.json``).
+
+    ``status`` is ``running`` or ``cancelled``; ``attempt`` counts from 1;
+    ``sandbox_id``/``process_id`` are the current attempt's. It holds no
+    argument, no environment and no secret.
+    """
+
+    call_id: str
+    function: str
+    sandbox_id: str
+    process_id: str
+    attempt: int = 1
+    status: str = "running"
+
+    def dumps(self) -> bytes:
+        """The record as JSON bytes."""
+        return json.dumps({"version": 1, **asdict(self)}, sort_keys=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> CallRecord:
+        """Parse a record written by :meth:`dumps` (``ValueError`` when it is not one)."""
+        try:
+            raw = json.loads(data)
+            return cls(
+                call_id=str(raw["call_id"]),
+                function=str(raw["function"]),
+                sandbox_id=str(raw["sandbox_id"]),
+                process_id=str(raw["process_id"]),
+                attempt=int(raw.get("attempt", 1)),
+                status=str(raw.get("status", "running")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a call record: {exc}") from None
+
+
+FALLBACK_MODULES = ("__init__.py", "_constants.py", "_secrets.py")
+"""The part of archil a function's code may use in a container without archil installed:
+``archil.is_local()`` and unpickling an ``archil.Secret``."""
+
+
 class CloudpickleLib:
     """This process's cloudpickle, shipped to a disk so a sandbox can import it.
 
     The real control plane's Python images have no cloudpickle; the bootstrap finds
     the caller's own version on the disk (``PYTHONPATH``), so no image needs a pip
-    step for it and no network is needed. ``files`` are ``(object key, bytes)``,
-    written before ``marker_key``, which says the set is complete.
+    step for it and no network is needed. Beside it, under ``fallback/``, is the
+    small dependency-free part of archil (:data:`FALLBACK_MODULES`), which the
+    bootstrap appends to ``sys.path`` so that an archil installed in the image
+    wins. ``files`` are ``(object key, bytes)``, written before ``marker_key``,
+    which says the set is complete.
     """
 
     def __init__(self) -> None:
         version = str(cloudpickle.__version__)
         package = Path(cloudpickle.__file__).parent
-        sources = sorted(package.glob("*.py"))
+        ours = Path(__file__).parent
+        sources = [(f"cloudpickle/{p.name}", p) for p in sorted(package.glob("*.py"))]
+        sources += [(f"fallback/archil/{name}", ours / name) for name in FALLBACK_MODULES]
         digest = hashlib.sha256()
         files: list[tuple[str, bytes]] = []
-        for path in sources:
+        for name, path in sources:
             data = path.read_bytes()
-            digest.update(path.name.encode() + b"\0" + data)
-            files.append((path.name, data))
+            digest.update(name.encode() + b"\0" + data)
+            files.append((name, data))
         self.prefix = f"{LIB_PREFIX}/cloudpickle-{version}-{digest.hexdigest()[:12]}"
-        self.files = [(f"{self.prefix}/cloudpickle/{name}", data) for name, data in files]
+        self.files = [(f"{self.prefix}/{name}", data) for name, data in files]
         self.marker_key = f"{self.prefix}/.complete"
 
     @property

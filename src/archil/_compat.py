@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Generic, TypeVar
 
@@ -88,9 +88,20 @@ class Lock:
 
 
 async def agather_bounded(
-    fn: Callable[[T], Awaitable[R]], items: Iterable[T], limit: int
+    fn: Callable[[T], Awaitable[R]],
+    items: Iterable[T],
+    limit: int,
+    *,
+    ordered: bool = True,
+    abort: threading.Event | None = None,
 ) -> AsyncIterator[R]:
-    """Run ``fn`` over ``items`` with at most ``limit`` in flight; yield results in input order."""
+    """Run ``fn`` over ``items`` with at most ``limit`` in flight; yield results.
+
+    Results come in input order, or as they complete when ``ordered`` is false.
+    When the iteration stops before every result was yielded (an error, a
+    cancellation, the caller leaving), ``abort`` is set and the work still
+    running is cancelled and waited for.
+    """
     if limit < 1:
         raise ValueError("limit must be at least 1")
     sem = asyncio.Semaphore(limit)
@@ -100,10 +111,18 @@ async def agather_bounded(
             return await fn(item)
 
     tasks = [asyncio.ensure_future(run(item)) for item in items]
+    finished = False
     try:
-        for task in tasks:
-            yield await task
+        if ordered:
+            for task in tasks:
+                yield await task
+        else:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finished = True
     finally:
+        if not finished and abort is not None:
+            abort.set()
         for task in tasks:
             if not task.done():
                 task.cancel()
@@ -111,16 +130,37 @@ async def agather_bounded(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def gather_bounded(fn: Callable[[T], R], items: Iterable[T], limit: int) -> Iterator[R]:
-    """Run ``fn`` over ``items`` on at most ``limit`` threads; yield results in input order."""
+def gather_bounded(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    limit: int,
+    *,
+    ordered: bool = True,
+    abort: threading.Event | None = None,
+) -> Iterator[R]:
+    """Run ``fn`` over ``items`` on at most ``limit`` threads; yield results.
+
+    Results come in input order, or as they complete when ``ordered`` is false.
+    When the iteration stops before every result was yielded (an error, Ctrl-C,
+    the caller leaving), ``abort`` is set (work in flight watches it and stops),
+    work not started is cancelled, and the threads are waited for.
+    """
     if limit < 1:
         raise ValueError("limit must be at least 1")
     pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="archil")
     futures = [pool.submit(fn, item) for item in items]
+    finished = False
     try:
-        for fut in futures:
-            yield fut.result()
+        if ordered:
+            for fut in futures:
+                yield fut.result()
+        else:
+            for fut in as_completed(futures):
+                yield fut.result()
+        finished = True
     finally:
+        if not finished and abort is not None:
+            abort.set()
         for fut in futures:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,8 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ContainerError",
+    "FunctionCallCancelledError",
+    "FunctionTimeoutError",
     "ImageBuildError",
     "InsecureTransportWarning",
     "InternalServerError",
@@ -208,6 +210,37 @@ def _rebuild_container_error(
     cls: type[ContainerError], message: str, cid: str | None, code: int | None, logs: str
 ) -> ContainerError:
     return cls(message, container_id=cid, exit_code=code, logs=logs)
+
+
+class FunctionTimeoutError(ArchilError, TimeoutError):
+    """A function went past one of its time limits.
+
+    ``limit`` names the limit (``"timeout"``: one attempt of the function;
+    ``"startup_timeout"``: preparing its image and starting its sandbox) and
+    ``seconds`` its value. It is also a builtin :class:`TimeoutError`.
+    """
+
+    def __init__(self, message: str, *, limit: str = "timeout", seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.limit = limit
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_timeout_error, (type(self), self.message, self.limit, self.seconds))
+
+
+def _rebuild_timeout_error(
+    cls: type[FunctionTimeoutError], message: str, limit: str, seconds: float
+) -> FunctionTimeoutError:
+    return cls(message, limit=limit, seconds=seconds)
+
+
+class FunctionCallCancelledError(ArchilError):
+    """The function call was cancelled with ``call.cancel()``; it has no result."""
 
 
 class ImageBuildError(ArchilError):

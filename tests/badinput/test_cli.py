@@ -1,8 +1,9 @@
 """Bad arguments to ``archil local serve``: a usage error naming the option, nothing started.
 
-The parser runs in-process (argparse exits with status 2 and names the option on stderr);
-a host that is not a loopback address goes through ``main`` itself, which must refuse it
-before it creates the data directory or binds anything.
+The command's options are parsed in-process (click raises a usage error that names the
+option and prints the usage line); a host that is not a loopback address goes through
+``main`` itself, which must refuse it with status 2 before it creates the data directory
+or binds anything.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from archil._tls import is_loopback_host
-from archil.cli import build_parser, main
+from archil.cli import main
+from archil.cli.local import serve
 
 from .conftest import BADINPUT, TALLY, Server, attempt
 from .strategies import NASTY_TEXT, text
@@ -31,22 +34,22 @@ NUMBERS = st.one_of(
 )
 
 
-def _usage_error(argv: list[str], option: str) -> None:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
-        build_parser().parse_args(argv)
-    assert info.value.code == 2, argv
-    assert option in err.getvalue() and "usage: archil" in err.getvalue(), err.getvalue()
+def _parse_serve(argv: list[str]) -> None:
+    """Parse ``archil local serve`` arguments (``argv`` after ``local serve``) without running it."""
+    assert argv[:2] == ["local", "serve"]
+    serve.make_context("archil local serve", argv[2:])
 
 
 def _parse(argv: list[str], option: str) -> str:
     """Parse ``argv``: ``"ok"`` when it is valid, else the usage error must name ``option``."""
     TALLY.tried.add((f"archil local serve {option}", repr(argv)))
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(argv)
-    except SystemExit:
-        _usage_error(argv, option)
+        _parse_serve(argv)
+    except click.UsageError as exc:
+        err = io.StringIO()
+        exc.show(file=err)
+        assert exc.exit_code == 2, argv
+        assert option in err.getvalue() and "usage: archil" in err.getvalue(), err.getvalue()
         TALLY.outcomes["rejected"] += 1
         return "rejected"
     TALLY.outcomes["ok"] += 1
@@ -79,20 +82,24 @@ def test_serve_numbers(server: Server, port: str, chaos: str, seconds: str, seed
 @BADINPUT
 @given(option=st.one_of(st.sampled_from(NASTY_TEXT), text).filter(lambda s: s.startswith("-")))
 def test_serve_unknown_options(server: Server, option: str) -> None:
-    known = {a for action in build_parser()._actions for a in action.option_strings}
+    known = {o for p in serve.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
     argv = ["local", "serve", option]
     TALLY.tried.add(("archil local serve OPTION", repr(argv)))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    option_name = option.split("=", 1)[0]
+    code: Any = None
+    with contextlib.redirect_stdout(io.StringIO()):
         try:
-            build_parser().parse_args(argv)
-        except SystemExit as exc:
-            code: Any = exc.code
-        else:
-            code = None
-    if option in known or any(k.startswith(option) for k in known if option != "-"):
-        return  # a known option, an abbreviation of one, or --help
-    assert code == 2, (option, err.getvalue())
+            _parse_serve(argv)
+        except click.UsageError as exc:
+            code = exc.exit_code
+            message = exc.format_message()
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+            message = ""
+    if option_name in known:
+        return  # a known option (with or without a value), or --help
+    assert code == 2, (option, code)
+    assert option_name in message or "No such option" in message, message
     TALLY.outcomes["rejected"] += 1
 
 

@@ -105,3 +105,41 @@ def test_dockerfile_copy_is_refused_and_cmd_ignored() -> None:
         Image.dockerfile("FROM python:3.11-slim\nCOPY . /app\n")
     image = Image.dockerfile("FROM python:3.11-slim\nCMD ['python']\nENV A=1\n")
     assert image.plan().env == {"A": "1"}
+
+
+def test_local_files_are_content_hashed_and_checked(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "f.txt").write_text("one")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    (tmp_path / "modx.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = archil.Image.debian_slim()
+    a = base.add_local_file(tmp_path / "f.txt", "/etc/f.txt")
+    assert a.plan().key == base.add_local_file(tmp_path / "f.txt", "/etc/f.txt").plan().key
+    assert "COPY --from=local:" in a.to_dockerfile()
+    (tmp_path / "f.txt").write_text("two")
+    assert base.add_local_file(tmp_path / "f.txt", "/etc/f.txt").plan().key != a.plan().key
+    plan = base.add_local_dir(tmp_path / "d", "/srv/d").add_local_python_source("modx").plan()
+    assert plan.python_modules == ("modx",)
+    assert [t.remote for t in plan.uploads] == ["/srv/d", "/opt/archil/python"]
+    assert [rel for rel, _ in plan.uploads[1].files] == ["modx.py"]
+    assert plan.prepare is not None and "cp -R" in plan.prepare
+    with pytest.raises(ValueError, match="not a file"):
+        base.add_local_file(tmp_path / "nope", "/x")
+    with pytest.raises(ValueError, match="remote_path"):
+        base.add_local_dir(tmp_path / "d", "relative/path")
+    with pytest.raises(ValueError, match="remote_path"):
+        base.add_local_dir(tmp_path / "d", "/mnt/archil/x")
+    with pytest.raises(ValueError, match="cannot be found"):
+        base.add_local_python_source("no_such_module_xyz")
+    with pytest.raises(ValueError, match="top-level"):
+        base.add_local_python_source("a.b")
+
+
+def test_from_registry_reads_the_python_version_of_official_tags() -> None:
+    assert archil.Image.from_registry("python:3.12-slim").python_version == "3.12"
+    assert archil.Image.from_registry("docker.io/library/python:3.11").python_version == "3.11"
+    assert archil.Image.from_registry("ubuntu:24.04").python_version is None
+    assert archil.Image.from_registry("my/img:1", python_version="3.11").python_version == "3.11"
+    with pytest.raises(ValueError, match="tag"):
+        archil.Image.from_registry("python 3.12")

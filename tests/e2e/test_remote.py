@@ -90,7 +90,7 @@ def test_map_keeps_input_order(conn: dict[str, str]) -> None:
         time.sleep(0.05 * (5 - x))
         return x
 
-    assert slow_echo.map(range(5), concurrency=3) == [0, 1, 2, 3, 4]
+    assert list(slow_echo.map(range(5), concurrency=3)) == [0, 1, 2, 3, 4]
 
 
 def test_run_job_returns_zero_or_raises_container_error(conn: dict[str, str]) -> None:

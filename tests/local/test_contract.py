@@ -330,6 +330,8 @@ def test_every_operation_answers_as_documented(
         image = ck(c.get(f"/api/images/{image['image_id']}")).json()["data"]
     assert image["status"] == "ready"
     ck(c.get(f"/api/images/{image['image_id']}"))
+    listed = ck(c.get("/api/images")).json()["data"]["images"]
+    assert image["image_id"] in [i["image_id"] for i in listed]
 
     body = {
         "name": "contract",

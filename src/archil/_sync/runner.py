@@ -14,13 +14,19 @@ first): the sandbox is stopped and deleted and the call's files removed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .._callproto import (
     PLANS,
+    REMOTE_ENV,
+    CallAborted,
     CallPaths,
+    CallRecord,
     CloudpickleLib,
     FunctionSpec,
     LogPrinter,
@@ -35,13 +41,18 @@ from .._errors import (
     ArchilError,
     ConflictError,
     ContainerError,
+    FunctionCallCancelledError,
+    FunctionTimeoutError,
     ImageBuildError,
     NotFoundError,
+    ProcessError,
+    SandboxError,
 )
 from .._models import SandboxData
 from .._process import ProcessResult
+from .._secrets import merged_env
 from .client import Archil
-from .resources.sandboxes import Sandbox
+from .resources.sandboxes import Process, Sandbox
 
 __all__ = ["CallRunner"]
 
@@ -49,14 +60,21 @@ log = logging.getLogger("archil")
 
 _CLOUDPICKLE = CloudpickleLib()
 _PREPARE_POLL = 0.5
+_WATCH_POLL = 0.5
 
 
 class CallRunner:
     """Runs calls on one client; ``map`` fans out with bounded concurrency."""
 
-    def __init__(self, client: Archil, printer: LogPrinter | None = None) -> None:
+    def __init__(
+        self,
+        client: Archil,
+        printer: LogPrinter | None = None,
+        abort: threading.Event | None = None,
+    ) -> None:
         self._client = client
         self._printer = printer
+        self._abort = abort
 
     @property
     def _base_url(self) -> str:
@@ -110,8 +128,22 @@ class CallRunner:
                 continue
             self._discard(found)
 
+    def _upload_trees(self, spec: FunctionSpec) -> None:
+        """Put the image's local files on the disk (once per content: a marker says done)."""
+        objects = self._client.objects
+        for tree in spec.image.uploads:
+            try:
+                objects.head(spec.disk_id, tree.marker_key)
+                continue
+            except NotFoundError:
+                pass
+            for rel, local in tree.files:
+                objects.upload_file(spec.disk_id, f"{tree.prefix}/tree/{rel}", local)
+            objects.put(spec.disk_id, tree.marker_key, b"")
+
     def _prepare(self, spec: FunctionSpec, name: str) -> Sandbox | None:
         """Run the image's steps in a new sandbox and stop it; ``None`` if another caller won."""
+        self._upload_trees(spec)
         image_id = self._image_id(spec.image.base)
         template = spec.template.model_copy(update={"name": name, "image_id": image_id})
         try:
@@ -120,10 +152,20 @@ class CallRunner:
             return None
         printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
         try:
-            result, tail = self._follow(sandbox, spec.image.prepare or "", {}, "/", None, printer)
+            result, tail = self._follow(
+                sandbox, spec.image.prepare or "", {}, "/", spec.startup_timeout, printer
+            )
         except BaseException:
             self._discard(sandbox)
             raise
+        if result.status == "timed_out":
+            self._discard(sandbox)
+            raise FunctionTimeoutError(
+                f"preparing the image {spec.image.base} took longer than "
+                f"startup_timeout={spec.startup_timeout} s",
+                limit="startup_timeout",
+                seconds=float(spec.startup_timeout or 0),
+            )
         if not result.ok:
             self._discard(sandbox)
             raise ImageBuildError(
@@ -145,9 +187,12 @@ class CallRunner:
         except ArchilError as exc:
             log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
 
-    def _sandbox(self, spec: FunctionSpec, call_id: str) -> Sandbox:
-        """A running sandbox for one call: a fork of the image's preparation, or a new one."""
-        name = f"archil-call-{call_id[:20]}"
+    def _sandbox(self, spec: FunctionSpec, key: str) -> Sandbox:
+        """A running sandbox for one call: a fork of the image's preparation, or a new one.
+
+        ``key`` makes its name (``archil-call-<key>``): one per call and attempt.
+        """
+        name = f"archil-call-{key}"
         prepared = self._prepared(spec)
         if prepared is None:
             image_id = self._image_id(spec.image.base)
@@ -160,7 +205,53 @@ class CallRunner:
             )
         except (NotFoundError, ConflictError):
             PLANS.drop(self._base_url, "prepared", spec.prepared_name())
-            return self._sandbox(spec, call_id)
+            return self._sandbox(spec, key)
+
+    def _startup(self, spec: FunctionSpec, key: str) -> Sandbox:
+        """A running sandbox for one attempt, within the function's ``startup_timeout``."""
+        limit = spec.startup_timeout
+        began = self._client._transport.clock()
+        sandbox = self._sandbox(spec, key)
+        if limit is not None and self._client._transport.clock() - began > limit:
+            self._discard(sandbox)
+            raise FunctionTimeoutError(
+                f"preparing the image and starting the sandbox took longer than "
+                f"startup_timeout={limit} s",
+                limit="startup_timeout",
+                seconds=float(limit),
+            )
+        return sandbox
+
+    def _launch(
+        self,
+        spec: FunctionSpec,
+        paths: CallPaths,
+        lib: str,
+        attempt: int,
+        *,
+        detached: bool = False,
+    ) -> tuple[Sandbox, Process]:
+        """A sandbox running the bootstrap for ``paths`` (whose input is on the disk).
+
+        ``detached``: the call outlives this connection (a spawned call), so the sandbox
+        must not be paused for want of a connection.
+        """
+        key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
+        sandbox = self._startup(spec, key)
+        try:
+            if detached:
+                sandbox.set_timeout(idle_ttl_seconds=0)
+            process = sandbox.run(
+                bootstrap_command(paths),
+                env=spec.process_env(lib),
+                cwd=spec.cwd,
+                timeout_seconds=spec.timeout,
+                collect_output=False,
+            )
+        except BaseException:
+            self._discard(sandbox)
+            raise
+        return sandbox, process
 
     # -- following a process ---------------------------------------------------------------
 
@@ -178,21 +269,108 @@ class CallRunner:
         process = sandbox.run(
             command, env=env, cwd=cwd, timeout_seconds=timeout, collect_output=False
         )
+        result = self._watch(process, printer, tail)
+        assert result is not None
+        return result, tail.text()
+
+    def _watch(
+        self,
+        process: Process,
+        printer: LogPrinter | None,
+        tail: OutputTail,
+        deadline: float | None = None,
+        *,
+        kill: bool = True,
+    ) -> ProcessResult | None:
+        """Follow ``process`` to its exit (``None`` if ``deadline`` passes first), then detach.
+
+        The process is killed when this is interrupted (``kill``), or when the map it
+        belongs to was abandoned (:class:`CallAborted`, checked every half second).
+        """
+        clock = self._client._transport.clock
         try:
-            for out in process:
-                tail.feed(out.data)
-                if printer is not None:
-                    printer.write(out.stream, out.data)
-            result = process.wait()
+            while process.result is None:
+                self._check_abort()
+                idle = _WATCH_POLL
+                if deadline is not None:
+                    left = deadline - clock()
+                    if left <= 0:
+                        return None
+                    idle = min(idle, left)
+                for out in process.available(idle):
+                    tail.feed(out.data)
+                    if printer is not None:
+                        printer.write(out.stream, out.data)
+                    self._check_abort()
+            return process.result
         except BaseException:
-            try:
-                process.kill()
-            except Exception as exc:
-                log.debug("could not kill process %s: %s", process.id, exc)
+            if kill:
+                try:
+                    process.kill()
+                except Exception as exc:
+                    log.debug("could not kill process %s: %s", process.id, exc)
             raise
         finally:
             process.close()
-        return result, tail.text()
+
+    def _check_abort(self) -> None:
+        if self._abort is not None and self._abort.is_set():
+            raise CallAborted("the map this call belongs to was stopped")
+
+    def _outcome(
+        self,
+        spec: FunctionSpec | None,
+        disk: str,
+        paths: CallPaths,
+        result: ProcessResult | None,
+        tail: str,
+        what: str,
+        sandbox_id: str,
+    ) -> Any:
+        """The value of an attempt that ended (``result`` None: its sandbox is gone), or raise."""
+        if spec is not None:
+            tail = spec.redact(tail)
+        if result is not None and result.status == "timed_out":
+            limit = spec.timeout if spec is not None and spec.timeout else 0
+            raise FunctionTimeoutError(
+                f"{what} went past its timeout={limit} s and was killed (sandbox {sandbox_id})",
+                limit="timeout",
+                seconds=float(limit),
+            )
+        if result is not None and not result.ok:
+            raise _container_error(result, tail, what, sandbox_id)
+        try:
+            data = self._client.objects.get(disk, paths.output_key)
+        except NotFoundError:
+            if result is None:
+                raise ContainerError(
+                    f"{what}: its sandbox {sandbox_id} is gone and it left no result",
+                    container_id=sandbox_id,
+                ) from None
+            raise _container_error(result, tail, f"{what} produced no result", sandbox_id) from None
+        return decode_result(data)
+
+    def _retry_or_raise(
+        self, spec: FunctionSpec | None, exc: Exception, attempt: int, what: str
+    ) -> None:
+        """Wait before the next attempt after ``exc``; raise it when none is left."""
+        max_attempts = spec.max_attempts if spec is not None else 1
+        if isinstance(exc, APIError) or spec is None or spec.retries is None:
+            _note_attempts(exc, attempt, max_attempts)
+            raise exc
+        if attempt >= max_attempts:
+            _note_attempts(exc, attempt, max_attempts)
+            raise exc
+        delay = spec.retries.delay(attempt)
+        log.warning(
+            "%s: attempt %d of %d failed (%s); retrying in %.1f s",
+            what,
+            attempt,
+            max_attempts,
+            spec.redact(_reason(exc)),
+            delay,
+        )
+        self._client._transport.sleep(delay)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -205,61 +383,184 @@ class CallRunner:
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
 
-        Once the process has ended, the sandbox's stop and delete and the removal of
-        the result are left to the client's background work; if the call is
-        interrupted or fails on the way, they are done before it returns.
+        A failed attempt is run again in a new sandbox as the function's ``retries``
+        say. Once an attempt's process has ended, the sandbox's stop and delete (and
+        the removal of the call's files) are left to the client's background work;
+        if the call is interrupted on the way, they are done before it returns.
         """
-        payload = encode_call(fn, args, kwargs)
+        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
-        sandbox: Sandbox | None = None
-        finished = False
+        lib = self._cloudpickle(disk)
+        self._client.objects.put(disk, paths.input_key, payload)
+        background = self._client._transport.background
+        interrupted = True
         try:
-            lib = self._cloudpickle(disk)
-            self._client.objects.put(disk, paths.input_key, payload)
-            sandbox = self._sandbox(spec, paths.call_id)
-            env = {**spec.env, "PYTHONPATH": lib}
-            result, tail = self._follow(
-                sandbox,
-                bootstrap_command(paths),
-                env,
-                spec.cwd,
-                spec.timeout,
-                self._printer_for(spec),
-            )
-            finished = True
-            if not result.ok:
-                raise _container_error(result, tail, what, sandbox.id)
-            try:
-                data = self._client.objects.get(disk, paths.output_key)
-            except NotFoundError:
-                raise _container_error(
-                    result, tail, f"{what} produced no result", sandbox.id
-                ) from None
-            return decode_result(data)
+            attempt = 1
+            while True:
+                sandbox, process = self._launch(spec, paths, lib, attempt)
+                tail = OutputTail()
+                try:
+                    result = self._watch(process, self._printer_for(spec), tail)
+                except BaseException:
+                    self._discard(sandbox)
+                    raise
+                background.spawn(functools.partial(self._discard, sandbox))
+                try:
+                    value = self._outcome(spec, disk, paths, result, tail.text(), what, sandbox.id)
+                except Exception as exc:
+                    self._retry_or_raise(spec, exc, attempt, what)
+                    self._remove_keys(disk, (paths.output_key,))
+                    attempt += 1
+                    continue
+                interrupted = False
+                return value
+        except Exception:
+            interrupted = False
+            raise
         finally:
-            if finished and sandbox is not None:
-                done = sandbox
-                self._client._transport.background.spawn(
-                    lambda: self._cleanup(done, disk, paths, ran=True)
-                )
+            keys = (paths.input_key, paths.output_key)
+            if interrupted:
+                self._remove_keys(disk, keys)
             else:
-                self._cleanup(sandbox, disk, paths, ran=sandbox is not None)
+                background.spawn(lambda: self._remove_keys(disk, keys))
 
-    def _cleanup(self, sandbox: Sandbox | None, disk: str, paths: CallPaths, *, ran: bool) -> None:
-        if sandbox is not None:
+    def spawn(
+        self,
+        spec: FunctionSpec,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        function: str,
+    ) -> CallRecord:
+        """Start a call and return its record once its process has started (not its result).
+
+        The record is written to the disk, so :meth:`collect` and :meth:`cancel` work
+        from any process; the sandbox keeps running when this one exits.
+        """
+        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
+        paths = CallPaths.new()
+        disk = spec.disk_id
+        lib = self._cloudpickle(disk)
+        self._client.objects.put(disk, paths.input_key, payload)
+        sandbox: Sandbox | None = None
+        try:
+            sandbox, process = self._launch(spec, paths, lib, 1, detached=True)
+            process.close()
+            record = CallRecord(paths.call_id, function, sandbox.id, process.id)
+            self._client.objects.put(disk, paths.record_key, record.dumps())
+        except BaseException:
+            if sandbox is not None:
+                self._discard(sandbox)
+            self._remove_keys(disk, (paths.input_key, paths.record_key))
+            raise
+        return record
+
+    def _record(self, disk: str, paths: CallPaths) -> CallRecord:
+        try:
+            data = self._client.objects.get(disk, paths.record_key)
+        except NotFoundError:
+            raise ArchilError(
+                f"there is no call {paths.object_id} on disk {disk}: it was never spawned "
+                "there, or its result was already collected"
+            ) from None
+        return CallRecord.loads(data)
+
+    def collect(
+        self,
+        disk: str,
+        paths: CallPaths,
+        *,
+        timeout: float | None,
+        specs: Mapping[str, FunctionSpec],
+    ) -> Any:
+        """Wait for a spawned call and return its value (or raise its error), then clean up.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first (the call goes on).
+        A failed attempt is retried here when the function is one of ``specs`` and its
+        ``retries`` allow it. Once collected, the call's files are removed.
+        """
+        clock = self._client._transport.clock
+        deadline = None if timeout is None else clock() + timeout
+        record = self._record(disk, paths)
+        spec = specs.get(record.function)
+        what = record.function
+        while True:
+            if record.status == "cancelled":
+                raise FunctionCallCancelledError(f"the call {paths.object_id} was cancelled")
+            sandbox: Sandbox | None = None
+            result: ProcessResult | None = None
+            tail = OutputTail()
+            try:
+                sandbox = self._client.sandboxes.get(record.sandbox_id)
+                process = sandbox.attach(record.process_id, collect_output=False)
+            except (NotFoundError, ConflictError, ProcessError, SandboxError) as exc:
+                log.debug("call %s: its process cannot be followed: %s", paths.object_id, exc)
+            else:
+                result = self._watch(process, None, tail, deadline, kill=False)
+                if result is None:
+                    raise TimeoutError(
+                        f"the call {paths.object_id} is still running after {timeout:g} s"
+                    )
+            try:
+                value = self._outcome(
+                    spec, disk, paths, result, tail.text(), what, record.sandbox_id
+                )
+            except Exception as exc:
+                if sandbox is not None:
+                    self._discard(sandbox)
+                try:
+                    self._retry_or_raise(spec, exc, record.attempt, what)
+                except BaseException:
+                    self._forget(disk, paths)
+                    raise
+                assert spec is not None
+                self._remove_keys(disk, (paths.output_key,))
+                lib = self._cloudpickle(disk)
+                record.attempt += 1
+                sandbox, process = self._launch(spec, paths, lib, record.attempt, detached=True)
+                process.close()
+                record.sandbox_id, record.process_id = sandbox.id, process.id
+                self._client.objects.put(disk, paths.record_key, record.dumps())
+                continue
+            if sandbox is not None:
+                self._discard(sandbox)
+            self._forget(disk, paths)
+            return value
+
+    def cancel(self, disk: str, paths: CallPaths) -> None:
+        """Stop a spawned call: its sandbox is stopped and deleted, its files removed.
+
+        The record stays, marked cancelled, so that waiting for the call says so.
+        Cancelling a call that is already over, or cancelled, does nothing.
+        """
+        try:
+            record = self._record(disk, paths)
+        except ArchilError:
+            return
+        if record.status == "cancelled":
+            return
+        record.status = "cancelled"
+        self._client.objects.put(disk, paths.record_key, record.dumps())
+        try:
+            sandbox = self._client.sandboxes.get(record.sandbox_id)
+        except NotFoundError:
+            pass
+        else:
             self._discard(sandbox)
-        self._remove_call_files(disk, paths, ran=ran)
+        self._remove_keys(disk, (paths.input_key, paths.output_key))
+
+    def _forget(self, disk: str, paths: CallPaths) -> None:
+        self._remove_keys(disk, (paths.input_key, paths.output_key, paths.record_key))
 
     def _printer_for(self, spec: FunctionSpec) -> LogPrinter | None:
         if not spec.stream_logs:
             return None
         return self._printer or LogPrinter()
 
-    def _remove_call_files(self, disk_id: str, paths: CallPaths, *, ran: bool) -> None:
-        """The call's files: the bootstrap removes its input once read, the caller the rest."""
-        keys = (paths.output_key,) if ran else (paths.input_key,)
+    def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
+        """Remove a call's files (best effort: a failure is logged at DEBUG)."""
         for key in keys:
             try:
                 self._client.objects.delete(disk_id, key)
@@ -274,17 +575,34 @@ class CallRunner:
         fn: Callable[..., Any],
         inputs: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
         concurrency: int,
-    ) -> list[Any]:
-        """Run one call per input with at most ``concurrency`` at once; results in input order."""
+        *,
+        ordered: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Run one call per input with at most ``concurrency`` at once, yielding results.
+
+        Results come in input order (``ordered``) or as they complete. A failure is
+        raised where it comes, which stops the rest, unless ``return_exceptions``:
+        then the exception is yielded in its place. When the iteration stops early
+        (a failure, Ctrl-C, the caller breaking out), every call still running is
+        killed and its sandbox deleted before this returns.
+        """
         items = list(inputs)
         if items:
             self._cloudpickle(spec.disk_id)
             self._prepared(spec) if spec.image.prepare else self._image_id(spec.image.base)
+        if self._abort is None:
+            self._abort = threading.Event()
 
         def one(item: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
-            return self.call(spec, fn, item[0], item[1])
+            try:
+                return self.call(spec, fn, item[0], item[1])
+            except Exception as exc:
+                if return_exceptions and not isinstance(exc, CallAborted):
+                    return exc
+                raise
 
-        return [r for r in gather_bounded(one, items, concurrency)]
+        yield from gather_bounded(one, items, concurrency, ordered=ordered, abort=self._abort)
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
@@ -294,14 +612,22 @@ class CallRunner:
         sandbox: Sandbox | None = None
         finished = False
         try:
-            sandbox = self._sandbox(spec, CallPaths.new().call_id)
+            sandbox = self._startup(spec, CallPaths.new().call_id[:20])
+            env = {**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"}
             result, tail = self._follow(
-                sandbox, command, dict(spec.env), spec.cwd, spec.timeout, self._printer_for(spec)
+                sandbox, command, env, spec.cwd, spec.timeout, self._printer_for(spec)
             )
             finished = True
             if result.ok:
                 return 0
-            raise _container_error(result, tail, f"job {name}", sandbox.id)
+            if result.status == "timed_out":
+                raise FunctionTimeoutError(
+                    f"job {name} went past its timeout={spec.timeout} s and was killed "
+                    f"(sandbox {sandbox.id})",
+                    limit="timeout",
+                    seconds=float(spec.timeout or 0),
+                )
+            raise _container_error(result, spec.redact(tail), f"job {name}", sandbox.id)
         finally:
             if sandbox is not None:
                 done = sandbox
@@ -309,6 +635,20 @@ class CallRunner:
                     self._client._transport.background.spawn(lambda: self._discard(done))
                 else:
                     self._discard(done)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _note_attempts(exc: BaseException, attempt: int, max_attempts: int) -> None:
+    """Record on the final error how many attempts were made."""
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.archil_attempts = attempt  # type: ignore[attr-defined]
+    if max_attempts > 1 and hasattr(exc, "add_note"):
+        exc.add_note(f"archil: the call failed after {attempt} attempt(s) of {max_attempts}")
 
 
 def _ended(result: ProcessResult) -> str:

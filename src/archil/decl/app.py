@@ -5,12 +5,20 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
-from .._callproto import FunctionSpec, check_python_version
+from .._callproto import FunctionSpec, Retries, check_python_version
 from .._errors import ConfigurationError
 from .._models import (
     SANDBOX_DISK_PATH,
@@ -21,6 +29,9 @@ from .._models import (
     as_list,
     validate_disk_id,
 )
+from .._secrets import Secret
+from .cls import Cls
+from .functioncall import FunctionCall
 from .image import Image
 from .volume import Volume
 
@@ -28,10 +39,11 @@ if TYPE_CHECKING:
     from .._async.client import AsyncArchil
     from .._client import Archil
 
-__all__ = ["App", "Function", "Job"]
+__all__ = ["App", "Function", "FunctionCall", "Job"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_MAP_CONCURRENCY = 8
 FUNCTION_IDLE_TTL = 600
@@ -163,6 +175,9 @@ class App:
         timeout: int | None,
         stream_logs: bool,
         needs_python: bool,
+        secrets: Sequence[Secret] | None = None,
+        retries: int | Retries | None = None,
+        startup_timeout: int | None = None,
     ) -> FunctionSpec:
         """Validate a decorator's arguments into the :class:`FunctionSpec` every call uses."""
         if image is not None and not isinstance(image, Image):
@@ -174,12 +189,15 @@ class App:
             image = Image.debian_slim()
         if kernel_variant not in ("base", "extended"):
             raise ValueError(f"kernel_variant must be 'base' or 'extended', got {kernel_variant!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86_400
-        ):
-            raise ValueError(
-                f"timeout must be a number of seconds from 1 to 86400, got {timeout!r}"
-            )
+        for label, limit in (("timeout", timeout), ("startup_timeout", startup_timeout)):
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 86_400
+            ):
+                raise ValueError(
+                    f"{label} must be a whole number of seconds from 1 to 86400, got {limit!r}"
+                )
+        policy = _retries(retries)
+        checked_secrets = _secrets(secrets)
         plan = image.plan()
         try:
             template = CreateSandboxRequest.model_validate(
@@ -203,6 +221,9 @@ class App:
             env=process_env,
             timeout=timeout,
             stream_logs=stream_logs,
+            retries=policy,
+            startup_timeout=startup_timeout,
+            secrets=checked_secrets,
         )
 
     def _mounts(self, volumes: Mapping[str, Volume] | None) -> list[SandboxMount]:
@@ -242,7 +263,10 @@ class App:
         ports: Sequence[int] | None = None,
         *,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
         timeout: int | None = None,
+        startup_timeout: int | None = None,
+        retries: int | Retries | None = None,
         stream_logs: bool = True,
     ) -> Callable[[Callable[P, R]], Function[P, R]]:
         """Declare a function that runs in a container on the app's disk.
@@ -255,7 +279,13 @@ class App:
             additional_volumes: further disks, ``{"/path": archil.Volume(...)}``.
             ports: container ports to expose.
             env: environment variables for the container.
-            timeout: seconds after which the container is killed.
+            secrets: :class:`archil.Secret` objects whose variables the container gets
+                (never stored, logged or shown).
+            timeout: seconds one attempt may run before it is killed
+                (:class:`archil.FunctionTimeoutError`).
+            startup_timeout: seconds for preparing the image and starting the sandbox.
+            retries: how many times a failed attempt is run again (an int), or an
+                :class:`archil.Retries` policy with its backoff.
             stream_logs: print the container's output while it runs.
         """
         opts = self._spec(
@@ -269,6 +299,9 @@ class App:
             timeout=timeout,
             stream_logs=stream_logs,
             needs_python=True,
+            secrets=secrets,
+            retries=retries,
+            startup_timeout=startup_timeout,
         )
 
         def decorator(fn: Callable[P, R]) -> Function[P, R]:
@@ -277,6 +310,62 @@ class App:
             f = Function(self, fn, opts)
             self.functions[f.name] = f
             return f
+
+        return decorator
+
+    def cls(
+        self,
+        image: Image | None = None,
+        vcpu_count: int = 1,
+        mem_size_mib: int = 512,
+        kernel_variant: KernelVariant = "base",
+        additional_volumes: Mapping[str, Volume] | None = None,
+        ports: Sequence[int] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
+        timeout: int | None = None,
+        startup_timeout: int | None = None,
+        scaledown_window: float = 60.0,
+        stream_logs: bool = True,
+    ) -> Callable[[type[T]], Cls[T]]:
+        """Declare a class whose instances live in a warm container on the app's disk.
+
+        Its ``@archil.enter()`` methods run once per container; its
+        ``@archil.method()`` methods are called with ``Model().predict.remote(x)``.
+        Successive calls (with the same constructor arguments) reuse one sandbox
+        until it has been idle ``scaledown_window`` seconds; it is deleted then, at
+        the end of the script and on Ctrl-C. ``timeout`` applies to each method
+        call; the other options are those of :meth:`function`.
+        """
+        if (
+            isinstance(scaledown_window, bool)
+            or not isinstance(scaledown_window, (int, float))
+            or not 0 < scaledown_window <= 86_400
+        ):
+            raise ValueError(
+                f"scaledown_window must be a number of seconds from 0 to 86400, "
+                f"got {scaledown_window!r}"
+            )
+        opts = self._spec(
+            image=image,
+            vcpu_count=vcpu_count,
+            mem_size_mib=mem_size_mib,
+            kernel_variant=kernel_variant,
+            additional_volumes=additional_volumes,
+            ports=ports,
+            env=env,
+            timeout=timeout,
+            stream_logs=stream_logs,
+            needs_python=True,
+            secrets=secrets,
+            startup_timeout=startup_timeout,
+        )
+
+        def decorator(user_cls: type[T]) -> Cls[T]:
+            if not isinstance(user_cls, type):
+                raise TypeError("@app.cls() decorates a class")
+            return Cls(self, user_cls, opts, float(scaledown_window))
 
         return decorator
 
@@ -291,13 +380,15 @@ class App:
         ports: Sequence[int] | None = None,
         *,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
         timeout: int | None = None,
         stream_logs: bool = True,
     ) -> Callable[[Callable[..., Any]], Job]:
         """Declare a shell job: ``job.remote()`` runs ``command`` in a container on the disk.
 
         It returns 0, or raises :class:`archil.ContainerError` when the command
-        exits non-zero. The decorated function's body is not run.
+        exits non-zero. The decorated function's body is not run. ``secrets``
+        are given to the command as environment variables, as for functions.
         """
         if not isinstance(command, str) or not command.strip():
             raise ValueError("command must be a non-empty shell command")
@@ -312,6 +403,7 @@ class App:
             timeout=timeout,
             stream_logs=stream_logs,
             needs_python=False,
+            secrets=secrets,
         )
         script = _dedent_script(command)
 
@@ -345,32 +437,176 @@ class _Remote(Generic[P, R]):
             return result
 
 
-class _Map(Generic[R]):
-    """``fn.map(inputs)`` fans out; ``fn.map.aio(inputs)`` is its awaitable twin."""
+class _Spawn(Generic[P, R]):
+    """``fn.spawn(...)`` starts a call and returns its handle; ``fn.spawn.aio(...)`` too."""
 
-    def __init__(self, owner: Function[..., R]) -> None:
+    def __init__(self, owner: Function[P, R]) -> None:
+        self._owner = owner
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        from .._sync.runner import CallRunner
+
+        owner = self._owner
+        record = CallRunner(owner.app.client()).spawn(
+            owner.options, owner.fn, args, kwargs, owner.name
+        )
+        return FunctionCall(owner.app, "fc-" + record.call_id)
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        """Start the call without blocking the event loop."""
+        from .._async.runner import AsyncCallRunner
+
+        owner = self._owner
+        async with owner.app.async_client() as client:
+            record = await AsyncCallRunner(client).spawn(
+                owner.options, owner.fn, args, kwargs, owner.name
+            )
+        return FunctionCall(owner.app, "fc-" + record.call_id)
+
+
+class _MapResults(Generic[R]):
+    """What ``fn.map.aio(...)`` returns: ``async for`` it, or ``await`` it for a list."""
+
+    def __init__(
+        self,
+        owner: Function[..., R],
+        inputs: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        concurrency: int,
+        ordered: bool,
+        return_exceptions: bool,
+    ) -> None:
+        self._owner = owner
+        self._inputs = inputs
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._return_exceptions = return_exceptions
+
+    async def _results(self) -> AsyncIterator[R]:
+        from .._async.runner import AsyncCallRunner
+
+        owner = self._owner
+        async with owner.app.async_client() as client:
+            results = AsyncCallRunner(client).map(
+                owner.options,
+                owner.fn,
+                self._inputs,
+                self._concurrency,
+                ordered=self._ordered,
+                return_exceptions=self._return_exceptions,
+            )
+            async for value in results:
+                yield value
+
+    def __aiter__(self) -> AsyncIterator[R]:
+        return self._results()
+
+    async def _list(self) -> list[R]:
+        return [value async for value in self._results()]
+
+    def __await__(self) -> Generator[Any, None, list[R]]:
+        return self._list().__await__()
+
+
+class _Map(Generic[R]):
+    """``fn.map(inputs)`` yields results; ``fn.map.aio(inputs)`` is its async twin."""
+
+    def __init__(self, owner: Function[..., R], *, star: bool = False) -> None:
+        self._owner = owner
+        self._star = star
+
+    def _inputs(
+        self, iterables: Sequence[Iterable[Any]]
+    ) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        if self._star:
+            if len(iterables) != 1:
+                raise ValueError("starmap() takes one iterable of argument tuples")
+            return _star_inputs(iterables[0])
+        return _zip_inputs(iterables)
+
+    def __call__(
+        self,
+        *iterables: Iterable[Any],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        return_exceptions: bool = False,
+        order_outputs: bool = True,
+    ) -> Iterator[R]:
+        """Run one call per input, at most ``concurrency`` at once, and yield the results.
+
+        ``list(fn.map(xs))`` gives them all. Results come in input order, or as
+        they complete with ``order_outputs=False``. A failed input raises its
+        error (and stops the rest) unless ``return_exceptions=True``, which
+        yields the exception in its place. Leaving the iteration early, an
+        error or Ctrl-C stops and deletes every sandbox the map started.
+        """
+        from .._sync.runner import CallRunner
+
+        inputs = self._inputs(iterables)
+        limit = _concurrency(concurrency)
+        _check_flag(return_exceptions, "return_exceptions")
+        _check_flag(order_outputs, "order_outputs")
+        runner = CallRunner(self._owner.app.client())
+        results: Iterator[R] = runner.map(
+            self._owner.options,
+            self._owner.fn,
+            inputs,
+            limit,
+            ordered=order_outputs,
+            return_exceptions=return_exceptions,
+        )
+        return results
+
+    def aio(
+        self,
+        *iterables: Iterable[Any],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        return_exceptions: bool = False,
+        order_outputs: bool = True,
+    ) -> _MapResults[R]:
+        """The async twin: ``async for r in fn.map.aio(xs)``, or ``await`` it for a list."""
+        inputs = self._inputs(iterables)
+        limit = _concurrency(concurrency)
+        _check_flag(return_exceptions, "return_exceptions")
+        _check_flag(order_outputs, "order_outputs")
+        return _MapResults(self._owner, inputs, limit, order_outputs, return_exceptions)
+
+
+class _ForEach:
+    """``fn.for_each(inputs)`` runs one call per input and keeps no result."""
+
+    def __init__(self, owner: Function[..., Any]) -> None:
         self._owner = owner
 
     def __call__(
-        self, *iterables: Iterable[Any], concurrency: int = DEFAULT_MAP_CONCURRENCY
-    ) -> list[R]:
-        from .._sync.runner import CallRunner
-
-        inputs = _zip_inputs(iterables)
-        runner = CallRunner(self._owner.app.client())
-        return runner.map(self._owner.options, self._owner.fn, inputs, _concurrency(concurrency))
+        self,
+        *iterables: Iterable[Any],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """Run ``fn`` over the inputs for its effects; the first failure is raised
+        (and stops the rest) unless ``ignore_exceptions=True``."""
+        for _ in self._owner.map(
+            *iterables,
+            concurrency=concurrency,
+            return_exceptions=ignore_exceptions,
+            order_outputs=False,
+        ):
+            pass
 
     async def aio(
-        self, *iterables: Iterable[Any], concurrency: int = DEFAULT_MAP_CONCURRENCY
-    ) -> list[R]:
-        """Map without blocking the event loop."""
-        from .._async.runner import AsyncCallRunner
-
-        inputs = _zip_inputs(iterables)
-        async with self._owner.app.async_client() as client:
-            return await AsyncCallRunner(client).map(
-                self._owner.options, self._owner.fn, inputs, _concurrency(concurrency)
-            )
+        self,
+        *iterables: Iterable[Any],
+        concurrency: int = DEFAULT_MAP_CONCURRENCY,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """The async twin of ``for_each``."""
+        results = self._owner.map.aio(
+            *iterables,
+            concurrency=concurrency,
+            return_exceptions=ignore_exceptions,
+            order_outputs=False,
+        )
+        async for _ in results:
+            pass
 
 
 class Function(Generic[P, R]):
@@ -378,7 +614,9 @@ class Function(Generic[P, R]):
 
     - ``fn.remote(*args, **kwargs)`` runs it in a container and returns its value;
     - ``await fn.remote.aio(...)`` does the same from async code;
-    - ``fn.map(xs)`` runs one call per input, in parallel, results in order;
+    - ``fn.spawn(...)`` starts it and returns an :class:`archil.FunctionCall` at once;
+    - ``fn.map(xs)``, ``fn.starmap(pairs)`` run one call per input, in parallel,
+      and yield the results; ``fn.for_each(xs)`` keeps none;
     - ``fn.local(...)`` (or calling ``fn(...)``) runs it here, in-process.
     """
 
@@ -389,7 +627,10 @@ class Function(Generic[P, R]):
         self.name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
         functools.update_wrapper(self, fn)
         self.remote: _Remote[P, R] = _Remote(self)
+        self.spawn: _Spawn[P, R] = _Spawn(self)
         self.map: _Map[R] = _Map(self)
+        self.starmap: _Map[R] = _Map(self, star=True)
+        self.for_each: _ForEach = _ForEach(self)
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process."""
@@ -453,6 +694,44 @@ def _concurrency(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"concurrency must be a positive integer, got {value!r}")
     return value
+
+
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _retries(value: int | Retries | None) -> Retries | None:
+    if value is None or isinstance(value, Retries):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"retries must be an int or an archil.Retries, got {value!r}")
+    try:
+        return Retries(max_retries=value)
+    except ValueError as exc:
+        raise ValueError(f"retries: {exc}") from None
+
+
+def _secrets(value: Sequence[Secret] | None) -> tuple[Secret, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Secret) or not isinstance(value, (list, tuple)):
+        raise ValueError("secrets must be a list of archil.Secret objects")
+    for i, secret in enumerate(value):
+        if not isinstance(secret, Secret):
+            raise ValueError(f"secrets[{i}] must be an archil.Secret, got {type(secret).__name__}")
+    return tuple(value)
+
+
+def _star_inputs(iterable: Iterable[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    inputs: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for i, args in enumerate(iterable):
+        if not isinstance(args, (tuple, list)):
+            raise ValueError(
+                f"starmap: input {i} must be a tuple of arguments, got {type(args).__name__}"
+            )
+        inputs.append((tuple(args), {}))
+    return inputs
 
 
 def _zip_inputs(iterables: Sequence[Iterable[Any]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:

@@ -10,13 +10,16 @@ An :class:`Image` is an OCI base reference plus steps (``RUN``, ``ENV``,
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any, Generic, TypeVar, overload
 
-from .._callproto import ImagePlan
+from .._callproto import LOCAL_PYTHON_ROOT, ImagePlan, LocalTree
 
 __all__ = ["Image"]
 
@@ -70,14 +73,24 @@ class Image:
     control plane builds; identical Dockerfiles are built once and reused.
     """
 
-    __slots__ = ("_base", "_python_version", "_steps")
+    __slots__ = ("_base", "_locals", "_modules", "_python_version", "_steps")
 
-    def __init__(self, base: str, steps: tuple[str, ...] = (), python_version: str | None = None):
+    def __init__(
+        self,
+        base: str,
+        steps: tuple[str, ...] = (),
+        python_version: str | None = None,
+        *,
+        local_trees: tuple[LocalTree, ...] = (),
+        modules: tuple[str, ...] = (),
+    ):
         if not base or "\n" in base:
             raise ValueError(f"base image must be a single image reference, got {base!r}")
         self._base = base
         self._steps = steps
         self._python_version = python_version
+        self._locals = local_trees
+        self._modules = modules
 
     # -- base images ------------------------------------------------------
 
@@ -102,13 +115,109 @@ class Image:
 
     @classmethod
     def from_registry(cls, tag: str, *, python_version: str | None = None) -> Image:
-        """Any base image by reference; say which Python it has to run functions on it."""
-        return cls(
-            tag, python_version=_check_python_version(python_version) if python_version else None
-        )
+        """Any base image by OCI reference that the control plane can build.
+
+        Functions need its Python ``major.minor``: it is read from official
+        ``python:X.Y...`` references, otherwise say it with ``python_version``.
+        """
+        if not isinstance(tag, str) or not tag.strip() or any(c.isspace() for c in tag.strip()):
+            raise ValueError(f"from_registry: tag must be an image reference, got {tag!r}")
+        tag = tag.strip()
+        if python_version:
+            version: str | None = _check_python_version(python_version)
+        else:
+            m = _FROM_PY_RE.search("FROM " + tag)
+            version = m.group(1) if m else None
+        return cls(tag, python_version=version)
 
     def _add(self, *steps: str) -> Image:
-        return Image(self._base, self._steps + steps, self._python_version)
+        return Image(
+            self._base,
+            self._steps + steps,
+            self._python_version,
+            local_trees=self._locals,
+            modules=self._modules,
+        )
+
+    # -- local files --------------------------------------------------------
+
+    def _add_tree(self, tree: LocalTree, modules: tuple[str, ...] = ()) -> Image:
+        return Image(
+            self._base,
+            (*self._steps, f"{_COPY_KEYWORD} {tree.digest} {tree.remote}"),
+            self._python_version,
+            local_trees=(*self._locals, tree),
+            modules=self._modules + modules,
+        )
+
+    def add_local_file(self, local_path: str | os.PathLike[str], remote_path: str) -> Image:
+        """Copy the local file ``local_path`` to ``remote_path`` (absolute) in the image.
+
+        The image is keyed by the file's content: changing the file prepares the
+        image again, an unchanged one reuses the preparation.
+        """
+        path = Path(local_path)
+        if not path.is_file():
+            raise ValueError(f"add_local_file: {str(path)!r} is not a file")
+        remote = _remote_path(remote_path, "add_local_file")
+        parent = str(PurePosixPath(remote).parent)
+        name = PurePosixPath(remote).name
+        return self._add_tree(_tree({name: path}, parent))
+
+    def add_local_dir(
+        self,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        ignore: Sequence[str] = ("__pycache__", ".git"),
+    ) -> Image:
+        """Copy the local directory ``local_path`` to ``remote_path`` (absolute) in the image.
+
+        Files and directories named in ``ignore`` are left out. The image is keyed by
+        the content: a changed file prepares it again, an unchanged tree reuses it.
+        """
+        root = Path(local_path)
+        if not root.is_dir():
+            raise ValueError(f"add_local_dir: {str(root)!r} is not a directory")
+        remote = _remote_path(remote_path, "add_local_dir")
+        return self._add_tree(_tree(_walk(root, tuple(ignore)), remote))
+
+    def add_local_python_source(self, *modules: str) -> Image:
+        """Put these local Python packages or modules (importable here) in the image.
+
+        They go to a directory on the functions' ``PYTHONPATH``, so a function can
+        ``import`` them, and functions defined in them are pickled by reference.
+        ``.py`` files are copied (``__pycache__`` left out); the image is keyed by
+        their content.
+        """
+        if not modules:
+            raise ValueError("add_local_python_source: give at least one module name")
+        image = self
+        for module in modules:
+            if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module):
+                raise ValueError(
+                    f"add_local_python_source: {module!r} is not a top-level module name"
+                )
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None or spec.origin in (None, "built-in", "frozen"):
+                raise ValueError(
+                    f"add_local_python_source: module {module!r} cannot be found here "
+                    "(is its directory on sys.path?)"
+                )
+            if spec.submodule_search_locations:
+                package = Path(next(iter(spec.submodule_search_locations)))
+                files = {
+                    f"{module}/{rel}": p
+                    for rel, p in _walk(package, ("__pycache__",)).items()
+                    if rel.endswith(".py")
+                }
+            else:
+                files = {f"{module}.py": Path(str(spec.origin))}
+            image = image._add_tree(_tree(files, LOCAL_PYTHON_ROOT), (module,))
+        return image
 
     # -- steps ------------------------------------------------------------
 
@@ -217,6 +326,16 @@ class Image:
                 workdir = rest.strip()
                 lines.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)}")
                 work = True
+            elif keyword == _COPY_KEYWORD:
+                digest, _, remote = rest.partition(" ")
+                tree = next(t for t in self._locals if t.digest == digest)
+                source = shlex.quote(tree.guest_dir)
+                target = shlex.quote(remote)
+                lines.append(f"printf '%s\\n' {shlex.quote('==> COPY local files to ' + remote)}")
+                lines.append(
+                    f"mkdir -p {target} && if [ -d {source} ]; then cp -R {source}/. {target}/; fi"
+                )
+                work = True
         key = hashlib.sha256(self.to_dockerfile().encode()).hexdigest()
         return ImagePlan(
             base=self._base,
@@ -225,11 +344,13 @@ class Image:
             workdir=workdir,
             key=key,
             python_version=self._python_version,
+            uploads=self._locals,
+            python_modules=self._modules,
         )
 
     def to_dockerfile(self) -> str:
-        """The Dockerfile this image builds from."""
-        return "\n".join([f"FROM {self._base}", *self._steps]) + "\n"
+        """The Dockerfile this image builds from (local files appear as ``COPY`` of their digest)."""
+        return "\n".join([f"FROM {self._base}", *map(_render, self._steps)]) + "\n"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Image) and other.to_dockerfile() == self.to_dockerfile()
@@ -257,6 +378,58 @@ _IGNORED_KEYWORDS = frozenset(
     }
 )
 _DOCKERFILE_KEYWORDS = _IGNORED_KEYWORDS | {"FROM", "RUN", "ENV", "ARG", "WORKDIR"}
+
+
+_COPY_KEYWORD = "ARCHIL_COPY"
+
+
+def _render(step: str) -> str:
+    if step.startswith(_COPY_KEYWORD + " "):
+        digest, _, remote = step[len(_COPY_KEYWORD) + 1 :].partition(" ")
+        return f"COPY --from=local:{digest} . {remote}"
+    return step
+
+
+def _remote_path(value: object, where: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or any(c in value for c in "\n\x00")
+        or ".." in PurePosixPath(value).parts
+        or value.rstrip("/") in ("", "/mnt/archil")
+        or value.startswith("/mnt/archil/")
+    ):
+        raise ValueError(
+            f"{where}: remote_path must be an absolute path in the image outside /mnt/archil, "
+            f"got {value!r}"
+        )
+    return str(PurePosixPath(value))
+
+
+def _walk(root: Path, ignore: tuple[str, ...]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ignore)
+        for name in sorted(filenames):
+            if name in ignore:
+                continue
+            path = Path(dirpath) / name
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = path
+    return files
+
+
+def _tree(files: dict[str, Path], remote: str) -> LocalTree:
+    digest = hashlib.sha256()
+    digest.update(remote.encode() + b"\0")
+    for rel in sorted(files):
+        digest.update(rel.encode() + b"\0")
+        digest.update(hashlib.sha256(files[rel].read_bytes()).digest())
+    return LocalTree(
+        digest=digest.hexdigest()[:32],
+        remote=remote,
+        files=tuple((rel, str(files[rel])) for rel in sorted(files)),
+    )
 
 
 def _summary(command: str, limit: int = 100) -> str:

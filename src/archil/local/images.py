@@ -370,6 +370,15 @@ class ImageStore:
         m = self._load(image_id)
         return self._record(m) if m is not None else None
 
+    def list(self) -> list[ImageRecord]:
+        """Every image this store knows (built, building or failed), oldest first."""
+        try:
+            names = [e.name for e in os.scandir(self._root) if _ID_RE.match(e.name)]
+        except OSError:
+            return []
+        records = [r for r in (self.get(n) for n in names) if r is not None]
+        return sorted(records, key=lambda r: (r.created_at, r.image_id))
+
     def wait(self, image_id: str, timeout: float) -> ImageRecord:
         """Block until the image is not ``building`` or ``timeout`` seconds pass; its record.
 

@@ -111,7 +111,7 @@ def _routes(settings: ServerSettings) -> list[BaseRoute]:
         *disks.routes(extensions=extensions),
         *exec.routes(),
         *tokens.routes(),
-        *images.routes(),
+        *images.routes(extensions=extensions),
         *sandboxes.routes(),
         *processes.routes(),
         *object_routes(),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Mapping
 from urllib.parse import quote
 
 from typing_extensions import Unpack
 
-from ..._errors import APITimeoutError, ImageBuildError
+from ..._errors import APIStatusError, APITimeoutError, ArchilError, ImageBuildError
 from ..._models import BuildImageRequest, RegistryAuth, SandboxImage
 from ..._wire import RequestOptions, check_name, check_seconds, parse_model
 from .._transport import AsyncTransport
@@ -131,3 +132,25 @@ class AsyncImages:
         """The image ``image_id`` and its build status (:class:`NotFoundError` if there is none)."""
         envelope = await self._transport.request_json("GET", _image_path(image_id), **options)
         return parse_model(SandboxImage, envelope.data, envelope.status_code)
+
+    async def list(self, **options: Unpack[RequestOptions]) -> builtins.list[SandboxImage]:
+        """Every image requested on this control plane, oldest first.
+
+        ``GET /api/images`` is an archil extension that the local control plane
+        offers; on a control plane without it this raises :class:`ArchilError`
+        saying so.
+        """
+        try:
+            envelope = await self._transport.request_json("GET", "/api/images", **options)
+        except APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                raise ArchilError(
+                    "this control plane does not list images (GET /api/images is an "
+                    "archil extension of the local control plane); get one by id instead"
+                ) from None
+            raise
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        return [
+            parse_model(SandboxImage, item, envelope.status_code)
+            for item in data.get("images") or []
+        ]

@@ -46,9 +46,19 @@ async def get_image(request: Request) -> Response:
     return ok(image_wire(record, extensions=p.extensions))
 
 
-def routes() -> list[Route]:
-    """The image routes."""
-    return [
+async def list_images(request: Request) -> Response:
+    """``GET /api/images`` (an archil extension): every image, oldest first."""
+    p = plane(request)
+    records = await anyio.to_thread.run_sync(p.images.list)
+    return ok({"images": [image_wire(r, extensions=True) for r in records]})
+
+
+def routes(*, extensions: bool = True) -> list[Route]:
+    """The image routes (the listing is an extension, absent in real-API-only mode)."""
+    table = [
         Route("/api/images", create_image, methods=["POST"]),
         Route("/api/images/{image_id}", get_image, methods=["GET"]),
     ]
+    if extensions:
+        table.append(Route("/api/images", list_images, methods=["GET"]))
+    return table

@@ -1,0 +1,162 @@
+"""fn.map (an iterator now), starmap and for_each end to end, both halves, and Ctrl-C during a map."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import archil
+
+
+def new_app(conn: dict[str, str]) -> archil.App:
+    return archil.App(name="fanout", disk_id=f"disk_{uuid.uuid4().hex[:10]}", **conn)
+
+
+class Odd(Exception):
+    pass
+
+
+FAILING = {5, 17, 30}
+
+
+def check_in_place(results: list[object]) -> None:
+    assert len(results) == 32
+    errors = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert errors == sorted(FAILING)
+    for i in FAILING:
+        assert isinstance(results[i], Odd) and str(results[i]) == f"input {i}"
+    assert [r for r in results if not isinstance(r, Exception)] == [
+        i * i for i in range(32) if i not in FAILING
+    ]
+
+
+def test_map_return_exceptions_keeps_each_failure_in_its_place(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def square(x: int) -> int:
+        if x in FAILING:
+            raise Odd(f"input {x}")
+        return x * x
+
+    results = square.map(range(32), concurrency=8, return_exceptions=True)
+    assert not isinstance(results, list)
+    check_in_place(list(results))
+
+    async def main() -> list[object]:
+        return [r async for r in square.map.aio(range(32), concurrency=8, return_exceptions=True)]
+
+    check_in_place(asyncio.run(main()))
+    # Without return_exceptions the first failure is raised.
+    with pytest.raises(Odd, match="input 5"):
+        list(square.map(range(8), concurrency=4))
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_map_order_outputs_false_yields_in_completion_order(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def nap(x: int) -> int:
+        import time
+
+        time.sleep(0.8 * x)
+        return x
+
+    assert list(nap.map([2, 1, 0], concurrency=3, order_outputs=False)) == [0, 1, 2]
+    assert list(nap.map([2, 1, 0], concurrency=3)) == [2, 1, 0]
+
+    async def main() -> tuple[list[int], list[int]]:
+        unordered = [r async for r in nap.map.aio([2, 1, 0], concurrency=3, order_outputs=False)]
+        ordered = await nap.map.aio([1, 0], concurrency=2)  # awaiting gives the list
+        return unordered, ordered
+
+    assert asyncio.run(main()) == ([0, 1, 2], [1, 0])
+
+
+def test_starmap_and_for_each(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def write(name: str, value: int) -> int:
+        with open(f"/mnt/archil/{name}", "w") as f:
+            f.write(str(value))
+        return value * 10
+
+    assert list(write.starmap([("a", 1), ("b", 2)])) == [10, 20]
+    assert write.for_each(["c", "d"], [3, 4]) is None
+    asyncio.run(write.for_each.aio(["e"], [5]))
+    client = app.client()
+    stored = {k: client.objects.get(app.disk_id, k) for k in "abcde"}
+    assert stored == {"a": b"1", "b": b"2", "c": b"3", "d": b"4", "e": b"5"}
+    with pytest.raises(ValueError, match="starmap"):
+        write.starmap([1, 2])
+    with pytest.raises(ValueError, match="order_outputs"):
+        write.map([1], order_outputs="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="concurrency"):
+        write.map.aio([1], concurrency=0)
+
+
+MAP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import archil
+
+    app = archil.App(name="interrupt-map", disk_id=sys.argv[1])
+
+    @app.function(stream_logs=True)
+    def sleepy(i):
+        import time
+        print("sleeping", i, flush=True)
+        time.sleep(600)
+
+    for _ in sleepy.map(range(4), concurrency=4):
+        pass
+    """
+)
+
+
+def test_ctrl_c_during_map_deletes_every_sandbox(conn: dict[str, str], tmp_path: Path) -> None:
+    disk = f"disk_{uuid.uuid4().hex[:10]}"
+    script = tmp_path / "interrupt_map.py"
+    script.write_text(MAP_SCRIPT)
+    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), disk],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = archil.Archil(**conn)
+    try:
+        assert proc.stdout is not None
+        seen = 0
+        while seen < 4:
+            line = proc.stdout.readline()
+            assert line, "the map ended before its calls started"
+            seen += "sleeping" in line
+        assert len(client.sandboxes.list(disk_id=disk)) == 4
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=30)
+        while client.sandboxes.list(disk_id=disk) and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        assert client.sandboxes.list(disk_id=disk) == [], "sandboxes left 5 s after Ctrl-C"
+        assert proc.returncode != 0
+        assert "KeyboardInterrupt" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        client.close()

@@ -1,0 +1,120 @@
+"""Retries of the function itself, per-attempt timeouts and startup timeouts, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import pytest
+
+import archil
+
+
+def new_app(conn: dict[str, str]) -> archil.App:
+    return archil.App(name="retries", disk_id=f"disk_{uuid.uuid4().hex[:10]}", **conn)
+
+
+def flaky_function(app: archil.App, retries: int | archil.Retries) -> archil.Function[[], str]:
+    @app.function(retries=retries, stream_logs=False)
+    def flaky() -> str:
+        import os
+
+        path = "/mnt/archil/attempts"
+        n = 1
+        if os.path.exists(path):
+            with open(path) as f:
+                n = int(f.read()) + 1
+        with open(path, "w") as f:
+            f.write(str(n))
+        if n == 1:
+            os._exit(1)  # the container fails
+        if n == 2:
+            raise RuntimeError("second attempt raises")
+        return f"succeeded on attempt {n}"
+
+    return flaky
+
+
+def retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "retrying in" in r.getMessage()]
+
+
+def test_fails_twice_then_succeeds_with_retries_3(
+    conn: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="archil")
+    app = new_app(conn)
+    flaky = flaky_function(app, 3)
+    assert flaky.remote() == "succeeded on attempt 3"
+    logged = retry_records(caplog)
+    assert len(logged) == 2
+    assert "attempt 1 of 4" in logged[0].getMessage()
+    assert "ContainerError" in logged[0].getMessage()
+    assert "RuntimeError: second attempt raises" in logged[1].getMessage()
+    app.client().flush()
+    assert app.client().sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_retries_aio_and_spawn_and_the_final_error_counts_attempts(
+    conn: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="archil")
+    app = new_app(conn)
+    flaky = flaky_function(app, archil.Retries(max_retries=2, initial_delay=0.1))
+    assert asyncio.run(flaky.remote.aio()) == "succeeded on attempt 3"
+    assert len(retry_records(caplog)) == 2
+
+    app.client().objects.delete(app.disk_id, "attempts")
+    assert flaky.spawn().get(timeout=120) == "succeeded on attempt 3"
+
+    @app.function(retries=archil.Retries(max_retries=1, initial_delay=0.0), stream_logs=False)
+    def always() -> None:
+        raise ValueError("always fails")
+
+    with pytest.raises(ValueError, match="always fails") as info:
+        always.remote()
+    assert info.value.archil_attempts == 2  # type: ignore[attr-defined]
+    assert any("after 2 attempt(s) of 2" in note for note in info.value.__notes__)
+
+
+def test_timeout_per_attempt_raises_function_timeout_error(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(timeout=1, stream_logs=False)
+    def sleeps() -> None:
+        import time
+
+        time.sleep(10)
+
+    for run in (sleeps.remote, lambda: asyncio.run(sleeps.remote.aio())):
+        t0 = time.monotonic()
+        with pytest.raises(archil.FunctionTimeoutError, match="timeout=1") as info:
+            run()
+        assert time.monotonic() - t0 < 3
+        assert isinstance(info.value, TimeoutError)
+        assert (info.value.limit, info.value.seconds) == ("timeout", 1.0)
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_startup_timeout_names_the_limit(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(
+        image=archil.Image.debian_slim().run_commands("sleep 5"),
+        startup_timeout=1,
+        stream_logs=False,
+    )
+    def never() -> None:
+        pass
+
+    t0 = time.monotonic()
+    with pytest.raises(archil.FunctionTimeoutError, match="startup_timeout=1") as info:
+        never.remote()
+    assert info.value.limit == "startup_timeout"
+    assert time.monotonic() - t0 < 4
+    app.client().flush()
+    assert app.client().sandboxes.list(disk_id=app.disk_id) == []
