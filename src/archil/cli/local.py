@@ -25,9 +25,11 @@ def local() -> None:
     """The local control plane: a real Archil API on this machine."""
 
 
-def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    # click's float ranges let nan through (every comparison with it is false) and inf
+    # through an open upper bound.
     if not math.isfinite(value):
-        raise click.BadParameter(f"must be a positive number of seconds, got {value!r}")
+        raise click.BadParameter(f"must be a finite number, got {value!r}")
     return value
 
 
@@ -64,6 +66,7 @@ def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) ->
     type=click.FloatRange(0.0, 1.0),
     default=0.0,
     metavar="RATE",
+    callback=_finite,
     help="Make this fraction of API requests fail (503, 429 or a dropped connection).",
 )
 @click.option("--chaos-seed", type=int, default=None, help="Seed of chaos mode.")
@@ -83,7 +86,7 @@ def _finite_seconds(ctx: click.Context, param: click.Parameter, value: float) ->
     type=click.FloatRange(0.0, min_open=True),
     default=30.0,
     metavar="SECONDS",
-    callback=_finite_seconds,
+    callback=_finite,
     help="Time limit of exec requests (default: 30).",
 )
 @click.option(
