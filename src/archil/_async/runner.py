@@ -424,7 +424,12 @@ class AsyncCallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = await self._launch(spec, paths, lib, attempt)
+                try:
+                    sandbox, process = await self._launch(spec, paths, lib, attempt)
+                except SandboxError as exc:  # the sandbox failed to start
+                    await self._retry_or_raise(spec, exc, attempt, what)
+                    attempt += 1
+                    continue
                 tail = OutputTail()
                 try:
                     result = await self._watch(process, self._printer_for(spec), tail)

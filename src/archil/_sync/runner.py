@@ -426,7 +426,12 @@ class CallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = self._launch(spec, paths, lib, attempt)
+                try:
+                    sandbox, process = self._launch(spec, paths, lib, attempt)
+                except SandboxError as exc:  # the sandbox failed to start
+                    self._retry_or_raise(spec, exc, attempt, what)
+                    attempt += 1
+                    continue
                 tail = OutputTail()
                 try:
                     result = self._watch(process, self._printer_for(spec), tail)
