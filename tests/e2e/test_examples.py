@@ -17,6 +17,9 @@ EXPECTED = {
     "declarative_data_processing.py": "'shard': 'shard-003.csv', 'rows': 1000",
     "run_command.py": "batch job finished with exit code 0",
     "simple_container.py": "Finished: status=exited exit_code=0",
+    "spawn_and_collect.py": "all folds collected by another process",
+    "retries.py": "downloaded on attempt 3",
+    "warm_model.py": "model loaded once: True",
 }
 
 

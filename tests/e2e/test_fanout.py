@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -71,7 +73,7 @@ def test_map_order_outputs_false_yields_in_completion_order(conn: dict[str, str]
     def nap(x: int) -> int:
         import time
 
-        time.sleep(0.8 * x)
+        time.sleep(0.5 * x)
         return x
 
     assert list(nap.map([2, 1, 0], concurrency=3, order_outputs=False)) == [0, 1, 2]
@@ -140,17 +142,30 @@ def test_ctrl_c_during_map_deletes_every_sandbox(conn: dict[str, str], tmp_path:
         text=True,
     )
     client = archil.Archil(**conn)
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True)
+    reader.start()
     try:
-        assert proc.stdout is not None
-        seen = 0
+        seen, output = 0, []
+        deadline = time.monotonic() + 60
         while seen < 4:
-            line = proc.stdout.readline()
-            assert line, "the map ended before its calls started"
-            seen += "sleeping" in line
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"only {seen} of 4 calls started in 60 s; output:\n{''.join(output)}"
+                ) from None
+            output.append(line)
+            seen += line.count("sleeping")  # concurrent calls may share a line
         assert len(client.sandboxes.list(disk_id=disk)) == 4
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+        while not lines.empty():
+            output.append(lines.get())
+        out = "".join(output)
         while client.sandboxes.list(disk_id=disk) and time.monotonic() - t0 < 5:
             time.sleep(0.05)
         assert client.sandboxes.list(disk_id=disk) == [], "sandboxes left 5 s after Ctrl-C"

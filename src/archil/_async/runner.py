@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from .._callproto import (
@@ -58,6 +60,7 @@ log = logging.getLogger("archil")
 
 _CLOUDPICKLE = CloudpickleLib()
 _PREPARE_POLL = 0.5
+_PREPARING = frozenset({"pending", "running", "stopping"})
 _WATCH_POLL = 0.5
 
 
@@ -103,28 +106,45 @@ class AsyncCallRunner:
         return lib.guest_path
 
     async def _prepared(self, spec: FunctionSpec) -> SandboxData | None:
-        """The stopped sandbox holding the image's preparation (made if needed); None if none."""
+        """The stopped sandbox holding the image's preparation (made if needed); None if none.
+
+        Preparations are named ``<prepared_name>-<8 hex>``, one name per attempt, so a
+        create whose answer was lost is found again by its own name; when several
+        callers prepare at once, the oldest preparation wins and the others wait for it.
+        """
         plan = spec.image
         if plan.prepare is None:
             return None
-        name = spec.prepared_name()
-        cached = PLANS.get(self._base_url, "prepared", name)
+        base = spec.prepared_name()
+        cached = PLANS.get(self._base_url, "prepared", base)
         if isinstance(cached, SandboxData):
             return cached
-        sandboxes = self._client.sandboxes
         while True:
-            found = await sandboxes.find(name)
-            if found is None:
-                found = await self._prepare(spec, name)
-                if found is None:
-                    continue
-            if found.status == "stopped" and found.checkpoint:
-                PLANS.put(self._base_url, "prepared", name, found.data)
-                return found.data
-            if found.status in ("pending", "running", "stopping"):
+            found = await self._preparations(spec.disk_id, base)
+            ready = [s for s in found if s.status == "stopped" and s.checkpoint]
+            if ready:
+                best = min(ready, key=_age)
+                PLANS.put(self._base_url, "prepared", base, best.data)
+                return best.data
+            busy = [s for s in found if s.status in _PREPARING]
+            for sandbox in found:
+                if sandbox not in busy and sandbox.status not in ("deleting", "deleted"):
+                    await self._discard(sandbox)
+            if busy:
                 await self._client._transport.sleep(_PREPARE_POLL)
                 continue
-            await self._discard(found)
+            made = await self._prepare(spec, base)
+            if made is not None:
+                PLANS.put(self._base_url, "prepared", base, made.data)
+                return made.data
+
+    async def _preparations(self, disk_id: str, base: str) -> list[AsyncSandbox]:
+        """The sandboxes on the app's disk that hold, or make, a preparation named after ``base``."""
+        return [
+            s
+            for s in await self._client.sandboxes.list(disk_id=disk_id)
+            if s.name == base or s.name.startswith(base + "-")
+        ]
 
     async def _upload_trees(self, spec: FunctionSpec) -> None:
         """Put the image's local files on the disk (once per content: a marker says done)."""
@@ -139,14 +159,21 @@ class AsyncCallRunner:
                 await objects.upload_file(spec.disk_id, f"{tree.prefix}/tree/{rel}", local)
             await objects.put(spec.disk_id, tree.marker_key, b"")
 
-    async def _prepare(self, spec: FunctionSpec, name: str) -> AsyncSandbox | None:
-        """Run the image's steps in a new sandbox and stop it; ``None`` if another caller won."""
+    async def _prepare(self, spec: FunctionSpec, base: str) -> AsyncSandbox | None:
+        """Run the image's steps in a new sandbox and stop it; ``None`` if an older one runs."""
         await self._upload_trees(spec)
         image_id = await self._image_id(spec.image.base)
+        name = f"{base}-{secrets.token_hex(4)}"
         template = spec.template.model_copy(update={"name": name, "image_id": image_id})
-        try:
-            sandbox = await self._client.sandboxes.create_from(template, wait=True)
-        except ConflictError:
+        sandbox = await self._client.sandboxes.create_from(template, wait=True, unique_name=True)
+        rivals = [
+            s
+            for s in await self._preparations(spec.disk_id, base)
+            if s.id != sandbox.id
+            and (s.status in _PREPARING or (s.status == "stopped" and s.checkpoint))
+        ]
+        if any(_age(s) < _age(sandbox) for s in rivals):
+            await self._discard(sandbox)
             return None
         printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
         try:
@@ -397,7 +424,12 @@ class AsyncCallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = await self._launch(spec, paths, lib, attempt)
+                try:
+                    sandbox, process = await self._launch(spec, paths, lib, attempt)
+                except SandboxError as exc:  # the sandbox failed to start
+                    await self._retry_or_raise(spec, exc, attempt, what)
+                    attempt += 1
+                    continue
                 tail = OutputTail()
                 try:
                     result = await self._watch(process, self._printer_for(spec), tail)
@@ -642,6 +674,10 @@ class AsyncCallRunner:
                     self._client._transport.background.spawn(lambda: self._discard(done))
                 else:
                     await self._discard(done)
+
+
+def _age(sandbox: AsyncSandbox) -> tuple[datetime, str]:
+    return sandbox.created_at, sandbox.name
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from .._callproto import (
@@ -60,6 +62,7 @@ log = logging.getLogger("archil")
 
 _CLOUDPICKLE = CloudpickleLib()
 _PREPARE_POLL = 0.5
+_PREPARING = frozenset({"pending", "running", "stopping"})
 _WATCH_POLL = 0.5
 
 
@@ -105,28 +108,45 @@ class CallRunner:
         return lib.guest_path
 
     def _prepared(self, spec: FunctionSpec) -> SandboxData | None:
-        """The stopped sandbox holding the image's preparation (made if needed); None if none."""
+        """The stopped sandbox holding the image's preparation (made if needed); None if none.
+
+        Preparations are named ``<prepared_name>-<8 hex>``, one name per attempt, so a
+        create whose answer was lost is found again by its own name; when several
+        callers prepare at once, the oldest preparation wins and the others wait for it.
+        """
         plan = spec.image
         if plan.prepare is None:
             return None
-        name = spec.prepared_name()
-        cached = PLANS.get(self._base_url, "prepared", name)
+        base = spec.prepared_name()
+        cached = PLANS.get(self._base_url, "prepared", base)
         if isinstance(cached, SandboxData):
             return cached
-        sandboxes = self._client.sandboxes
         while True:
-            found = sandboxes.find(name)
-            if found is None:
-                found = self._prepare(spec, name)
-                if found is None:
-                    continue
-            if found.status == "stopped" and found.checkpoint:
-                PLANS.put(self._base_url, "prepared", name, found.data)
-                return found.data
-            if found.status in ("pending", "running", "stopping"):
+            found = self._preparations(spec.disk_id, base)
+            ready = [s for s in found if s.status == "stopped" and s.checkpoint]
+            if ready:
+                best = min(ready, key=_age)
+                PLANS.put(self._base_url, "prepared", base, best.data)
+                return best.data
+            busy = [s for s in found if s.status in _PREPARING]
+            for sandbox in found:
+                if sandbox not in busy and sandbox.status not in ("deleting", "deleted"):
+                    self._discard(sandbox)
+            if busy:
                 self._client._transport.sleep(_PREPARE_POLL)
                 continue
-            self._discard(found)
+            made = self._prepare(spec, base)
+            if made is not None:
+                PLANS.put(self._base_url, "prepared", base, made.data)
+                return made.data
+
+    def _preparations(self, disk_id: str, base: str) -> list[Sandbox]:
+        """The sandboxes on the app's disk that hold, or make, a preparation named after ``base``."""
+        return [
+            s
+            for s in self._client.sandboxes.list(disk_id=disk_id)
+            if s.name == base or s.name.startswith(base + "-")
+        ]
 
     def _upload_trees(self, spec: FunctionSpec) -> None:
         """Put the image's local files on the disk (once per content: a marker says done)."""
@@ -141,14 +161,21 @@ class CallRunner:
                 objects.upload_file(spec.disk_id, f"{tree.prefix}/tree/{rel}", local)
             objects.put(spec.disk_id, tree.marker_key, b"")
 
-    def _prepare(self, spec: FunctionSpec, name: str) -> Sandbox | None:
-        """Run the image's steps in a new sandbox and stop it; ``None`` if another caller won."""
+    def _prepare(self, spec: FunctionSpec, base: str) -> Sandbox | None:
+        """Run the image's steps in a new sandbox and stop it; ``None`` if an older one runs."""
         self._upload_trees(spec)
         image_id = self._image_id(spec.image.base)
+        name = f"{base}-{secrets.token_hex(4)}"
         template = spec.template.model_copy(update={"name": name, "image_id": image_id})
-        try:
-            sandbox = self._client.sandboxes.create_from(template, wait=True)
-        except ConflictError:
+        sandbox = self._client.sandboxes.create_from(template, wait=True, unique_name=True)
+        rivals = [
+            s
+            for s in self._preparations(spec.disk_id, base)
+            if s.id != sandbox.id
+            and (s.status in _PREPARING or (s.status == "stopped" and s.checkpoint))
+        ]
+        if any(_age(s) < _age(sandbox) for s in rivals):
+            self._discard(sandbox)
             return None
         printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
         try:
@@ -399,7 +426,12 @@ class CallRunner:
         try:
             attempt = 1
             while True:
-                sandbox, process = self._launch(spec, paths, lib, attempt)
+                try:
+                    sandbox, process = self._launch(spec, paths, lib, attempt)
+                except SandboxError as exc:  # the sandbox failed to start
+                    self._retry_or_raise(spec, exc, attempt, what)
+                    attempt += 1
+                    continue
                 tail = OutputTail()
                 try:
                     result = self._watch(process, self._printer_for(spec), tail)
@@ -635,6 +667,10 @@ class CallRunner:
                     self._client._transport.background.spawn(lambda: self._discard(done))
                 else:
                     self._discard(done)
+
+
+def _age(sandbox: Sandbox) -> tuple[datetime, str]:
+    return sandbox.created_at, sandbox.name
 
 
 def _reason(exc: BaseException) -> str:

@@ -444,6 +444,7 @@ class _Spawn(Generic[P, R]):
         self._owner = owner
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        """Start the call and return its handle once its process has started."""
         from .._sync.runner import CallRunner
 
         owner = self._owner

@@ -167,6 +167,7 @@ class Cls(Generic[T]):
         _classes.add(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Instance[T]:
+        """An instance built with these arguments (in the container, on its first call)."""
         return Instance(self, args, kwargs)
 
     def __repr__(self) -> str:
@@ -326,6 +327,7 @@ class _MethodRemote:
         self._bound = bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the method in the class's warm container and return its value (or raise)."""
         inst = self._bound._instance
         return inst._cls._call(inst._key, inst._payload, self._bound.name, args, kwargs)
 

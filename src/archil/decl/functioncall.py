@@ -32,6 +32,7 @@ class _Get(Generic[R]):
         self._call = call
 
     def __call__(self, timeout: float | None = None) -> R:
+        """Wait for the call (at most ``timeout`` seconds) and return its value or raise."""
         from .._sync.runner import CallRunner
 
         call = self._call
@@ -86,6 +87,7 @@ class _Cancel:
         self._call = call
 
     def __call__(self) -> None:
+        """Stop the call and delete its sandbox (nothing happens if it is already over)."""
         from .._sync.runner import CallRunner
 
         call = self._call
