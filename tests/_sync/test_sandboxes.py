@@ -241,6 +241,46 @@ def test_a_lost_answer_then_409_finds_the_sandbox_by_its_generated_name(
     assert listing.call_count == 1
 
 
+class Interrupted(BaseException):
+    """What Ctrl-C or a cancelled task looks like to the code it interrupts."""
+
+
+def test_an_interrupted_create_removes_the_sandbox_it_may_have_made(
+    client: Archil, router: respx.MockRouter
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def create(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        raise Interrupted()
+
+    router.post("/api/sandboxes").mock(side_effect=create)
+    router.get("/api/sandboxes").mock(
+        side_effect=lambda request: ok(
+            {
+                "sandboxes": [
+                    sandbox_json(sandbox_id=CHILD, name="someone-else"),
+                    sandbox_json(name=json.loads(seen[0].content)["name"]),
+                ]
+            }
+        )
+    )
+    stop = router.post(f"/api/sandboxes/{SID}/stop").mock(
+        return_value=ok(sandbox_json(status="stopped"))
+    )
+    delete = router.delete(f"/api/sandboxes/{SID}").mock(return_value=httpx.Response(204))
+    other = router.delete(f"/api/sandboxes/{CHILD}").mock(return_value=httpx.Response(204))
+    with pytest.raises(Interrupted):
+        client.sandboxes.create()
+    assert (stop.call_count, delete.call_count, other.call_count) == (1, 1, 0)
+
+    # A sandbox with the caller's own name is the caller's business: left alone.
+    seen.clear()
+    with pytest.raises(Interrupted):
+        client.sandboxes.create(name="mine")
+    assert (stop.call_count, delete.call_count) == (1, 1)
+
+
 def test_a_409_for_the_callers_own_name_is_raised(client: Archil, router: respx.MockRouter) -> None:
     router.post("/api/sandboxes").mock(return_value=err(409, "name taken"))
     listing = router.get("/api/sandboxes").mock(return_value=ok({"sandboxes": []}))

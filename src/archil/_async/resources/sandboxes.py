@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from typing_extensions import Self, Unpack
 
-from ..._compat import ADetached, aenter_detached, areceive_event
+from ..._compat import ADetached, aenter_detached, areceive_event, asleep
 from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
@@ -283,6 +283,10 @@ class AsyncSandboxes:
         return await _find(self._transport, name, **options)
 
 
+_INTERRUPTED_CREATE_LOOKUPS = 5
+"""Lookups, 0.2 s apart, for the sandbox of a create that was interrupted in flight."""
+
+
 async def _discard_quietly(sandbox: AsyncSandbox) -> None:
     """Stop and delete a sandbox this call should not have made (best effort)."""
     try:
@@ -344,7 +348,26 @@ async def _create_or_find(
             raise
         logger.info("sandbox %s already exists (an earlier attempt created it): using it", name)
         return found
+    except BaseException as exc:
+        if generated and not isinstance(exc, Exception):
+            # Interrupted (Ctrl-C, a cancelled task) while the control plane may already
+            # have made it: the name is this call's own, so what has it is ours to remove.
+            await _discard_named(transport, name)
+        raise
     return AsyncSandbox(transport, parse_model(SandboxData, envelope.data, envelope.status_code))
+
+
+async def _discard_named(transport: AsyncTransport, name: str) -> None:
+    """Stop and delete the sandbox called ``name`` once it shows up (best effort, ~1 s)."""
+    try:
+        for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
+            found = await _find(transport, name, max_retries=0)
+            if found is not None:
+                await _discard_quietly(found)
+                return
+            await asleep(0.2)
+    except ArchilError as exc:
+        logger.warning("could not remove sandbox %s after an interrupt: %s", name, _describe(exc))
 
 
 class AsyncSandbox:

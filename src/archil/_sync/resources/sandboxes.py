@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from typing_extensions import Self, Unpack
 
-from ..._compat import Detached, enter_detached, receive_event
+from ..._compat import Detached, enter_detached, receive_event, sleep
 from ..._config import LONG_POLL_TIMEOUT
 from ..._errors import (
     APIConnectionError,
@@ -285,6 +285,10 @@ class Sandboxes:
         return _find(self._transport, name, **options)
 
 
+_INTERRUPTED_CREATE_LOOKUPS = 5
+"""Lookups, 0.2 s apart, for the sandbox of a create that was interrupted in flight."""
+
+
 def _discard_quietly(sandbox: Sandbox) -> None:
     """Stop and delete a sandbox this call should not have made (best effort)."""
     try:
@@ -344,7 +348,26 @@ def _create_or_find(
             raise
         logger.info("sandbox %s already exists (an earlier attempt created it): using it", name)
         return found
+    except BaseException as exc:
+        if generated and not isinstance(exc, Exception):
+            # Interrupted (Ctrl-C, a cancelled task) while the control plane may already
+            # have made it: the name is this call's own, so what has it is ours to remove.
+            _discard_named(transport, name)
+        raise
     return Sandbox(transport, parse_model(SandboxData, envelope.data, envelope.status_code))
+
+
+def _discard_named(transport: Transport, name: str) -> None:
+    """Stop and delete the sandbox called ``name`` once it shows up (best effort, ~1 s)."""
+    try:
+        for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
+            found = _find(transport, name, max_retries=0)
+            if found is not None:
+                _discard_quietly(found)
+                return
+            sleep(0.2)
+    except ArchilError as exc:
+        logger.warning("could not remove sandbox %s after an interrupt: %s", name, _describe(exc))
 
 
 class Sandbox:
