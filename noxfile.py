@@ -48,6 +48,7 @@ def bench(session: nox.Session) -> None:
     repeat = "3" if quick else "5"
     wrap = ["unshare", "--pid", "--fork", "--mount", "--mount-proc"] if _can_unshare() else []
     session.run(*wrap, "python", "bench/bench_core.py", "--repeat", repeat, external=bool(wrap))
+    session.run(*wrap, "python", "bench/bench_cls.py", "--rounds", repeat, external=bool(wrap))
     for size in ("100M",) if quick else ("100M", "1G"):
         session.run("python", "bench/bench_objects.py", "--size", size, "--repeat", "3")
 
