@@ -72,9 +72,8 @@ CALL_ID_PREFIX = "fc-"
 LIB_PREFIX = ".archil/lib"
 CONTAINER_DISK_ROOT = SANDBOX_DISK_PATH
 
-BOOTSTRAP = r"""
+_PRELUDE = r"""
 import os, sys, traceback
-call_dir = sys.argv[1]
 try:
     import cloudpickle
 except ImportError:
@@ -84,53 +83,9 @@ _fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)),
 if os.path.isdir(_fallback):
     sys.path.append(_fallback)
 
-def _write(out):
-    try:
-        data = cloudpickle.dumps(out)
-    except Exception as exc:
-        if out.get("ok"):
-            out = {"ok": False, "exc": None, "type": "archil.ResultNotSerializable",
-                   "message": "the return value could not be pickled: %r" % (exc,), "traceback": ""}
-        else:
-            out = dict(out, exc=None)
-        data = cloudpickle.dumps(out)
-    path = os.path.join(call_dir, "output.pkl")
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-try:
-    source = os.path.join(call_dir, "input.pkl")
-    with open(source, "rb") as f:
-        fn, args, kwargs = cloudpickle.load(f)
-    value = fn(*args, **kwargs)
-    out = {"ok": True, "value": value}
-except BaseException as exc:
-    out = {"ok": False, "exc": exc, "type": type(exc).__module__ + "." + type(exc).__qualname__,
-           "message": str(exc), "traceback": traceback.format_exc()}
-sys.stdout.flush()
-sys.stderr.flush()
-_write(out)
-"""
-
-
-class CallAborted(Exception):
-    """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
-
-
-CLS_BOOTSTRAP = r"""
-import os, sys, traceback
-init_dir = sys.argv[1]
-try:
-    import cloudpickle
-except ImportError:
-    sys.stderr.write("archil: cloudpickle is not installed in this image\n")
-    sys.exit(3)
-_fallback = os.path.join(os.path.dirname(os.path.dirname(cloudpickle.__file__)), "fallback")
-if os.path.isdir(_fallback):
-    sys.path.append(_fallback)
+def _failed(exc):
+    return {"ok": False, "exc": exc, "type": type(exc).__module__ + "." + type(exc).__qualname__,
+            "message": str(exc), "traceback": traceback.format_exc()}
 
 def _write(call_dir, out):
     try:
@@ -148,13 +103,41 @@ def _write(call_dir, out):
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+"""
+"""How both bootstraps begin: cloudpickle (with the fallback library beside it on the
+disk), how a failure is described, and how a result is written (whole, then renamed)."""
+
+BOOTSTRAP = (
+    _PRELUDE
+    + r"""
+call_dir = sys.argv[1]
+try:
+    with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
+        fn, args, kwargs = cloudpickle.load(f)
+    out = {"ok": True, "value": fn(*args, **kwargs)}
+except BaseException as exc:
+    out = _failed(exc)
+sys.stdout.flush()
+sys.stderr.flush()
+_write(call_dir, out)
+"""
+)
+
+
+class CallAborted(Exception):
+    """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
+
+
+CLS_BOOTSTRAP = (
+    _PRELUDE
+    + r"""
+init_dir = sys.argv[1]
+
+def _answer(call_dir, out):
+    _write(call_dir, out)
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(1, b"\x1e" + os.path.basename(call_dir).encode() + b"\x1e\n")
-
-def _failed(exc):
-    return {"ok": False, "exc": exc, "type": type(exc).__module__ + "." + type(exc).__qualname__,
-            "message": str(exc), "traceback": traceback.format_exc()}
 
 obj = None
 try:
@@ -167,7 +150,7 @@ try:
 except BaseException as exc:
     obj = None
     out = _failed(exc)
-_write(init_dir, out)
+_answer(init_dir, out)
 if obj is None:
     sys.exit(0)
 for line in sys.stdin:
@@ -180,8 +163,9 @@ for line in sys.stdin:
         out = {"ok": True, "value": getattr(obj, name)(*args, **kwargs)}
     except BaseException as exc:
         out = _failed(exc)
-    _write(call_dir, out)
+    _answer(call_dir, out)
 """
+)
 """A class's container process: builds the instance, runs its ``enter`` methods, then
 serves method calls named on its standard input (one call directory a line), writing
 each result to the disk and then a marker line (``\\x1e<call id>\\x1e``) to stdout."""
