@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import archil
+from procs import processes_with_env
 
 from .helpers import ARCHIL, ROOT, Cli
 
@@ -214,19 +215,8 @@ def test_ctrl_c_stops_and_deletes_the_sandbox(cli_auto: Cli, typed_app: tuple[Pa
 
 
 def _processes_with_env(needle: str) -> list[int]:
-    found = []
+    """The processes still marked with ``needle`` after up to 5 s for them to end."""
     deadline = time.monotonic() + 5
-    while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if needle.encode() in environ:
-                found.append(int(entry.name))
-        if not found or time.monotonic() > deadline:
-            return found
+    while (found := processes_with_env(needle)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return found

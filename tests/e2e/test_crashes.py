@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 import archil
+from procs import processes_with_env
 
 RUNS = 20
 PARALLEL = 4
@@ -204,22 +205,6 @@ def _wait(predicate: object, timeout: float, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
-def _processes_with(needles: list[str]) -> list[int]:
-    """Pids of processes whose environment holds one of ``needles`` (``NAME=value``)."""
-    wanted = {n.encode() for n in needles}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = set((entry / "environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if environ & wanted:
-            found.append(int(entry.name))
-    return found
-
-
 def _needles(run: Run) -> list[str]:
     return [f"{MARK}={run.mark}", *(f"ARCHIL_SANDBOX_ID={s}" for s in run.sandboxes)]
 
@@ -257,7 +242,7 @@ def _sigint_run(server: CrashServer, script: Path, api: archil.Archil, run: Run)
         sandboxes = api.sandboxes.list(disk_id=run.disk)
         run.sandboxes |= {s.id for s in sandboxes}
         run.left = [f"{s.id}:{s.status}" for s in sandboxes]
-        run.left += [f"pid {p}" for p in _processes_with(_needles(run))]
+        run.left += [f"pid {p}" for p in processes_with_env(*_needles(run))]
         return not run.left
 
     deadline = run.after_signal + 5.0
@@ -318,7 +303,7 @@ def test_sigkill_at_random_moments_is_reaped_by_the_idle_ttl(
         sandboxes = api.sandboxes.list(disk_id=run.disk)
         run.sandboxes |= {s.id for s in sandboxes}
         run.left = [f"{s.id}:{s.status}" for s in sandboxes if s.status != "stopped"]
-        run.left += [f"pid {p}" for p in _processes_with(_needles(run))]
+        run.left += [f"pid {p}" for p in processes_with_env(*_needles(run))]
         return not run.left
 
     # A create that was in flight when its caller died still finishes, then idles out:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import archil
+from procs import processes_with_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -68,22 +69,8 @@ def test_ctrl_c_stops_and_deletes_the_sandbox(conn: dict[str, str], tmp_path: Pa
         assert proc.returncode != 0
         assert "KeyboardInterrupt" in out
         # No process of the sandbox survives.
-        assert _processes_with_env(f"ARCHIL_SANDBOX_ID={running[0].id}") == []
+        assert processes_with_env(f"ARCHIL_SANDBOX_ID={running[0].id}") == []
     finally:
         if proc.poll() is None:
             proc.kill()
         client.close()
-
-
-def _processes_with_env(needle: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle.encode() in environ:
-            found.append(int(entry.name))
-    return found

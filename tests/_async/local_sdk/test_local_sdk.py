@@ -16,6 +16,7 @@ import archil
 from archil._async.client import AsyncArchil
 from archil._compat import agather_bounded
 from archil.local.embedded import LocalServer
+from procs import processes_with_env
 
 ServerFactory = Callable[..., LocalServer]
 
@@ -32,16 +33,7 @@ def _name() -> str:
 
 
 def _live_processes(container_id: str) -> list[int]:
-    needle = f"ARCHIL_SANDBOX_ID={container_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_with_env(f"ARCHIL_SANDBOX_ID={container_id}")
 
 
 async def _run(sdk: AsyncArchil, disk_id: str, command: str, **kwargs: object) -> archil.Container:

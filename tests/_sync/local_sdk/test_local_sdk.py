@@ -18,6 +18,7 @@ import archil
 from archil._compat import gather_bounded
 from archil._sync.client import Archil
 from archil.local.embedded import LocalServer
+from procs import processes_with_env
 
 ServerFactory = Callable[..., LocalServer]
 
@@ -34,16 +35,7 @@ def _name() -> str:
 
 
 def _live_processes(container_id: str) -> list[int]:
-    needle = f"ARCHIL_SANDBOX_ID={container_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_with_env(f"ARCHIL_SANDBOX_ID={container_id}")
 
 
 def _run(sdk: Archil, disk_id: str, command: str, **kwargs: object) -> archil.Container:
