@@ -195,14 +195,14 @@ def status(data_dir: Path | None, show_key: bool, as_json: bool) -> int:
     It never starts one: it reads the data directory's server file and asks the
     server it names whether it answers. Exit code 0 whether it is up or not.
     """
-    from ..local.embedded import default_data_dir, read_server_file
+    from ..local.embedded import default_data_dir, read_api_key, read_server_file, serves
 
     directory = Path(data_dir or default_data_dir()).expanduser().resolve()
     info = read_server_file(directory)
     url = info.get("url") if isinstance(info.get("url"), str) else None
     pid = info.get("pid") if isinstance(info.get("pid"), int) else None
-    key = _read_key(directory)
-    running = url is not None and key is not None and _answers(url, key, directory)
+    key = read_api_key(directory)
+    running = url is not None and key is not None and serves(url, key, directory)
     started = info.get("startedAt")
     report: dict[str, Any] = {
         "data_dir": str(directory),
@@ -230,27 +230,6 @@ def status(data_dir: Path | None, show_key: bool, as_json: bool) -> int:
         pairs.append(("api key", key if show_key else f"in {directory / 'api_key'} (--show-key)"))
     print_fields(pairs)
     return 0
-
-
-def _read_key(directory: Path) -> str | None:
-    try:
-        key = (directory / "api_key").read_text().strip()
-    except OSError:
-        return None
-    return key or None
-
-
-def _answers(url: str, key: str, directory: Path) -> bool:
-    """Whether the server at ``url`` answers its health check for ``directory``."""
-    import httpx
-
-    try:
-        with httpx.Client(trust_env=False, timeout=2.0) as client:
-            resp = client.get(url + "/healthz", headers={"Authorization": key})
-        data = resp.json().get("data") or {}
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return False
-    return bool(data.get("authenticated") is True and data.get("dataDir") == str(directory))
 
 
 def _duration(seconds: float) -> str:

@@ -354,6 +354,26 @@ def read_server_file(data_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def read_api_key(data_dir: Path) -> str | None:
+    """The API key kept in a data directory, or ``None``."""
+    try:
+        key = (data_dir / "api_key").read_text().strip()
+    except OSError:
+        return None
+    return key or None
+
+
+def serves(url: str, key: str, data_dir: Path) -> bool:
+    """Whether the server at ``url`` takes ``key`` and serves ``data_dir`` (its ``/healthz``)."""
+    try:
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            resp = client.get(url + "/healthz", headers={"Authorization": key})
+        data = resp.json().get("data") or {}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+    return bool(data.get("authenticated") is True and data.get("dataDir") == str(data_dir))
+
+
 def _probe(data_dir: Path) -> LocalServer | None:
     """A handle on a live server of another process on ``data_dir``, if there is one."""
     info = read_server_file(data_dir)
@@ -362,19 +382,8 @@ def _probe(data_dir: Path) -> LocalServer | None:
         return None
     if not _pid_alive(pid):
         return None
-    try:
-        key = (data_dir / "api_key").read_text().strip()
-    except OSError:
-        return None
-    if not key:
-        return None
-    try:
-        with httpx.Client(trust_env=False, timeout=2.0) as client:
-            resp = client.get(url + "/healthz", headers={"Authorization": key})
-        data = resp.json().get("data") or {}
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return None
-    if data.get("authenticated") is not True or data.get("dataDir") != str(data_dir):
+    key = read_api_key(data_dir)
+    if key is None or not serves(url, key, data_dir):
         return None
     return LocalServer.attach(data_dir, url, key, pid)
 
