@@ -16,7 +16,6 @@ import archil
 from archil._async.client import AsyncArchil
 from archil._compat import agather_bounded
 from archil.local.embedded import LocalServer
-from procs import processes_with_env
 
 ServerFactory = Callable[..., LocalServer]
 
@@ -33,6 +32,8 @@ def _name() -> str:
 
 
 def _live_processes(container_id: str) -> list[int]:
+    from procs import processes_with_env  # from tests/, which pytest puts on the path
+
     return processes_with_env(f"ARCHIL_SANDBOX_ID={container_id}")
 
 

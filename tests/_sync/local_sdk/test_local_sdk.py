@@ -18,7 +18,6 @@ import archil
 from archil._compat import gather_bounded
 from archil._sync.client import Archil
 from archil.local.embedded import LocalServer
-from procs import processes_with_env
 
 ServerFactory = Callable[..., LocalServer]
 
@@ -35,6 +34,8 @@ def _name() -> str:
 
 
 def _live_processes(container_id: str) -> list[int]:
+    from procs import processes_with_env  # from tests/, which pytest puts on the path
+
     return processes_with_env(f"ARCHIL_SANDBOX_ID={container_id}")
 
 
