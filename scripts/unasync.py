@@ -131,6 +131,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncProcess": "Process",
     "AsyncCallRunner": "CallRunner",
     "AsyncWarmContainer": "WarmContainer",
+    "AsyncStandbys": "Standbys",
 }
 
 # Names that may keep unasync's default treatment.

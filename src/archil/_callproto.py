@@ -65,6 +65,7 @@ __all__ = [
     "encode_instance",
     "encode_method_call",
     "local_python_version",
+    "standby_command",
 ]
 
 CALLS_PREFIX = ".archil/calls"
@@ -111,6 +112,10 @@ BOOTSTRAP = (
     _PRELUDE
     + r"""
 call_dir = sys.argv[1]
+if call_dir == "-":
+    call_dir = sys.stdin.readline().strip()
+    if not call_dir:
+        sys.exit(0)
 try:
     with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
@@ -288,6 +293,15 @@ class CallPaths:
 def bootstrap_command(paths: CallPaths) -> str:
     """The container command that runs the bootstrap for a call."""
     return f"exec python -u -c {shlex.quote(BOOTSTRAP)} {shlex.quote(paths.container_dir)}"
+
+
+def standby_command() -> str:
+    """The container command of a bootstrap started ahead of its call.
+
+    It starts the interpreter and imports cloudpickle, then reads the call's
+    directory from its standard input (end of file: it exits, having run nothing).
+    """
+    return f"exec python -u -c {shlex.quote(BOOTSTRAP)} -"
 
 
 def _is_installed(module_name: str) -> bool:

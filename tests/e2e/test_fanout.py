@@ -110,6 +110,63 @@ def test_starmap_and_for_each(conn: dict[str, str]) -> None:
         write.map.aio([1], concurrency=0)
 
 
+def test_map_hands_inputs_to_sandboxes_started_ahead(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def stamp(i: int) -> tuple[float, float, float]:
+        import os
+        import time
+
+        began = time.time()
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        interpreter_age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        time.sleep(1.0)
+        return began, time.time(), interpreter_age
+
+    results = list(stamp.map(range(6), concurrency=2))
+    # The first two start cold: their interpreter started just before the function.
+    assert all(age < 0.5 for _, _, age in results[:2]), results
+    # Later inputs were handed to sandboxes started while an earlier input ran.
+    ahead = [age for _, _, age in results[2:] if age > 0.4]
+    assert len(ahead) >= 2, results
+    # No more than `concurrency` functions ever ran at once.
+    events = sorted([(b, 1) for b, _, _ in results] + [(e, -1) for _, e, _ in results])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak <= 2
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_map_timeout_counts_from_the_hand_over(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False, timeout=2)
+    def stuck(i: int) -> int:
+        import time
+
+        time.sleep(0 if i == 0 else 60)
+        return i
+
+    t0 = time.monotonic()
+    results = list(stuck.map([0, 1, 2], concurrency=1, return_exceptions=True))
+    assert results[0] == 0
+    for r in results[1:]:
+        assert isinstance(r, archil.FunctionTimeoutError), results
+        assert r.limit == "timeout"
+    assert time.monotonic() - t0 < 40, "a timed-out call was not stopped at its timeout"
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
 MAP_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -123,7 +180,7 @@ MAP_SCRIPT = textwrap.dedent(
         print("sleeping", i, flush=True)
         time.sleep(600)
 
-    for _ in sleepy.map(range(4), concurrency=4):
+    for _ in sleepy.map(range(8), concurrency=4):
         pass
     """
 )
@@ -158,7 +215,10 @@ def test_ctrl_c_during_map_deletes_every_sandbox(conn: dict[str, str], tmp_path:
                 ) from None
             output.append(line)
             seen += line.count("sleeping")  # concurrent calls may share a line
-        assert len(client.sandboxes.list(disk_id=disk)) == 4
+        # Four calls run, and four sandboxes are started ahead for the inputs that wait.
+        while len(client.sandboxes.list(disk_id=disk)) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(client.sandboxes.list(disk_id=disk)) == 8
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         proc.wait(timeout=30)

@@ -55,6 +55,7 @@ from .._process import ProcessResult
 from .._secrets import merged_env
 from .client import Archil
 from .resources.sandboxes import Process, Sandbox
+from .standby import Standbys
 
 __all__ = ["CallRunner"]
 
@@ -407,6 +408,8 @@ class CallRunner:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        standbys: Standbys | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
 
@@ -414,6 +417,10 @@ class CallRunner:
         say. Once an attempt's process has ended, the sandbox's stop and delete (and
         the removal of the call's files) are left to the client's background work;
         if the call is interrupted on the way, they are done before it returns.
+
+        ``standbys`` (in a ``map``): the first attempt takes a sandbox started ahead
+        when one is ready, and once the function runs, one is started for the next
+        input. Its ``timeout`` is then counted here, from the hand-over.
         """
         payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
@@ -426,20 +433,36 @@ class CallRunner:
         try:
             attempt = 1
             while True:
+                deadline: float | None = None
+                taken = standbys.take(paths) if standbys and attempt == 1 else None
                 try:
-                    sandbox, process = self._launch(spec, paths, lib, attempt)
+                    if taken is None:
+                        sandbox, process = self._launch(spec, paths, lib, attempt)
+                    else:
+                        sandbox, process = taken
+                        if spec.timeout is not None:
+                            deadline = self._client._transport.clock() + spec.timeout
                 except SandboxError as exc:  # the sandbox failed to start
                     self._retry_or_raise(spec, exc, attempt, what)
                     attempt += 1
                     continue
                 tail = OutputTail()
                 try:
-                    result = self._watch(process, self._printer_for(spec), tail)
+                    if standbys is not None:
+                        standbys.refill()
+                    result = self._watch(process, self._printer_for(spec), tail, deadline)
                 except BaseException:
                     self._discard(sandbox)
                     raise
                 background.spawn(functools.partial(self._discard, sandbox))
                 try:
+                    if result is None:
+                        raise FunctionTimeoutError(
+                            f"{what} went past its timeout={spec.timeout} s and was killed "
+                            f"(sandbox {sandbox.id})",
+                            limit="timeout",
+                            seconds=float(spec.timeout or 0),
+                        )
                     value = self._outcome(spec, disk, paths, result, tail.text(), what, sandbox.id)
                 except Exception as exc:
                     self._retry_or_raise(spec, exc, attempt, what)
@@ -626,15 +649,21 @@ class CallRunner:
         if self._abort is None:
             self._abort = threading.Event()
 
+        standbys = Standbys(self, spec, _CLOUDPICKLE.guest_path, len(items))
+
         def one(item: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+            standbys.begin()
             try:
-                return self.call(spec, fn, item[0], item[1])
+                return self.call(spec, fn, item[0], item[1], standbys=standbys)
             except Exception as exc:
                 if return_exceptions and not isinstance(exc, CallAborted):
                     return exc
                 raise
 
-        yield from gather_bounded(one, items, concurrency, ordered=ordered, abort=self._abort)
+        try:
+            yield from gather_bounded(one, items, concurrency, ordered=ordered, abort=self._abort)
+        finally:
+            standbys.close()
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.

@@ -538,6 +538,12 @@ class _Map(Generic[R]):
         error (and stops the rest) unless ``return_exceptions=True``, which
         yields the exception in its place. Leaving the iteration early, an
         error or Ctrl-C stops and deletes every sandbox the map started.
+
+        While calls run, the map starts the sandboxes of inputs still waiting
+        (up to ``concurrency`` of them, with Python loaded but no user code run),
+        so the next input's function starts as soon as a slot frees up; each
+        input still runs in a sandbox of its own, and its ``timeout`` counts
+        from the moment it is handed its input.
         """
         from .._sync.runner import CallRunner
 
