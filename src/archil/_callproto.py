@@ -116,6 +116,8 @@ if call_dir == "-":
     call_dir = sys.stdin.readline().strip()
     if not call_dir:
         sys.exit(0)
+    sys.stdin = open(os.devnull)
+    os.dup2(sys.stdin.fileno(), 0)
 try:
     with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
@@ -300,6 +302,8 @@ def standby_command() -> str:
 
     It starts the interpreter and imports cloudpickle, then reads the call's
     directory from its standard input (end of file: it exits, having run nothing).
+    It reads one line only, and then its standard input is ``/dev/null``: the line
+    may be sent again after a dropped connection without reaching the function.
     """
     return f"exec python -u -c {shlex.quote(BOOTSTRAP)} -"
 

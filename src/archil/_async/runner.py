@@ -53,7 +53,7 @@ from .._process import ProcessResult
 from .._secrets import merged_env
 from .client import AsyncArchil
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
-from .standby import AsyncStandbys
+from .standby import AsyncStandbys, handover
 
 __all__ = ["AsyncCallRunner"]
 
@@ -307,15 +307,22 @@ class AsyncCallRunner:
         deadline: float | None = None,
         *,
         kill: bool = True,
+        resend: str | None = None,
     ) -> ProcessResult | None:
         """Follow ``process`` to its exit (``None`` if ``deadline`` passes first), then detach.
 
         The process is killed when this is interrupted (``kill``), or when the map it
         belongs to was abandoned (:class:`CallAborted`, checked every half second).
+        ``resend`` is sent to its standard input again after each new connection
+        (a hand-over line that a dropped connection may have lost).
         """
         clock = self._client._transport.clock
+        attachments = process.attachments
         try:
             while process.result is None:
+                if resend is not None and process.attachments != attachments:
+                    attachments = process.attachments
+                    await self._resend(process, resend)
                 self._check_abort()
                 idle = _WATCH_POLL
                 if deadline is not None:
@@ -338,6 +345,13 @@ class AsyncCallRunner:
             raise
         finally:
             await process.close()
+
+    @staticmethod
+    async def _resend(process: AsyncProcess, line: str) -> None:
+        try:
+            await process.send_input(line)
+        except ArchilError as exc:
+            log.debug("could not send to process %s again: %s", process.id, exc)
 
     def _check_abort(self) -> None:
         if self._abort is not None and self._abort.is_set():
@@ -432,12 +446,14 @@ class AsyncCallRunner:
             attempt = 1
             while True:
                 deadline: float | None = None
+                resend: str | None = None
                 taken = await standbys.take(paths) if standbys and attempt == 1 else None
                 try:
                     if taken is None:
                         sandbox, process = await self._launch(spec, paths, lib, attempt)
                     else:
                         sandbox, process = taken
+                        resend = handover(paths)
                         if spec.timeout is not None:
                             deadline = self._client._transport.clock() + spec.timeout
                 except SandboxError as exc:  # the sandbox failed to start
@@ -448,7 +464,9 @@ class AsyncCallRunner:
                 try:
                     if standbys is not None:
                         await standbys.refill()
-                    result = await self._watch(process, self._printer_for(spec), tail, deadline)
+                    result = await self._watch(
+                        process, self._printer_for(spec), tail, deadline, resend=resend
+                    )
                 except BaseException:
                     await self._discard(sandbox)
                     raise
@@ -617,14 +635,21 @@ class AsyncCallRunner:
         return self._printer or LogPrinter()
 
     async def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
-        """Remove a call's files (best effort: a failure is logged at DEBUG)."""
-        for key in keys:
-            try:
-                await self._client.objects.delete(disk_id, key)
-            except NotFoundError:
-                pass
-            except APIError as exc:
-                log.debug("could not remove %s: %s", key, exc)
+        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG)."""
+        objects = self._client.objects
+        wanted = list(keys)
+        try:
+            if len(wanted) == 1:
+                await objects.delete(disk_id, wanted[0])
+                return
+            result = await objects.delete_many(disk_id, wanted, quiet=True)
+        except NotFoundError:
+            return
+        except APIError as exc:
+            log.debug("could not remove %s: %s", ", ".join(wanted), exc)
+            return
+        for error in result.errors:
+            log.debug("could not remove %s: %s", error.key, error.message)
 
     async def map(
         self,

@@ -20,17 +20,22 @@ import threading
 from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
-from .._errors import ArchilError
+from .._errors import APIConnectionError, ArchilError
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
 
 if TYPE_CHECKING:
     from .runner import AsyncCallRunner
 
-__all__ = ["AsyncStandbys"]
+__all__ = ["AsyncStandbys", "handover"]
 
 log = logging.getLogger("archil")
 
 Launched = tuple[AsyncSandbox, AsyncProcess]
+
+
+def handover(paths: CallPaths) -> str:
+    """The line that hands the call in ``paths`` to a sandbox started ahead."""
+    return paths.container_dir + "\n"
 
 
 class AsyncStandbys:
@@ -65,7 +70,11 @@ class AsyncStandbys:
             try:
                 if process.result is not None:
                     raise ArchilError(f"its process ended ({process.result.status})")
-                await process.send_input(paths.container_dir + "\n")
+                await process.send_input(handover(paths))
+            except APIConnectionError as exc:
+                # The line may have arrived: the sandbox is the call's now, and the
+                # watch sends the line again on its next connection (read once only).
+                log.debug("handing a call to sandbox %s: %s", sandbox.id, exc)
             except ArchilError as exc:
                 log.debug("a sandbox started ahead (%s) was not usable: %s", sandbox.id, exc)
                 await self._drop(sandbox, process)

@@ -55,7 +55,7 @@ from .._process import ProcessResult
 from .._secrets import merged_env
 from .client import Archil
 from .resources.sandboxes import Process, Sandbox
-from .standby import Standbys
+from .standby import Standbys, handover
 
 __all__ = ["CallRunner"]
 
@@ -309,15 +309,22 @@ class CallRunner:
         deadline: float | None = None,
         *,
         kill: bool = True,
+        resend: str | None = None,
     ) -> ProcessResult | None:
         """Follow ``process`` to its exit (``None`` if ``deadline`` passes first), then detach.
 
         The process is killed when this is interrupted (``kill``), or when the map it
         belongs to was abandoned (:class:`CallAborted`, checked every half second).
+        ``resend`` is sent to its standard input again after each new connection
+        (a hand-over line that a dropped connection may have lost).
         """
         clock = self._client._transport.clock
+        attachments = process.attachments
         try:
             while process.result is None:
+                if resend is not None and process.attachments != attachments:
+                    attachments = process.attachments
+                    self._resend(process, resend)
                 self._check_abort()
                 idle = _WATCH_POLL
                 if deadline is not None:
@@ -340,6 +347,13 @@ class CallRunner:
             raise
         finally:
             process.close()
+
+    @staticmethod
+    def _resend(process: Process, line: str) -> None:
+        try:
+            process.send_input(line)
+        except ArchilError as exc:
+            log.debug("could not send to process %s again: %s", process.id, exc)
 
     def _check_abort(self) -> None:
         if self._abort is not None and self._abort.is_set():
@@ -434,12 +448,14 @@ class CallRunner:
             attempt = 1
             while True:
                 deadline: float | None = None
+                resend: str | None = None
                 taken = standbys.take(paths) if standbys and attempt == 1 else None
                 try:
                     if taken is None:
                         sandbox, process = self._launch(spec, paths, lib, attempt)
                     else:
                         sandbox, process = taken
+                        resend = handover(paths)
                         if spec.timeout is not None:
                             deadline = self._client._transport.clock() + spec.timeout
                 except SandboxError as exc:  # the sandbox failed to start
@@ -450,7 +466,9 @@ class CallRunner:
                 try:
                     if standbys is not None:
                         standbys.refill()
-                    result = self._watch(process, self._printer_for(spec), tail, deadline)
+                    result = self._watch(
+                        process, self._printer_for(spec), tail, deadline, resend=resend
+                    )
                 except BaseException:
                     self._discard(sandbox)
                     raise
@@ -615,14 +633,21 @@ class CallRunner:
         return self._printer or LogPrinter()
 
     def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
-        """Remove a call's files (best effort: a failure is logged at DEBUG)."""
-        for key in keys:
-            try:
-                self._client.objects.delete(disk_id, key)
-            except NotFoundError:
-                pass
-            except APIError as exc:
-                log.debug("could not remove %s: %s", key, exc)
+        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG)."""
+        objects = self._client.objects
+        wanted = list(keys)
+        try:
+            if len(wanted) == 1:
+                objects.delete(disk_id, wanted[0])
+                return
+            result = objects.delete_many(disk_id, wanted, quiet=True)
+        except NotFoundError:
+            return
+        except APIError as exc:
+            log.debug("could not remove %s: %s", ", ".join(wanted), exc)
+            return
+        for error in result.errors:
+            log.debug("could not remove %s: %s", error.key, error.message)
 
     def map(
         self,

@@ -22,17 +22,22 @@ import threading
 from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
-from .._errors import ArchilError
+from .._errors import APIConnectionError, ArchilError
 from .resources.sandboxes import Process, Sandbox
 
 if TYPE_CHECKING:
     from .runner import CallRunner
 
-__all__ = ["Standbys"]
+__all__ = ["Standbys", "handover"]
 
 log = logging.getLogger("archil")
 
 Launched = tuple[Sandbox, Process]
+
+
+def handover(paths: CallPaths) -> str:
+    """The line that hands the call in ``paths`` to a sandbox started ahead."""
+    return paths.container_dir + "\n"
 
 
 class Standbys:
@@ -67,7 +72,11 @@ class Standbys:
             try:
                 if process.result is not None:
                     raise ArchilError(f"its process ended ({process.result.status})")
-                process.send_input(paths.container_dir + "\n")
+                process.send_input(handover(paths))
+            except APIConnectionError as exc:
+                # The line may have arrived: the sandbox is the call's now, and the
+                # watch sends the line again on its next connection (read once only).
+                log.debug("handing a call to sandbox %s: %s", sandbox.id, exc)
             except ArchilError as exc:
                 log.debug("a sandbox started ahead (%s) was not usable: %s", sandbox.id, exc)
                 self._drop(sandbox, process)

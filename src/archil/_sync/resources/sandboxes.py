@@ -910,6 +910,7 @@ class Process:
         self._failures = 0
         self._connected_at = 0.0
         self._stdin_closed = False
+        self._attachments = 0
 
     def __repr__(self) -> str:
         status = "running" if self._result is None else self._result.status
@@ -940,6 +941,11 @@ class Process:
     def result(self) -> ProcessResult | None:
         """How the process ended, or ``None`` while it runs (until the ``exit`` event arrives)."""
         return self._result
+
+    @property
+    def attachments(self) -> int:
+        """How many connections this handle has made to the process (a new one after each drop)."""
+        return self._attachments
 
     @property
     def stdout(self) -> str:
@@ -992,6 +998,7 @@ class Process:
             self._id = process_id
             self._socket = socket
             self._connected_at = transport.clock()
+            self._attachments += 1
             return
 
     def _first_answer(self, ws: WebSocketSession, expected: str) -> str:
