@@ -237,7 +237,7 @@ class LocalServer:
             log_level="warning",
             access_log=self.access_log,
             lifespan="on",
-            http="h11",
+            http="auto",
             ws="wsproto",
             timeout_graceful_shutdown=3,
             timeout_keep_alive=30,
