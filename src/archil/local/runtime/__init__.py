@@ -111,7 +111,7 @@ logger = logging.getLogger("archil")
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """The ``PATH`` every process starts from."""
 
-_AGENT = Path(__file__).with_name("_agent.py")
+_AGENT = Path(__file__).parents[1] / "_agent.py"
 _MAX_MSG = 1 << 18
 _BOOT_TIMEOUT = 30.0
 _SPAWN_TIMEOUT = 15.0
