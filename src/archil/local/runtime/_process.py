@@ -26,7 +26,7 @@ from archil.local import _proc
 from archil.local.spec import ExitInfo, ProcessSpec
 
 if TYPE_CHECKING:
-    from archil.local.runtime import Environment
+    from archil.local.runtime._environment import Environment
 
 logger = logging.getLogger("archil")
 
