@@ -25,17 +25,6 @@ run processes directly on the host: the disk is at ``ARCHIL_DISK_PATH`` (the hos
 directory), read-only mounts are not enforced, and every process carries
 ``ARCHIL_SANDBOX_TOKEN`` so that stopping a sandbox finds all of its descendants.
 
-Every process gets ``ARCHIL_SANDBOX_ID``, ``ARCHIL_ISOLATION`` (``namespace`` or
-``process``), ``ARCHIL_DISK_PATH`` when a mount targets ``/mnt/archil``,
-``ARCHIL_MOUNT_COUNT`` and ``ARCHIL_MOUNT_<N>``/``ARCHIL_MOUNT_<N>_PATH`` for the other
-mounts, and ``ARCHIL_PROCESS_TOKEN`` (how a process's tree is found when it is
-signalled).
-
-Kills are scoped: to the sandbox's PID namespace (held open by a descriptor), its cgroups,
-its marker, and to its helper and init through pidfds; nothing else is ever signalled. In
-namespace mode the death of the server takes every sandbox with it (``PDEATHSIG`` from the
-zygote down to PID 1); in process mode only each process the agent started directly.
-
 Speed
 -----
 The zygote is started once; after each boot the runtime has it prepare the next sandbox
@@ -78,10 +67,7 @@ from archil.local.runtime._environment import (
     _FREEZE_TIMEOUT,
     _SPAWN_TIMEOUT,
     Environment,
-    _archil_env,
     _PreparedGone,
-    _Resources,
-    _to_host,
 )
 from archil.local.runtime._process import (
     _DRAIN_GRACE,
@@ -90,6 +76,7 @@ from archil.local.runtime._process import (
     RunningProcess,
     SpawnError,
 )
+from archil.local.runtime._sandbox import _archil_env, _Resources, _to_host
 from archil.local.runtime._zygote import _AGENT, _MAX_MSG, _recv, _send, _Spawner, _Zygote
 from archil.local.spec import (
     GUEST_DISK_PATH,
