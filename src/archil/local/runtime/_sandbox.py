@@ -36,7 +36,7 @@ from archil.local.runtime._zygote import _send, _Zygote
 from archil.local.spec import GUEST_DISK_PATH, ProcessSpec, SandboxSpec
 
 if TYPE_CHECKING:
-    from archil.local.runtime import Runtime
+    from archil.local.runtime._runtime import Runtime
 
 logger = logging.getLogger("archil")
 
