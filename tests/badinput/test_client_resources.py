@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import archil
@@ -78,6 +78,7 @@ def test_disk_names(server: Server, client: archil.Archil, name: Any) -> None:
 
 @BADINPUT
 @given(mount=mount_specs, provider=st.one_of(st.none(), text))
+@example(mount={"disk_id": None}, provider="r2")  # the error must name mounts[0], not just disk_id
 def test_disk_bucket_mounts(
     server: Server, client: archil.Archil, mount: dict[str, Any], provider: str | None
 ) -> None:

@@ -35,10 +35,11 @@ def disk_create_request(
         )
     if isinstance(mounts, (Mount, Mapping)):
         raise ValueError("mounts must be a list of archil.Mount")
-    parsed: list[Mount] | None = None
-    if mounts is not None:
-        parsed = [m if isinstance(m, Mount) else Mount.model_validate(m) for m in mounts]
-        for mount in parsed:
+    request = CreateDiskRequest.model_validate(
+        {"name": name, "mounts": None if mounts is None else list(mounts)}
+    )
+    if request.mounts is not None:
+        for mount in request.mounts:
             if provider is not None and mount.provider != provider:
                 raise ValueError(
                     f"provider {provider!r} does not match the mount's provider {mount.provider!r}"
@@ -47,7 +48,7 @@ def disk_create_request(
                 raise ValueError(
                     f"region {region!r} does not match the mount's region {mount.region!r}"
                 )
-    return CreateDiskRequest(name=name, mounts=parsed)
+    return request
 
 
 def _same_user(a: AuthorizedUser, b: AuthorizedUser) -> bool:
