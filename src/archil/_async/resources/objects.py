@@ -8,30 +8,26 @@ on any failure (Ctrl-C included), so a half-written object is never visible;
 renamed into place once complete. ``client.objects.multipart`` drives the
 multipart lifecycle by hand.
 
-This module holds the client-facing classes; beside it are
-:mod:`.objects_multipart` (``client.objects.multipart``) and
-:mod:`.objects_parts` (how a transfer is cut into parts).
+This module holds the client-facing classes; the transfers live beside it:
+:mod:`.objects_upload` (``put`` and ``upload_file``), :mod:`.objects_download`
+(``download_file``), :mod:`.objects_multipart` (``client.objects.multipart``)
+and :mod:`.objects_parts` (how a transfer is cut into parts).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 
-import httpx
 from typing_extensions import Unpack
 
-from ..._compat import agather_bounded
-from ..._errors import APIConnectionError, APIError, APIStatusError
-from ..._files import AsyncRangeWriter, PartialFile, aiter_file
+from ..._errors import APIStatusError
 from ..._models import (
     DeleteResult,
     ObjectInfo,
     ObjectListing,
-    UploadedPart,
     validate_disk_id,
     validate_object_key,
 )
@@ -44,14 +40,13 @@ from ..._wire import (
     delete_objects_body,
     object_info_from_headers,
     object_url,
-    parse_content_range,
     parse_delete_result,
     parse_list_objects,
-    part_ranges,
     query,
 )
 from .._transport import AsyncTransport
 from ..pagers import AsyncPager
+from .objects_download import _UNBOUNDED, download_ranges, save_whole
 from .objects_multipart import _COMPLETE_READ_TIMEOUT, AsyncMultipart, _check_parts
 from .objects_parts import (
     _OCTET_STREAM,
@@ -73,6 +68,7 @@ from .objects_parts import (
     _view_body,
     _view_chunks,
 )
+from .objects_upload import put_bytes, put_file, put_stream
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -103,7 +99,6 @@ __all__ = [
 ]
 
 MAX_KEYS = 1000
-_UNBOUNDED = 1 << 62
 
 
 class AsyncObjects:
@@ -149,88 +144,25 @@ class AsyncObjects:
         if isinstance(data, str):
             data = data.encode("utf-8")
             content_type = content_type or "text/plain; charset=utf-8"
-        headers = {"Content-Type": content_type or _OCTET_STREAM}
         if isinstance(data, (bytes, bytearray, memoryview)):
-            view = memoryview(data).cast("B")
-            if len(view) > tuning.threshold:
-                _check_file_key(key)
-                chunk = DEFAULT_CHUNK_SIZE
-                parts = [
-                    _PartBody(n, length, _view_body(view[off : off + length], chunk))
-                    for n, off, length in part_ranges(len(view), tuning.part_size)
-                ]
-                return await self._put_multipart(
-                    disk_id, key, _RangeParts(parts), content_type, tuning, options
-                )
-            payload = data if isinstance(data, bytes) else bytes(view)
-            response = await self._transport.send(
-                "PUT", url, content=payload, headers=headers, **options
+            return await put_bytes(
+                self._transport,
+                self.multipart,
+                url,
+                disk_id,
+                key,
+                data,
+                content_type,
+                tuning,
+                options,
             )
-            return object_info_from_headers(key, response.headers, size=len(view))
         if not isinstance(data, AsyncIterable):
             raise TypeError(
                 f"data must be bytes, str or an iterable of bytes, not {type(data).__name__}"
             )
-        return await self._put_stream(disk_id, key, data, content_type, tuning, options)
-
-    async def _put_stream(
-        self,
-        disk_id: str,
-        key: str,
-        data: AsyncIterable[bytes],
-        content_type: str | None,
-        tuning: _Tuning,
-        options: RequestOptions,
-    ) -> ObjectInfo:
-        reader = _ChunkReader(data)
-        if await reader.fill(tuning.threshold + 1) <= tuning.threshold:
-            body = await reader.read(tuning.threshold + 1)
-            response = await self._transport.send(
-                "PUT",
-                self._url(disk_id, key),
-                content=body,
-                headers={"Content-Type": content_type or _OCTET_STREAM},
-                **options,
-            )
-            return object_info_from_headers(key, response.headers, size=len(body))
-        _check_file_key(key)
-        parts = _StreamParts(reader, tuning.part_size, tuning.concurrency)
-        return await self._put_multipart(disk_id, key, parts, content_type, tuning, options)
-
-    async def _put_multipart(
-        self,
-        disk_id: str,
-        key: str,
-        source: _RangeParts | _StreamParts,
-        content_type: str | None,
-        tuning: _Tuning,
-        options: RequestOptions,
-    ) -> ObjectInfo:
-        """Create an upload, send every part with bounded concurrency, complete it; abort on failure."""
-        url = self._url(disk_id, key)
-        upload = await self.multipart.create(
-            disk_id, key, content_type=content_type, part_size=source.part_size, **options
+        return await put_stream(
+            self._transport, self.multipart, url, disk_id, key, data, content_type, tuning, options
         )
-        try:
-            parts: list[UploadedPart] = []
-
-            async def send(part: _PartBody) -> UploadedPart:
-                return await self.multipart._send_part(url, upload.upload_id, part, options)
-
-            while batch := await source.next_batch():
-                async for done in agather_bounded(send, batch, tuning.concurrency):
-                    parts.append(done)
-            return await self.multipart.complete(disk_id, key, upload.upload_id, parts, **options)
-        except BaseException:
-            await self._abort_quietly(disk_id, key, upload.upload_id, options)
-            raise
-
-    async def _abort_quietly(
-        self, disk_id: str, key: str, upload_id: str, options: RequestOptions
-    ) -> None:
-        """Abort after a failure; a failing abort never hides the failure (the server sweeps)."""
-        with contextlib.suppress(Exception):
-            await self.multipart.abort(disk_id, key, upload_id, **options)
 
     async def upload_file(
         self,
@@ -255,25 +187,18 @@ class AsyncObjects:
         url = self._url(disk_id, key)
         _check_chunk_size(chunk_size)
         tuning = _Tuning.of(multipart_threshold, part_size, concurrency)
-        size = os.path.getsize(path)
-        if size > tuning.threshold:
-            _check_file_key(key)
-            parts = [
-                _PartBody(n, length, _file_body(path, off, length, chunk_size))
-                for n, off, length in part_ranges(size, tuning.part_size)
-            ]
-            return await self._put_multipart(
-                disk_id, key, _RangeParts(parts), content_type, tuning, options
-            )
-        headers = {"Content-Type": content_type or _OCTET_STREAM, "Content-Length": str(size)}
-        response = await self._transport.send(
-            "PUT",
+        return await put_file(
+            self._transport,
+            self.multipart,
             url,
-            stream_body=lambda: aiter_file(path, chunk_size),
-            headers=headers,
-            **options,
+            disk_id,
+            key,
+            path,
+            content_type,
+            chunk_size,
+            tuning,
+            options,
         )
-        return object_info_from_headers(key, response.headers, size=size)
 
     async def append(
         self,
@@ -410,148 +335,14 @@ class AsyncObjects:
         tuning = _Tuning.of(multipart_threshold, part_size, concurrency)
         if tuning.concurrency > 1:
             try:
-                return await self._download_ranges(url, key, path, chunk_size, tuning, options)
+                return await download_ranges(
+                    self._transport, url, key, path, chunk_size, tuning, options
+                )
             except APIStatusError as exc:
                 if exc.status_code != 416:  # an empty object has no first byte
                     raise
         async with self._transport.stream("GET", url, **options) as response:
-            return await self._save_whole(response, key, path, chunk_size)
-
-    async def _download_ranges(
-        self,
-        url: str,
-        key: str,
-        path: str | os.PathLike[str],
-        chunk_size: int,
-        tuning: _Tuning,
-        options: RequestOptions,
-    ) -> ObjectInfo:
-        """The ranged download: the first range tells the size, the others follow in parallel."""
-        first_end = max(tuning.threshold, tuning.part_size, 1)
-        headers = {"Range": f"bytes=0-{first_end - 1}"}
-        async with self._transport.stream("GET", url, headers=headers, **options) as first:
-            got = parse_content_range(first.headers.get("content-range"))
-            if first.status_code == 206 and (got is None or got[2] is None):
-                raise APIError(
-                    "the object gateway answered a range without the object's size "
-                    f"(Content-Range {first.headers.get('content-range')!r})"
-                )
-            total = got[2] if got is not None and first.status_code == 206 else None
-            if got is None or total is None or got[1] + 1 >= total:
-                # The whole object: it was small, or the gateway ignored the range.
-                return await self._save_whole(first, key, path, chunk_size)
-            if got[0] != 0:
-                raise APIError(f"the object gateway sent bytes {got[0]}-{got[1]} for bytes 0-")
-            info = object_info_from_headers(key, first.headers, size=total)
-            head_end = got[1] + 1
-            ranges = [
-                (off + head_end, n) for _, off, n in part_ranges(total - head_end, tuning.part_size)
-            ]
-            with PartialFile(path, total) as target:
-
-                async def fetch(spec: tuple[int, int] | None) -> None:
-                    if spec is None:
-                        await self._finish_first(
-                            first, url, info.etag, target.fd, head_end, chunk_size, options
-                        )
-                    else:
-                        await self._fetch_range(
-                            url,
-                            info.etag,
-                            target.fd,
-                            spec[0],
-                            spec[0] + spec[1],
-                            chunk_size,
-                            options,
-                        )
-
-                items: list[tuple[int, int] | None] = [None, *ranges]
-                async for _ in agather_bounded(fetch, items, tuning.concurrency):
-                    pass
-                target.commit()
-            return info
-
-    async def _save_whole(
-        self,
-        response: httpx.Response,
-        key: str,
-        path: str | os.PathLike[str],
-        chunk_size: int,
-    ) -> ObjectInfo:
-        """Write a whole body into a partial file renamed over ``path`` once complete."""
-        with PartialFile(path, 0) as target:
-            writer = AsyncRangeWriter(target.fd, 0, _UNBOUNDED, chunk_size)
-            async for chunk in response.aiter_bytes():
-                await writer.write(chunk)
-            await writer.flush()
-            target.commit()
-        return object_info_from_headers(key, response.headers, size=writer.position)
-
-    async def _finish_first(
-        self,
-        first: httpx.Response,
-        url: str,
-        etag: str | None,
-        fd: int,
-        end: int,
-        chunk_size: int,
-        options: RequestOptions,
-    ) -> None:
-        """Write the first range from the response already open; resume it if it drops."""
-        writer = AsyncRangeWriter(fd, 0, end, chunk_size)
-        failures = 0
-        try:
-            async for chunk in first.aiter_bytes():
-                await writer.write(chunk)
-        except (httpx.TransportError, APIConnectionError):
-            failures = 1
-        await writer.flush()
-        if writer.position < end:
-            await self._fetch_range(
-                url, etag, fd, writer.position, end, chunk_size, options, failures
-            )
-
-    async def _fetch_range(
-        self,
-        url: str,
-        etag: str | None,
-        fd: int,
-        pos: int,
-        end: int,
-        chunk_size: int,
-        options: RequestOptions,
-        failures: int = 0,
-    ) -> None:
-        """GET bytes ``pos`` to ``end`` into ``fd``; a dropped body resumes where it stopped."""
-        retries = options.get("max_retries", self._transport.config.max_retries)
-        writer = AsyncRangeWriter(fd, pos, end, chunk_size)
-        while writer.position < end:
-            headers = {"Range": f"bytes={writer.position}-{end - 1}"}
-            if etag:
-                headers["If-Match"] = f'"{etag}"'
-            try:
-                async with self._transport.stream("GET", url, headers=headers, **options) as resp:
-                    got = parse_content_range(resp.headers.get("content-range"))
-                    if (
-                        resp.status_code != 206
-                        or got is None
-                        or got[:2] != (writer.position, end - 1)
-                    ):
-                        raise APIError(
-                            f"the object gateway did not answer the range {writer.position}-{end - 1} "
-                            f"(HTTP {resp.status_code}, "
-                            f"Content-Range {resp.headers.get('content-range')!r})"
-                        )
-                    async for chunk in resp.aiter_bytes():
-                        await writer.write(chunk)
-                    await writer.flush()
-                if writer.position < end:
-                    raise APIConnectionError("the object gateway ended a range early")
-            except APIConnectionError:
-                await writer.flush()  # keep what arrived: the retry starts after it
-                failures += 1
-                if failures > retries:
-                    raise
+            return await save_whole(response, key, path, chunk_size)
 
     async def head(self, disk_id: str, key: str, **options: Unpack[RequestOptions]) -> ObjectInfo:
         """The size, ETag and modification time of ``key``, without its content."""
