@@ -1,7 +1,7 @@
 """The errors a route handler raises, and the JSON error envelope they are answered with.
 
 :class:`ApiError` becomes ``{"success": false, "error": ..., "code": ...}`` with
-its HTTP status. The object API's S3 XML errors are in :mod:`archil.local.objects`.
+its HTTP status. The object API's S3 XML errors are in :mod:`archil.local.objects_xml`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
-from .objects import s3_error_response
+from .objects_xml import s3_error_response
 from .routes.common import MAX_JSON_BODY
 from .state import IdempotentResult
 

@@ -33,7 +33,7 @@ from .disks import DirectoryNotFound, DiskStore, PathEscapeError
 from .errors import ApiError
 from .images import ImageStore
 from .layers import LayerStore
-from .objects import S3Error
+from .objects_xml import S3Error
 from .routes.common import shape
 from .runtime import Runtime
 from .sandboxes import SandboxManager

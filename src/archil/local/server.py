@@ -26,7 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .chaos import ChaosMiddleware
 from .errors import ApiError, describe_validation_error, error_response
 from .middleware import AuthMiddleware, IdempotencyMiddleware, RequestIdMiddleware
-from .objects import S3Error, object_routes, s3_error_response
+from .objects import object_routes
+from .objects_xml import S3Error, s3_error_response
 from .plane import ControlPlane, ServerSettings, load_api_key
 from .routes import disks, exec, health, images, processes, sandboxes, tokens
 
