@@ -149,6 +149,26 @@ class AsyncTransport:
         request_timeout = self.timeout(timeout)
         statuses = self.policy.statuses if retry_statuses is None else retry_statuses
         http = await self.pool.get()
+
+        async def attempt_once(retried: bool) -> httpx.Response:
+            request = http.build_request(
+                method,
+                url,
+                params=params,
+                json=json,
+                content=stream_body() if stream_body is not None else content,
+                headers=request_headers,
+                timeout=request_timeout,
+            )
+            return await self._send_once(http, request, stream, statuses, retried)
+
+        # The first attempt runs outside tenacity; a failure is handed to the retry
+        # loop as its first attempt, so the policy sees exactly what it would have.
+        first_failure: Exception | None = None
+        try:
+            return await attempt_once(False)
+        except Exception as exc:
+            first_failure = exc
         retrying = AsyncRetrying(
             **self.policy.tenacity_kwargs(
                 max_retries=retries,
@@ -161,17 +181,10 @@ class AsyncTransport:
         try:
             async for attempt in retrying:
                 with attempt:
-                    request = http.build_request(
-                        method,
-                        url,
-                        params=params,
-                        json=json,
-                        content=stream_body() if stream_body is not None else content,
-                        headers=request_headers,
-                        timeout=request_timeout,
-                    )
-                    retried = attempt.retry_state.attempt_number > 1
-                    return await self._send_once(http, request, stream, statuses, retried)
+                    if first_failure is not None:
+                        failure, first_failure = first_failure, None
+                        raise failure
+                    return await attempt_once(True)
         except RetryableStatusError as exc:
             raise exc.error from None
         except httpx.RequestError as exc:
