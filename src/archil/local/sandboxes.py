@@ -30,14 +30,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
-import platform
 import secrets
 import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,31 +52,41 @@ from .errors import ApiError
 from .imageref import parse_reference
 from .images import ImageStore, ImageUnavailable
 from .layers import LayerStore
-from .logs import OutputLog
-from .runtime import BootError, Environment, RunningProcess, Runtime, SpawnError
-from .spec import ExitInfo, ImageEnv, MountSpec, ProcessSpec, RootSpec, SandboxSpec
+from .runtime import BootError, Environment, Runtime, SpawnError
+from .sandboxes_live import (
+    _EXEC_OUTPUT_CAP,
+    _IMAGE_WAIT,
+    _LIVE_STATES,
+    _PLATFORM,
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_MAX_CONCURRENT_EXECS,
+    EXEC_IMAGE,
+    WAIT_BUDGET,
+    Proc,
+    _conflict,
+    _Live,
+    logger,
+)
+from .spec import ExitInfo, ImageEnv, MountSpec, ProcessSpec, SandboxSpec
 from .state import State, utcnow
 
-__all__ = ["DEFAULT_BASE_IMAGE", "EXEC_IMAGE", "ExecOutcome", "Proc", "SandboxManager"]
-
-logger = logging.getLogger("archil.local")
-
-DEFAULT_BASE_IMAGE = "node:24-bookworm"
-"""The live API's image when a create names none."""
-
-EXEC_IMAGE = "debian:bookworm-slim"
-"""The image the exec endpoints run their command in (this machine's userland)."""
-
-DEFAULT_MAX_CONCURRENT_EXECS = 64
-_EXEC_OUTPUT_CAP = 16 * 1024 * 1024
-WAIT_BUDGET = 60.0
-_IMAGE_WAIT = 1800.0
-_PLATFORM = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
-_LIVE_STATES = frozenset({"pending", "running", "pausing", "paused", "stopping"})
-
-
-def _conflict(message: str, code: str = "sandbox_conflict") -> ApiError:
-    return ApiError(409, message, code)
+__all__ = [
+    "DEFAULT_BASE_IMAGE",
+    "DEFAULT_MAX_CONCURRENT_EXECS",
+    "EXEC_IMAGE",
+    "WAIT_BUDGET",
+    "_EXEC_OUTPUT_CAP",
+    "_IMAGE_WAIT",
+    "_LIVE_STATES",
+    "_PLATFORM",
+    "ExecOutcome",
+    "Proc",
+    "SandboxManager",
+    "_Live",
+    "_conflict",
+    "_settle",
+    "logger",
+]
 
 
 @dataclass(frozen=True)
@@ -90,59 +98,6 @@ class ExecOutcome:
     stderr: str
     queue_ms: int
     execute_ms: int
-
-
-@dataclass(eq=False)
-class Proc:
-    """A process of a sandbox: its output log, its state, and who is attached to it.
-
-    Output arrives on runtime threads; each append wakes the readers on ``loop``.
-    """
-
-    id: str
-    sandbox_id: str
-    path: Path
-    terminal: bool
-    loop: asyncio.AbstractEventLoop
-    running: RunningProcess | None = None
-    exit: ExitInfo | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    output: OutputLog = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.output = OutputLog(self.path, notify=self._notify)
-
-    def _notify(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.wake)
-
-    @property
-    def status(self) -> str:
-        """``running`` until the process ends, then its exit status."""
-        return "running" if self.exit is None else self.exit.status
-
-    def wake(self) -> None:
-        """Wake every reader waiting for news of this process (on the loop)."""
-        event, self.changed = self.changed, asyncio.Event()
-        event.set()
-
-
-@dataclass(eq=False)
-class _Live:
-    """The in-memory side of a sandbox this server process runs."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    env: Environment | None = None
-    root: RootSpec | None = None
-    procs: dict[str, Proc] = field(default_factory=dict)
-    attached: int = 0
-    sockets: set[Callable[[], None]] = field(default_factory=set)
-    delegations: set[str] = field(default_factory=set)
-    idle_timer: asyncio.TimerHandle | None = None
-    deadline_timer: asyncio.TimerHandle | None = None
-    deadline: float | None = None
-    session_started: float | None = None
-    boot: asyncio.Task[None] | None = None
 
 
 class SandboxManager:
