@@ -34,9 +34,8 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -50,9 +49,9 @@ from .._models import (
 )
 from .errors import ApiError
 from .imageref import parse_reference
-from .images import ImageStore, ImageUnavailable
-from .layers import LayerStore
-from .runtime import BootError, Environment, Runtime, SpawnError
+from .images import ImageUnavailable
+from .runtime import BootError, Environment, SpawnError
+from .sandboxes_base import _ManagerBase
 from .sandboxes_live import (
     _EXEC_OUTPUT_CAP,
     _IMAGE_WAIT,
@@ -68,7 +67,7 @@ from .sandboxes_live import (
     logger,
 )
 from .spec import ExitInfo, ImageEnv, MountSpec, ProcessSpec, SandboxSpec
-from .state import State, utcnow
+from .state import utcnow
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",
@@ -100,43 +99,10 @@ class ExecOutcome:
     execute_ms: int
 
 
-class SandboxManager:
+class SandboxManager(_ManagerBase):
     """Creates, runs, pauses, forks, stops and deletes sandboxes, and runs their processes."""
 
-    def __init__(
-        self,
-        *,
-        state: State,
-        runtime: Runtime,
-        layers: LayerStore,
-        images: ImageStore,
-        process_root: Path,
-        resolve_mounts: Callable[[list[SandboxMount]], list[MountSpec]],
-        stop_grace: float = 10.0,
-        extensions: bool = True,
-        reap_idle: bool = False,
-    ) -> None:
-        self.state = state
-        self.runtime = runtime
-        self.layers = layers
-        self.images = images
-        self.process_root = process_root
-        self.resolve_mounts = resolve_mounts
-        self.stop_grace = stop_grace
-        self.extensions = extensions
-        self.reap_idle = reap_idle
-        self._live: dict[str, _Live] = {}
-        self._exclusive: dict[str, str] = {}
-        self._delegation_freed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
     # -- manager lifecycle ---------------------------------------------------------
-
-    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Remember the event loop that runtime callbacks hop to."""
-        self._loop = loop
 
     def recover(self) -> None:
         """After a restart: no environment of a previous run is alive; stop their records."""
@@ -188,69 +154,6 @@ class SandboxManager:
             row = self.state.get_sandbox(sid)
             if row is not None and row["status"] in _LIVE_STATES:
                 self._commit_leftover(row, "the local control plane shut down")
-
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` on the loop, keeping a reference until it is done."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _live_of(self, sid: str) -> _Live:
-        live = self._live.get(sid)
-        if live is None:
-            live = self._live[sid] = _Live()
-        return live
-
-    # -- records -------------------------------------------------------------------
-
-    def get(self, sid: str) -> dict[str, Any]:
-        """A sandbox row, or a 404."""
-        row = self.state.get_sandbox(sid)
-        if row is None or row["status"] == "deleted":
-            raise ApiError(404, f"sandbox {sid!r} not found", "sandbox_not_found")
-        return row
-
-    def rows(self, filesystem: str | None = None) -> list[dict[str, Any]]:
-        """Every sandbox, oldest first; with ``filesystem``, those that mount that disk."""
-        rows = [r for r in self.state.list_sandboxes() if r["status"] != "deleted"]
-        if filesystem is not None:
-            rows = [r for r in rows if filesystem in json.loads(r["disks"])]
-        return rows
-
-    def wire(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The live API's ``Sandbox`` record of a row."""
-        spec = json.loads(row["spec"])
-        status = row["status"]
-        data: dict[str, Any] = {
-            "sandbox_id": row["id"],
-            "name": row["name"],
-            "status": status,
-            "vcpu_count": spec["vcpu_count"],
-            "mem_size_mib": spec["mem_size_mib"],
-            "max_ttl_seconds": spec["max_ttl_seconds"],
-            "idle_ttl_seconds": spec["idle_ttl_seconds"],
-            "max_concurrent_execs": spec.get("max_concurrent_execs")
-            or DEFAULT_MAX_CONCURRENT_EXECS,
-            "base_image": spec.get("base_image") or "",
-            "created_at": row["created_at"],
-            "last_active_at": row["last_active_at"],
-            "platform": _PLATFORM,
-            "endpoints": [],
-            "enable_service_ingress": bool(spec.get("enable_service_ingress")),
-            "mounts": spec.get("mounts") or [],
-        }
-        optional = {
-            "image_digest": row["image_digest"],
-            "running_at": row["running_at"],
-            "finished_at": row["finished_at"],
-            "exit_reason": row["exit_reason"],
-        }
-        if status in ("pausing", "paused", "stopping", "stopped"):
-            optional["checkpoint"] = row["checkpoint"]
-        if self.extensions:
-            optional["kernel_variant"] = spec.get("kernel_variant")
-        data.update({k: v for k, v in optional.items() if v is not None})
-        return data
 
     # -- create / start / fork -----------------------------------------------------
 
@@ -662,37 +565,6 @@ class SandboxManager:
             stopped = self._mark_stopped(sid, row, commit=True)
             self.state.update_sandbox(stopped["id"], status="exited", exit_reason=reason)
 
-    # -- mount delegations ---------------------------------------------------------------
-
-    async def _take_delegations(self, sid: str, mounts: list[SandboxMount]) -> None:
-        live = self._live_of(sid)
-        for mount in mounts:
-            if mount.read_only or mount.conditional:
-                continue
-            deadline = time.monotonic() + (mount.queue_ms or 0) / 1000.0
-            while self._exclusive.get(mount.disk_id) not in (None, sid):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    holder = self._exclusive[mount.disk_id]
-                    self._release_delegations(sid)
-                    raise BootError(
-                        f"disk {mount.disk_id} is mounted exclusively by sandbox {holder}; "
-                        "use a conditional or read-only mount to share it, or queue_ms to wait"
-                    )
-                self._delegation_freed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._delegation_freed.wait(), remaining)
-            self._exclusive[mount.disk_id] = sid
-            live.delegations.add(mount.disk_id)
-
-    def _release_delegations(self, sid: str) -> None:
-        live = self._live_of(sid)
-        for disk_id in live.delegations:
-            if self._exclusive.get(disk_id) == sid:
-                del self._exclusive[disk_id]
-        live.delegations.clear()
-        self._delegation_freed.set()
-
     # -- timeouts ------------------------------------------------------------------------
 
     def _arm_deadline(self, sid: str, seconds: int, *, keep: bool = False) -> None:
@@ -763,35 +635,6 @@ class SandboxManager:
                 if req.idle_ttl_seconds is not None:
                     self._arm_idle(sid)
             return updated
-
-    # -- ports ---------------------------------------------------------------------------
-
-    def _expose(self, sid: str, port: int) -> bool:
-        row = self.get(sid)
-        ports: list[int] = json.loads(row["ports"])
-        if port in ports:
-            return False
-        self.state.update_sandbox(sid, ports=sorted([*ports, port]))
-        return True
-
-    def expose(self, sid: str, port: int) -> tuple[dict[str, Any], bool]:
-        """Expose ``port``; the port record and whether it is new."""
-        created = self._expose(sid, port)
-        return self.port_wire(port), created
-
-    def ports(self, sid: str) -> list[dict[str, Any]]:
-        """The explicitly exposed ports."""
-        return [self.port_wire(p) for p in json.loads(self.get(sid)["ports"])]
-
-    def unexpose(self, sid: str, port: int) -> None:
-        """Stop exposing ``port`` (a no-op for a port that is not exposed)."""
-        ports = [p for p in json.loads(self.get(sid)["ports"]) if p != port]
-        self.state.update_sandbox(sid, ports=ports)
-
-    @staticmethod
-    def port_wire(port: int) -> dict[str, Any]:
-        """A port record: sandboxes share this machine's network, so it is reachable here."""
-        return {"port": port, "hostname": f"127.0.0.1:{port}"}
 
     # -- processes -----------------------------------------------------------------------
 
