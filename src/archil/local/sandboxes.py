@@ -22,6 +22,23 @@ mounts never take the disk exclusively.
 
 Lifecycle operations on one sandbox are serialized by a per-sandbox lock.
 Runtime callbacks arrive on runtime threads and hop to the event loop.
+
+Parts
+-----
+:class:`SandboxManager` inherits its operations from one class per concern; this module
+adds the manager's own lifecycle (recovery after a restart, shutdown) and keeps
+every name the package imports from here.
+
+- :mod:`archil.local.sandboxes_live`: the constants, :class:`Proc` and the
+  in-memory side of a running sandbox.
+- :mod:`archil.local.sandboxes_base`: the manager's state, the records and their
+  wire form, ports and the disks plain mounts hold exclusively.
+- :mod:`archil.local.sandboxes_stop`: stop, pause and delete, and environments
+  that end by themselves.
+- :mod:`archil.local.sandboxes_timers`: the max and idle TTLs.
+- :mod:`archil.local.sandboxes_procs`: processes, their connections and the
+  one-shot exec (:class:`ExecOutcome`).
+- :mod:`archil.local.sandboxes_boot`: create, start, resume and fork.
 """
 
 from __future__ import annotations
