@@ -38,7 +38,7 @@ from .sandbox_support import (
 if TYPE_CHECKING:
     from httpx_ws import AsyncWebSocketSession
 
-    from .sandboxes import AsyncSandbox
+    from .sandbox_handle import AsyncSandbox
 
 __all__ = ["AsyncProcess"]
 

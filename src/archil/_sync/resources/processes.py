@@ -40,7 +40,7 @@ from .sandbox_support import (
 if TYPE_CHECKING:
     from httpx_ws import WebSocketSession
 
-    from .sandboxes import Sandbox
+    from .sandbox_handle import Sandbox
 
 __all__ = ["Process"]
 
