@@ -128,6 +128,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncTokens": "Tokens",
     "AsyncSandboxes": "Sandboxes",
     "AsyncSandbox": "Sandbox",
+    "AsyncSandboxLifecycle": "SandboxLifecycle",
     "AsyncProcess": "Process",
     "AsyncCallRunner": "CallRunner",
     "AsyncWarmContainer": "WarmContainer",
