@@ -123,7 +123,21 @@ def bench_import_rss(repeat: int) -> tuple[float, float]:
     return ours, base
 
 
-def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, float]]:
+def _paired(ours: list[float], base: list[float]) -> tuple[float, float, float]:
+    """Medians of both sides and the median of the ratios of runs made back to back.
+
+    This machine's speed drifts by 10-30 % over seconds; a ratio within a pair
+    cancels that drift where a ratio of two medians does not.
+    """
+    ratios = [o / b for o, b in zip(ours, base, strict=True)]
+    return statistics.median(ours), statistics.median(base), statistics.median(ratios)
+
+
+def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, float, float]]:
+    """n ``disks.get()`` against n bare GETs of the same URL, blocking and async.
+
+    Pairs alternate which side runs first, so warming and drift hit both alike.
+    """
     headers = {"Authorization": server.api_key}
     with archil.Archil(base_url=server.base_url, api_key=server.api_key) as client:
         disk = client.disks.create("bench-disk")
@@ -141,12 +155,16 @@ def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, f
             bare()
             sdk()
             ours, base = [], []
-            for _ in range(repeat):  # alternate, so drift hits both alike
-                ours.append(_median_of(1, sdk))
-                base.append(_median_of(1, bare))
-            sync = (statistics.median(ours), statistics.median(base))
+            for i in range(repeat):
+                if i % 2:
+                    base.append(_timed(bare))
+                    ours.append(_timed(sdk))
+                else:
+                    ours.append(_timed(sdk))
+                    base.append(_timed(bare))
+            sync = _paired(ours, base)
 
-    async def run_async() -> tuple[float, float]:
+    async def run_async() -> tuple[float, float, float]:
         async with (
             archil.aio.Archil(base_url=server.base_url, api_key=server.api_key) as aclient,
             httpx.AsyncClient(headers=headers) as araw,
@@ -173,10 +191,14 @@ def bench_requests(server: Any, n: int, repeat: int) -> dict[str, tuple[float, f
             await in_flight(bare_get)
             await in_flight(sdk_get)
             ours, base = [], []
-            for _ in range(repeat):
-                ours.append(await in_flight(sdk_get))
-                base.append(await in_flight(bare_get))
-            return statistics.median(ours), statistics.median(base)
+            for i in range(repeat):
+                if i % 2:
+                    base.append(await in_flight(bare_get))
+                    ours.append(await in_flight(sdk_get))
+                else:
+                    ours.append(await in_flight(sdk_get))
+                    base.append(await in_flight(bare_get))
+            return _paired(ours, base)
 
     return {"blocking": sync, "async": asyncio.run(run_async())}
 
@@ -286,9 +308,9 @@ def main() -> None:
         )
         try:
             n = args.requests
-            for kind, (o, b) in bench_requests(server, n, args.repeat).items():
+            for kind, (o, b, r) in bench_requests(server, n, 2 * args.repeat + 1).items():
                 what = "blocking" if kind == "blocking" else f"async, {IN_FLIGHT} in flight"
-                _line(f"{n} disks.get ({what})", o, "s", "bare httpx", b, 1.05)
+                _line(f"{n} disks.get ({what})", o, "s", "bare httpx", b, 1.05, ratio=r)
             for name, (o, b) in bench_remote(server, args.repeat).items():
                 _line(name, o * 1000, "ms", "python -c 'import cloudpickle'", b * 1000, 1.5)
             p50, p95 = bench_first_output(server, args.samples)
@@ -309,11 +331,20 @@ def main() -> None:
 
 
 def _line(
-    name: str, ours: float, unit: str, baseline: str, base: float, target: float | None = None
+    name: str,
+    ours: float,
+    unit: str,
+    baseline: str,
+    base: float,
+    target: float | None = None,
+    *,
+    ratio: float | None = None,
 ) -> None:
+    """One figure; ``ratio`` (the median of paired ratios) when given, else ours / base."""
     goal = f" (target <= {target})" if target is not None else ""
+    shown = ours / base if ratio is None else ratio
     print(
-        f"{name:34s} {ours:9.2f} {unit:3s} vs {baseline} {base:9.2f} {unit:3s} ratio {ours / base:.2f}{goal}",
+        f"{name:34s} {ours:9.2f} {unit:3s} vs {baseline} {base:9.2f} {unit:3s} ratio {shown:.2f}{goal}",
         flush=True,
     )
 
