@@ -291,15 +291,32 @@ class DiskStore:
 
     def data_size(self, disk_id: str) -> int:
         """Total size in bytes of the regular files on a disk (bounded walk)."""
+        size = self._walk_size(disk_id, _WALK_LIMIT, partial=True)
+        assert size is not None
+        return size
+
+    def small_data_size(self, disk_id: str, max_entries: int) -> int | None:
+        """:meth:`data_size` of a disk of at most ``max_entries`` entries, else None.
+
+        Cheap enough to run on the event loop, which spares a request for a small
+        disk the hop to a worker thread.
+        """
+        return self._walk_size(disk_id, max_entries, partial=False)
+
+    def _walk_size(self, disk_id: str, limit: int, *, partial: bool) -> int | None:
         total = 0
         seen = 0
         stack = [str(self.path(disk_id))]
-        while stack and seen < _WALK_LIMIT:
+        while stack:
+            if seen >= limit:
+                return total if partial else None
             d = stack.pop()
             try:
                 with os.scandir(d) as it:
                     for e in it:
                         seen += 1
+                        if not partial and seen > limit:
+                            return None
                         try:
                             if e.is_dir(follow_symlinks=False):
                                 stack.append(e.path)
