@@ -34,7 +34,7 @@ from pathlib import Path
 
 from archil.local.spec import RootSpec
 
-__all__ = ["LayerError", "LayerStore"]
+__all__ = ["LayerError", "LayerStore", "delete_tree"]
 
 _LAYER_RE = re.compile(r"^ckpt-[0-9a-f]{16}$")
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -181,7 +181,7 @@ class LayerStore:
     def _collect(self) -> None:
         while True:
             doomed = self._doomed.get()
-            _delete_tree(doomed)
+            delete_tree(doomed)
             with self._emptied:
                 self._pending -= 1
                 if self._pending == 0:
@@ -193,7 +193,8 @@ class LayerStore:
             return self._emptied.wait_for(lambda: self._pending == 0, timeout)
 
 
-def _delete_tree(path: Path) -> None:
+def delete_tree(path: Path) -> None:
+    """Remove a directory tree, including the mode-000 directories overlayfs leaves."""
     for dirpath, dirnames, _ in os.walk(path):
         for d in dirnames:
             # overlayfs leaves its work/work directory with mode 000.

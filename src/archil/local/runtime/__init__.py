@@ -68,7 +68,6 @@ from archil.local.runtime._runtime import (
     Runtime,
     _probe_cache,
     _probe_lock,
-    _rmtree,
     logger,
 )
 from archil.local.runtime._sandbox import _archil_env, _Resources, _to_host
@@ -96,7 +95,6 @@ __all__ = [
     "_probe_cache",
     "_probe_lock",
     "_recv",
-    "_rmtree",
     "_send",
     "_to_host",
     "logger",

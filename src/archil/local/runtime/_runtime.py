@@ -10,10 +10,8 @@ without the caller noticing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -24,6 +22,7 @@ from typing import Any
 
 from archil.local import _proc
 from archil.local.cgroups import CgroupError, Cgroups, SandboxCgroup
+from archil.local.layers import delete_tree
 from archil.local.mounts import BootError, ensure_skeleton, mount_plan, validate_sandbox_spec
 from archil.local.runtime._environment import Environment, _PreparedGone
 from archil.local.runtime._sandbox import _Resources
@@ -163,7 +162,7 @@ class Runtime:
             except (BootError, OSError) as e:
                 result = str(e)
             finally:
-                _rmtree(probe)
+                delete_tree(probe)
             _probe_cache[key] = result
             return result
 
@@ -401,13 +400,3 @@ class Runtime:
         if loop is not None:
             loop.close()
         self._cgroups.close()
-
-
-def _rmtree(path: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                with contextlib.suppress(OSError):
-                    os.chmod(p, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
