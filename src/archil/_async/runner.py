@@ -263,15 +263,30 @@ class AsyncCallRunner:
         must not be paused for want of a connection.
         """
         key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
+        return await self._start_bootstrap(
+            spec, key, bootstrap_command(paths), lib, timeout=spec.timeout, detached=detached
+        )
+
+    async def _start_bootstrap(
+        self,
+        spec: FunctionSpec,
+        key: str,
+        command: str,
+        lib: str,
+        *,
+        timeout: int | None,
+        detached: bool = False,
+    ) -> tuple[AsyncSandbox, AsyncProcess]:
+        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure."""
         sandbox = await self._startup(spec, key)
         try:
             if detached:
                 await sandbox.set_timeout(idle_ttl_seconds=0)
             process = await sandbox.run(
-                bootstrap_command(paths),
+                command,
                 env=spec.process_env(lib),
                 cwd=spec.cwd,
-                timeout_seconds=spec.timeout,
+                timeout_seconds=timeout,
                 collect_output=False,
             )
         except BaseException:
@@ -447,7 +462,9 @@ class AsyncCallRunner:
             while True:
                 deadline: float | None = None
                 resend: str | None = None
-                taken = await standbys.take(paths) if standbys and attempt == 1 else None
+                taken = None
+                if standbys is not None and attempt == 1:
+                    taken = await standbys.take(paths)
                 try:
                     if taken is None:
                         sandbox, process = await self._launch(spec, paths, lib, attempt)
@@ -471,14 +488,9 @@ class AsyncCallRunner:
                     await self._discard(sandbox)
                     raise
                 background.spawn(functools.partial(self._discard, sandbox))
+                if result is None:  # past its timeout, counted from the hand-over
+                    result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
-                    if result is None:
-                        raise FunctionTimeoutError(
-                            f"{what} went past its timeout={spec.timeout} s and was killed "
-                            f"(sandbox {sandbox.id})",
-                            limit="timeout",
-                            seconds=float(spec.timeout or 0),
-                        )
                     value = await self._outcome(
                         spec, disk, paths, result, tail.text(), what, sandbox.id
                     )

@@ -265,15 +265,30 @@ class CallRunner:
         must not be paused for want of a connection.
         """
         key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
+        return self._start_bootstrap(
+            spec, key, bootstrap_command(paths), lib, timeout=spec.timeout, detached=detached
+        )
+
+    def _start_bootstrap(
+        self,
+        spec: FunctionSpec,
+        key: str,
+        command: str,
+        lib: str,
+        *,
+        timeout: int | None,
+        detached: bool = False,
+    ) -> tuple[Sandbox, Process]:
+        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure."""
         sandbox = self._startup(spec, key)
         try:
             if detached:
                 sandbox.set_timeout(idle_ttl_seconds=0)
             process = sandbox.run(
-                bootstrap_command(paths),
+                command,
                 env=spec.process_env(lib),
                 cwd=spec.cwd,
-                timeout_seconds=spec.timeout,
+                timeout_seconds=timeout,
                 collect_output=False,
             )
         except BaseException:
@@ -449,7 +464,9 @@ class CallRunner:
             while True:
                 deadline: float | None = None
                 resend: str | None = None
-                taken = standbys.take(paths) if standbys and attempt == 1 else None
+                taken = None
+                if standbys is not None and attempt == 1:
+                    taken = standbys.take(paths)
                 try:
                     if taken is None:
                         sandbox, process = self._launch(spec, paths, lib, attempt)
@@ -473,14 +490,9 @@ class CallRunner:
                     self._discard(sandbox)
                     raise
                 background.spawn(functools.partial(self._discard, sandbox))
+                if result is None:  # past its timeout, counted from the hand-over
+                    result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
-                    if result is None:
-                        raise FunctionTimeoutError(
-                            f"{what} went past its timeout={spec.timeout} s and was killed "
-                            f"(sandbox {sandbox.id})",
-                            limit="timeout",
-                            seconds=float(spec.timeout or 0),
-                        )
                     value = self._outcome(spec, disk, paths, result, tail.text(), what, sandbox.id)
                 except Exception as exc:
                     self._retry_or_raise(spec, exc, attempt, what)

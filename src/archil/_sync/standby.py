@@ -70,8 +70,6 @@ class Standbys:
                     return None
                 sandbox, process = self._ready.pop()
             try:
-                if process.result is not None:
-                    raise ArchilError(f"its process ended ({process.result.status})")
                 process.send_input(handover(paths))
             except APIConnectionError as exc:
                 # The line may have arrived: the sandbox is the call's now, and the
@@ -96,19 +94,19 @@ class Standbys:
             if self._closed or self._waiting <= len(self._ready) + self._starting:
                 return
             self._starting += 1
-        launched: Launched | None = None
         try:
             launched = self._start()
         except Exception as exc:
             log.debug("could not start a sandbox ahead: %s", exc)
+            return
         finally:
             with self._lock:
                 self._starting -= 1
-                keep = launched is not None and not self._closed
-                if keep and launched is not None:
-                    self._ready.append(launched)
-        if launched is not None and not keep:
-            self._drop(*launched)
+        with self._lock:
+            if not self._closed:
+                self._ready.append(launched)
+                return
+        self._drop(*launched)
 
     def close(self) -> None:
         """Stop and delete every sandbox that was not handed a call."""
@@ -119,19 +117,11 @@ class Standbys:
             self._drop(sandbox, process)
 
     def _start(self) -> Launched:
-        runner, spec = self._runner, self._spec
-        sandbox = runner._startup(spec, "a" + CallPaths.new().call_id[:19])
-        try:
-            process = sandbox.run(
-                standby_command(),
-                env=spec.process_env(self._lib),
-                cwd=spec.cwd,
-                collect_output=False,
-            )
-        except BaseException:
-            runner._discard(sandbox)
-            raise
-        return sandbox, process
+        # No process timeout: the call's timeout counts from the hand-over (see call()).
+        key = "a" + CallPaths.new().call_id[:19]
+        return self._runner._start_bootstrap(
+            self._spec, key, standby_command(), self._lib, timeout=None
+        )
 
     def _drop(self, sandbox: Sandbox, process: Process) -> None:
         try:
