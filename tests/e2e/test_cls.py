@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import archil
+from procs import start_script
 
 
 def new_app(conn: dict[str, str]) -> archil.App:
@@ -163,16 +164,7 @@ def test_ctrl_c_during_a_method_call_deletes_the_warm_sandbox(
     import signal
 
     disk = f"disk_{uuid.uuid4().hex[:10]}"
-    script = tmp_path / "interrupt_cls.py"
-    script.write_text(INTERRUPT)
-    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), disk],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_script(tmp_path / "interrupt_cls.py", INTERRUPT, conn, disk)
     client = archil.Archil(**conn)
     try:
         assert proc.stdout is not None

@@ -6,8 +6,6 @@ import asyncio
 import os
 import queue
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import archil
+from procs import start_script
 
 
 def new_app(conn: dict[str, str]) -> archil.App:
@@ -115,7 +114,6 @@ def test_map_hands_inputs_to_sandboxes_started_ahead(conn: dict[str, str]) -> No
 
     @app.function(stream_logs=False)
     def stamp(i: int) -> tuple[float, float, float]:
-        import os
         import time
 
         began = time.time()
@@ -188,16 +186,7 @@ MAP_SCRIPT = textwrap.dedent(
 
 def test_ctrl_c_during_map_deletes_every_sandbox(conn: dict[str, str], tmp_path: Path) -> None:
     disk = f"disk_{uuid.uuid4().hex[:10]}"
-    script = tmp_path / "interrupt_map.py"
-    script.write_text(MAP_SCRIPT)
-    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), disk],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_script(tmp_path / "interrupt_map.py", MAP_SCRIPT, conn, disk)
     client = archil.Archil(**conn)
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 import uuid
 from pathlib import Path
 
 import archil
-from procs import processes_with_env
+from procs import processes_with_env, start_script
 
 SCRIPT = textwrap.dedent(
     """
@@ -34,16 +31,7 @@ SCRIPT = textwrap.dedent(
 
 def test_ctrl_c_stops_and_deletes_the_sandbox(conn: dict[str, str], tmp_path: Path) -> None:
     disk = f"disk_{uuid.uuid4().hex[:10]}"
-    script = tmp_path / "interrupt.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "ARCHIL_BASE_URL": conn["base_url"], "ARCHIL_API_KEY": conn["api_key"]}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), disk],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_script(tmp_path / "interrupt.py", SCRIPT, conn, disk)
     client = archil.Archil(**conn)
     try:
         deadline = time.monotonic() + 60
