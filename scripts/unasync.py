@@ -113,6 +113,7 @@ REPLACEMENTS: dict[str, str] = {
     "aenter_detached": "enter_detached",
     "ADetached": "Detached",
     "ABackground": "Background",
+    "AConcurrent": "Concurrent",
     # archil's classes
     "AsyncArchil": "Archil",
     "AsyncTransport": "Transport",

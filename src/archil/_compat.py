@@ -19,15 +19,18 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import wait as wait_futures
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 __all__ = [
     "ABackground",
+    "AConcurrent",
     "ADetached",
     "ALock",
     "Background",
+    "Concurrent",
     "Detached",
     "Lock",
     "aenter_detached",
@@ -164,6 +167,57 @@ def gather_bounded(
         for fut in futures:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class AConcurrent(Generic[T]):
+    """Work started now that runs while the caller does something else: a task on the loop.
+
+    :meth:`join` waits for it and returns its value (or raises its failure);
+    :meth:`settle` waits for it without raising (before cleaning up after it).
+    """
+
+    def __init__(self, work: Callable[[], Awaitable[T]]) -> None:
+        self._task: asyncio.Future[T] = asyncio.ensure_future(work())
+
+    async def join(self) -> T:
+        """Its value, once it is done."""
+        return await self._task
+
+    async def settle(self) -> None:
+        """Wait until it is done, whatever its outcome."""
+        if not self._task.done():
+            await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.exception()
+
+
+class Concurrent(Generic[T]):
+    """Work started now that runs while the caller does something else: a thread of its own.
+
+    :meth:`join` waits for it and returns its value (or raises its failure);
+    :meth:`settle` waits for it without raising (before cleaning up after it).
+    """
+
+    def __init__(self, work: Callable[[], T]) -> None:
+        self._future: Future[T] = Future()
+        thread = threading.Thread(target=self._run, args=(work,), name="archil-io", daemon=True)
+        thread.start()
+
+    def _run(self, work: Callable[[], T]) -> None:
+        try:
+            value = work()
+        except BaseException as exc:
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(value)
+
+    def join(self) -> T:
+        """Its value, once it is done."""
+        return self._future.result()
+
+    def settle(self) -> None:
+        """Wait until it is done, whatever its outcome."""
+        wait_futures([self._future])
 
 
 class ADetached(Generic[T]):
@@ -328,6 +382,20 @@ def receive_event(session: Any, timeout: float) -> Any:
         return None
 
 
+YIELD_LIMIT = 0.25
+YIELD_QUIET = 0.02
+"""Background work (the cleanup of finished calls) waits until no call has been starting
+for ``YIELD_QUIET`` seconds, and at most ``YIELD_LIMIT`` seconds.
+
+A call's start (its payload upload, sandbox create and process start) and its result's
+read are sequential requests on its critical path; the stop and delete of the previous
+call's sandbox would otherwise share the control plane and the CPUs with them. Calls made
+one after another start within a few milliseconds of each other, so the cleanup of one
+runs while the next one's function runs. The limit keeps a steady stream of starts (a
+large ``map``) from holding cleanup back.
+"""
+
+
 class ABackground:
     """Work that finishes after the call that started it returned: tasks on the running loop.
 
@@ -337,12 +405,45 @@ class ABackground:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting = 0
+        self._last_start_ended = -YIELD_QUIET
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Mark a call's start: background work waits (up to ``YIELD_LIMIT`` s) until it ends."""
+        self._starting += 1
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            self._last_start_ended = time.monotonic()
+            if self._starting == 0:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work()`` in the background."""
-        task = asyncio.get_running_loop().create_task(_logged(work))
+        """Run ``work()`` in the background, once the calls being started have got going."""
+        task = asyncio.get_running_loop().create_task(self._run(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, work: Callable[[], Awaitable[None]]) -> None:
+        deadline = time.monotonic() + YIELD_LIMIT
+        while (left := deadline - time.monotonic()) > 0:
+            if self._starting:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(waiter, left)
+                continue
+            quiet = time.monotonic() - self._last_start_ended
+            if quiet >= YIELD_QUIET:
+                break
+            await asyncio.sleep(min(YIELD_QUIET - quiet, left))
+        await _logged(work)
 
     async def drain(self) -> None:
         """Wait until every piece of background work started so far has finished."""
@@ -369,13 +470,30 @@ class Background:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._futures: set[Any] = set()
+        self._starting = 0
+        self._last_start_ended = -YIELD_QUIET
+        self._quiet = threading.Condition()
+
+    @contextlib.contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Mark a call's start: background work waits (up to ``YIELD_LIMIT`` s) until it ends."""
+        with self._quiet:
+            self._starting += 1
+        try:
+            yield
+        finally:
+            with self._quiet:
+                self._starting -= 1
+                self._last_start_ended = time.monotonic()
+                if self._starting == 0:
+                    self._quiet.notify_all()
 
     def spawn(self, work: Callable[[], None]) -> None:
-        """Run ``work()`` on a worker thread."""
+        """Run ``work()`` on a worker thread, once the calls being started have got going."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="archil-cleanup")
-            future = self._pool.submit(_logged_sync, work)
+            future = self._pool.submit(self._run, work)
             self._futures.add(future)
         future.add_done_callback(self._done)
 
@@ -392,6 +510,16 @@ class Background:
                 return
             for future in pending:
                 future.exception()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        deadline = time.monotonic() + YIELD_LIMIT
+        with self._quiet:
+            while (left := deadline - time.monotonic()) > 0:
+                quiet = time.monotonic() - self._last_start_ended
+                if not self._starting and quiet >= YIELD_QUIET:
+                    break
+                self._quiet.wait(left if self._starting else min(YIELD_QUIET - quiet, left))
+        _logged_sync(work)
 
 
 def _logged_sync(work: Callable[[], None]) -> None:

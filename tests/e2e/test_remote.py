@@ -80,6 +80,46 @@ def test_remote_aio_and_blocking_remote_inside_a_running_loop(conn: dict[str, st
     assert asyncio.run(main()) == (49, 64, [1, 4, 9])
 
 
+def test_a_failed_input_upload_deletes_the_sandbox_started_meanwhile(
+    conn: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input goes to the disk while the sandbox starts: when the upload fails, that
+    failure is raised, the sandbox started meanwhile is deleted and no function runs."""
+    from archil._sync.resources.objects import Objects
+
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def never() -> None:
+        raise AssertionError("ran without its input")
+
+    client = app.client()
+    real_put = Objects.put
+    creates: list[str] = []
+    real_create = type(client.sandboxes).create_from
+
+    def create_from(self: object, *args: object, **kwargs: object) -> object:
+        sandbox = real_create(self, *args, **kwargs)  # type: ignore[arg-type]
+        creates.append(sandbox.id)
+        return sandbox
+
+    def failing_put(self: Objects, disk_id: str, key: str, *args: object, **kw: object) -> object:
+        if key.endswith("/input.pkl"):
+            import time
+
+            time.sleep(0.3)  # the sandbox is running by now
+            raise archil.PermissionDeniedError("uploads are refused", status_code=403)
+        return real_put(self, disk_id, key, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Objects, "put", failing_put)
+    monkeypatch.setattr(type(client.sandboxes), "create_from", create_from)
+    with pytest.raises(archil.PermissionDeniedError, match="uploads are refused"):
+        never.remote()
+    assert len(creates) == 1, "the sandbox was not started while the input was uploaded"
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
 def test_map_keeps_input_order(conn: dict[str, str]) -> None:
     app = new_app(conn)
 

@@ -35,7 +35,7 @@ from .._callproto import (
     decode_result,
     encode_call,
 )
-from .._compat import agather_bounded
+from .._compat import AConcurrent, agather_bounded
 from .._errors import (
     APIError,
     ArchilError,
@@ -256,15 +256,23 @@ class AsyncCallRunner:
         attempt: int,
         *,
         detached: bool = False,
+        ready: AConcurrent[Any] | None = None,
     ) -> tuple[AsyncSandbox, AsyncProcess]:
         """A sandbox running the bootstrap for ``paths`` (whose input is on the disk).
 
         ``detached``: the call outlives this connection (a spawned call), so the sandbox
-        must not be paused for want of a connection.
+        must not be paused for want of a connection. ``ready``: joined once the sandbox
+        runs and before the bootstrap starts (the input's upload, made meanwhile).
         """
         key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
         return await self._start_bootstrap(
-            spec, key, bootstrap_command(paths), lib, timeout=spec.timeout, detached=detached
+            spec,
+            key,
+            bootstrap_command(paths),
+            lib,
+            timeout=spec.timeout,
+            detached=detached,
+            ready=ready,
         )
 
     async def _start_bootstrap(
@@ -276,10 +284,16 @@ class AsyncCallRunner:
         *,
         timeout: int | None,
         detached: bool = False,
+        ready: AConcurrent[Any] | None = None,
     ) -> tuple[AsyncSandbox, AsyncProcess]:
-        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure."""
+        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure.
+
+        ``ready`` is joined between the sandbox's start and the command's.
+        """
         sandbox = await self._startup(spec, key)
         try:
+            if ready is not None:
+                await ready.join()
             if detached:
                 await sandbox.set_timeout(idle_ttl_seconds=0)
             process = await sandbox.run(
@@ -453,9 +467,12 @@ class AsyncCallRunner:
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
-        lib = await self._cloudpickle(disk)
-        await self._client.objects.put(disk, paths.input_key, payload)
         background = self._client._transport.background
+        with background.foreground():
+            lib = await self._cloudpickle(disk)
+        # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
+        objects = self._client.objects
+        upload = AConcurrent(functools.partial(objects.put, disk, paths.input_key, payload))
         interrupted = True
         try:
             attempt = 1
@@ -464,10 +481,15 @@ class AsyncCallRunner:
                 resend: str | None = None
                 taken = None
                 if standbys is not None and attempt == 1:
+                    with background.foreground():
+                        await upload.join()
                     taken = await standbys.take(paths)
                 try:
                     if taken is None:
-                        sandbox, process = await self._launch(spec, paths, lib, attempt)
+                        with background.foreground():
+                            sandbox, process = await self._launch(
+                                spec, paths, lib, attempt, ready=upload
+                            )
                     else:
                         sandbox, process = taken
                         resend = handover(paths)
@@ -491,9 +513,10 @@ class AsyncCallRunner:
                 if result is None:  # past its timeout, counted from the hand-over
                     result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
-                    value = await self._outcome(
-                        spec, disk, paths, result, tail.text(), what, sandbox.id
-                    )
+                    with background.foreground():
+                        value = await self._outcome(
+                            spec, disk, paths, result, tail.text(), what, sandbox.id
+                        )
                 except Exception as exc:
                     await self._retry_or_raise(spec, exc, attempt, what)
                     await self._remove_keys(disk, (paths.output_key,))
@@ -506,6 +529,7 @@ class AsyncCallRunner:
             raise
         finally:
             keys = (paths.input_key, paths.output_key)
+            await upload.settle()
             if interrupted:
                 await self._remove_keys(disk, keys)
             else:
@@ -717,7 +741,8 @@ class AsyncCallRunner:
         sandbox: AsyncSandbox | None = None
         finished = False
         try:
-            sandbox = await self._startup(spec, CallPaths.new().call_id[:20])
+            with self._client._transport.background.foreground():
+                sandbox = await self._startup(spec, CallPaths.new().call_id[:20])
             env = {**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"}
             result, tail = await self._follow(
                 sandbox, command, env, spec.cwd, spec.timeout, self._printer_for(spec)

@@ -37,7 +37,7 @@ from .._callproto import (
     decode_result,
     encode_call,
 )
-from .._compat import gather_bounded
+from .._compat import Concurrent, gather_bounded
 from .._errors import (
     APIError,
     ArchilError,
@@ -258,15 +258,23 @@ class CallRunner:
         attempt: int,
         *,
         detached: bool = False,
+        ready: Concurrent[Any] | None = None,
     ) -> tuple[Sandbox, Process]:
         """A sandbox running the bootstrap for ``paths`` (whose input is on the disk).
 
         ``detached``: the call outlives this connection (a spawned call), so the sandbox
-        must not be paused for want of a connection.
+        must not be paused for want of a connection. ``ready``: joined once the sandbox
+        runs and before the bootstrap starts (the input's upload, made meanwhile).
         """
         key = paths.call_id[:20] if attempt == 1 else f"{paths.call_id[:20]}-{attempt}"
         return self._start_bootstrap(
-            spec, key, bootstrap_command(paths), lib, timeout=spec.timeout, detached=detached
+            spec,
+            key,
+            bootstrap_command(paths),
+            lib,
+            timeout=spec.timeout,
+            detached=detached,
+            ready=ready,
         )
 
     def _start_bootstrap(
@@ -278,10 +286,16 @@ class CallRunner:
         *,
         timeout: int | None,
         detached: bool = False,
+        ready: Concurrent[Any] | None = None,
     ) -> tuple[Sandbox, Process]:
-        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure."""
+        """A new sandbox (named after ``key``) running ``command``, a bootstrap; deleted on failure.
+
+        ``ready`` is joined between the sandbox's start and the command's.
+        """
         sandbox = self._startup(spec, key)
         try:
+            if ready is not None:
+                ready.join()
             if detached:
                 sandbox.set_timeout(idle_ttl_seconds=0)
             process = sandbox.run(
@@ -455,9 +469,12 @@ class CallRunner:
         paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
-        lib = self._cloudpickle(disk)
-        self._client.objects.put(disk, paths.input_key, payload)
         background = self._client._transport.background
+        with background.foreground():
+            lib = self._cloudpickle(disk)
+        # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
+        objects = self._client.objects
+        upload = Concurrent(functools.partial(objects.put, disk, paths.input_key, payload))
         interrupted = True
         try:
             attempt = 1
@@ -466,10 +483,13 @@ class CallRunner:
                 resend: str | None = None
                 taken = None
                 if standbys is not None and attempt == 1:
+                    with background.foreground():
+                        upload.join()
                     taken = standbys.take(paths)
                 try:
                     if taken is None:
-                        sandbox, process = self._launch(spec, paths, lib, attempt)
+                        with background.foreground():
+                            sandbox, process = self._launch(spec, paths, lib, attempt, ready=upload)
                     else:
                         sandbox, process = taken
                         resend = handover(paths)
@@ -493,7 +513,10 @@ class CallRunner:
                 if result is None:  # past its timeout, counted from the hand-over
                     result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
-                    value = self._outcome(spec, disk, paths, result, tail.text(), what, sandbox.id)
+                    with background.foreground():
+                        value = self._outcome(
+                            spec, disk, paths, result, tail.text(), what, sandbox.id
+                        )
                 except Exception as exc:
                     self._retry_or_raise(spec, exc, attempt, what)
                     self._remove_keys(disk, (paths.output_key,))
@@ -506,6 +529,7 @@ class CallRunner:
             raise
         finally:
             keys = (paths.input_key, paths.output_key)
+            upload.settle()
             if interrupted:
                 self._remove_keys(disk, keys)
             else:
@@ -710,7 +734,8 @@ class CallRunner:
         sandbox: Sandbox | None = None
         finished = False
         try:
-            sandbox = self._startup(spec, CallPaths.new().call_id[:20])
+            with self._client._transport.background.foreground():
+                sandbox = self._startup(spec, CallPaths.new().call_id[:20])
             env = {**spec.env, **merged_env(spec.secrets), REMOTE_ENV: "1"}
             result, tail = self._follow(
                 sandbox, command, env, spec.cwd, spec.timeout, self._printer_for(spec)
