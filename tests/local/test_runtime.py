@@ -410,6 +410,26 @@ def test_hostname_and_pid_namespace(h: Harness) -> None:
     assert int(count) <= 4, "only the sandbox's own processes are in its /proc"
 
 
+def test_processes_keep_only_the_container_capabilities(h: Harness) -> None:
+    from archil.local._agent import KEPT_CAPABILITIES
+
+    env = h.boot()
+    p = h.run(
+        env, "grep -E '^Cap(Bnd|Eff):' /proc/self/status; sh -c 'grep ^CapBnd: /proc/self/status'"
+    )
+    lines = dict(line.split(":\t") for line in p.text().splitlines()[:2])
+    nested = p.text().splitlines()[2].split(":\t")[1]
+    kept = sum(1 << cap for cap in KEPT_CAPABILITIES)
+    assert int(lines["CapBnd"], 16) == kept
+    assert int(nested, 16) == kept, "a process started by a process keeps the same bound"
+    assert int(lines["CapEff"], 16) & ~kept == 0
+    mounted = h.run(env, "mount -t tmpfs none /tmp 2>&1; echo status=$?")
+    assert "status=0" not in mounted.text(), "a sandbox process could mount"
+    # The agent drops them from its bounding set, not from what it may do itself.
+    agent = h.run(env, "grep ^CapEff: /proc/1/status")
+    assert int(agent.text().split(":\t")[1], 16) & ~kept != 0
+
+
 # -- layers ---------------------------------------------------------------------------------
 
 

@@ -157,8 +157,9 @@ def unshare(flags: int) -> None:
 def drop_capabilities() -> None:
     """Remove every capability but :data:`KEPT_CAPABILITIES` from the bounding set.
 
-    Called in a child just before ``execve``: what it runs (and any set-user-ID program
-    after it) can never hold a dropped capability. A process without ``CAP_SETPCAP``
+    Called by the agent before it boots: the processes it forks inherit the bounding
+    set, so what they run (and any set-user-ID program after it) can never hold a
+    dropped capability. A process without ``CAP_SETPCAP``
     (an ordinary user on the host, in process mode) has none of them to lose.
     """
     try:
@@ -400,6 +401,10 @@ class Agent:
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda _s, _f: None)
+        # What each child resets before its execve, worked out once rather than per spawn.
+        self.ignored_signals = [
+            sig for sig in signal.valid_signals() if signal.getsignal(sig) == signal.SIG_IGN
+        ]
 
     # -- finding processes
 
@@ -500,12 +505,11 @@ class Agent:
             raise OSError(e.errno, f"cannot change to the directory {cwd}: {e.strerror}") from None
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 1 << 20)
-        drop_capabilities()
+        # The capabilities went from the agent's bounding set when it started (inherited).
         # execve resets handled signals; ignored ones (SIGPIPE, SIGXFSZ, SIGINT...) stay so.
-        for sig in signal.valid_signals():
-            if signal.getsignal(sig) == signal.SIG_IGN:
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(sig, signal.SIG_DFL)
+        for sig in self.ignored_signals:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         argv = [str(a) for a in msg["argv"]]
         env = {str(k): str(v) for k, v in msg["env"].items()}
@@ -666,10 +670,20 @@ def _agent_main(sock: socket.socket, cfg: Msg, alive_r: int) -> None:
     """P: wait for ``boot``, set the sandbox up, report ``ready`` (or ``error``), serve."""
     _die_with_parent(alive_fd=alive_r)
     os.close(alive_r)
+    # P never runs a program itself: dropping the capabilities from its bounding set (in
+    # its user namespace, which starts with a full one) leaves P's own intact, and every
+    # process it forks inherits the drop. Done while the sandbox is prepared, before boot.
+    dropped: OSError | None = None
+    try:
+        drop_capabilities()
+    except OSError as e:
+        dropped = e
     msg, fds = recv(sock)
     if msg is None or msg.get("type") != "boot":
         os._exit(0)  # a prepared sandbox that was not used
     try:
+        if dropped is not None:
+            raise dropped
         agent = _setup(sock, {**cfg, **dict(msg["config"])}, fds)
     except Exception as e:
         send(sock, {"type": "error", "message": describe(e)})
