@@ -104,9 +104,24 @@ def _write(call_dir, out):
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+
+def _exit():
+    # As multiprocessing's workers end: once the threads that are not daemons are done,
+    # the atexit handlers have run and the standard streams are flushed, leave without
+    # tearing the interpreter down (which takes milliseconds); on any surprise, normally.
+    try:
+        import atexit, threading
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        return
+    os._exit(0)
 """
 """How both bootstraps begin: cloudpickle (with the fallback library beside it on the
-disk), how a failure is described, and how a result is written (whole, then renamed)."""
+disk), how a failure is described, how a result is written (whole, then renamed), and
+how a call's process ends once its result is written."""
 
 BOOTSTRAP = (
     _PRELUDE
@@ -127,6 +142,7 @@ except BaseException as exc:
 sys.stdout.flush()
 sys.stderr.flush()
 _write(call_dir, out)
+_exit()
 """
 )
 

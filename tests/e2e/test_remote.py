@@ -120,6 +120,37 @@ def test_a_failed_input_upload_deletes_the_sandbox_started_meanwhile(
     assert client.sandboxes.list(disk_id=app.disk_id) == []
 
 
+def test_a_call_ends_once_its_threads_and_atexit_handlers_are_done(
+    conn: dict[str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The call's process skips the interpreter's teardown, but not what a normal exit
+    runs: threads that are not daemons finish, atexit handlers run, output is flushed."""
+    app = new_app(conn)
+
+    @app.function()
+    def leaves_work_behind() -> int:
+        import atexit
+        import sys
+        import threading
+        import time
+
+        def late(path: str, delay: float) -> None:
+            time.sleep(delay)
+            with open(path, "w") as f:
+                f.write("done")
+
+        threading.Thread(target=late, args=("/mnt/archil/thread.txt", 0.5)).start()
+        atexit.register(late, "/mnt/archil/atexit.txt", 0.0)
+        sys.stdout.write("no newline at the end")
+        return 7
+
+    assert leaves_work_behind.remote() == 7
+    assert "no newline at the end" in capfd.readouterr().out
+    client = app.client()
+    assert client.objects.get(app.disk_id, "thread.txt") == b"done"
+    assert client.objects.get(app.disk_id, "atexit.txt") == b"done"
+
+
 def test_map_keeps_input_order(conn: dict[str, str]) -> None:
     app = new_app(conn)
 
