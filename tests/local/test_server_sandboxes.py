@@ -461,3 +461,39 @@ def test_process_output_survives_in_files_not_memory(srv: LocalServer, c: httpx.
         assert files and max(f.stat().st_size for f in files) == 3_000_000
     finally:
         destroy(c, sid)
+
+
+def test_a_process_start_does_not_hold_up_other_requests(
+    c: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spawn waits for the sandbox's agent on a worker thread, not on the event loop."""
+    import threading
+
+    from archil.local.runtime import Environment
+
+    sid = create(c)["sandbox_id"]
+    entered, release = threading.Event(), threading.Event()
+    real_spawn = Environment.spawn
+
+    def slow_spawn(self: Environment, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return real_spawn(self, *args, **kwargs)
+
+    monkeypatch.setattr(Environment, "spawn", slow_spawn)
+    result: list[Run] = []
+    starter = threading.Thread(target=lambda: result.append(run(c, sid, "echo started")))
+    starter.start()
+    try:
+        assert entered.wait(10), "the process start never reached the runtime"
+        with httpx.Client(
+            base_url=c.base_url, headers={"Authorization": c.headers["Authorization"]}
+        ) as other:
+            r = other.get(f"/api/sandboxes/{sid}", timeout=5)
+        assert r.status_code == 200, "a request waited for another sandbox's process start"
+    finally:
+        release.set()
+        starter.join(30)
+    assert result and result[0].exit["exit_code"] == 0
+    assert result[0].stdout == "started\n"
+    destroy(c, sid)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 
-from .runtime import Environment, SpawnError
+from .runtime import Environment, RunningProcess, SpawnError
 from .sandboxes_live import (
     _EXEC_OUTPUT_CAP,
     _IMAGE_WAIT,
@@ -62,8 +62,12 @@ class _Processes(_Timers):
         limit: int = spec.get("max_concurrent_execs") or DEFAULT_MAX_CONCURRENT_EXECS
         return limit
 
-    def start_process(self, sid: str, spec: ProcessSpec) -> Proc:
-        """Start a process in a running sandbox (``SpawnError`` when it cannot be started)."""
+    async def start_process(self, sid: str, spec: ProcessSpec) -> Proc:
+        """Start a process in a running sandbox (``SpawnError`` when it cannot be started).
+
+        The spawn waits for the sandbox's agent to fork and exec; it does so on a worker
+        thread, so that the event loop serves other requests meanwhile.
+        """
         env = self.running_env(sid)
         live = self._live_of(sid)
         pid = "proc-" + secrets.token_hex(8)
@@ -81,8 +85,11 @@ class _Processes(_Timers):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._process_ended, proc, info)
 
+        def spawn() -> RunningProcess:
+            return env.spawn(spec, on_output=proc.output.append, on_exit=on_exit)
+
         try:
-            proc.running = env.spawn(spec, on_output=proc.output.append, on_exit=on_exit)
+            proc.running = await anyio.to_thread.run_sync(spawn)
         except SpawnError:
             proc.output.discard()
             raise

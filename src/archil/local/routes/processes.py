@@ -159,7 +159,7 @@ class _Session:
             spec = _process_spec(message)
             self._check_capacity()
             try:
-                proc = self.plane.sandboxes.start_process(self.sid, spec)
+                proc = await self.plane.sandboxes.start_process(self.sid, spec)
             except ApiError as exc:
                 raise _Refused("sandbox_not_running", exc.message) from None
             except SpawnError as exc:
