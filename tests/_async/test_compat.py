@@ -11,15 +11,23 @@ from archil import _compat
 from archil._compat import ABackground, AConcurrent, asleep
 
 
+class Recorder:
+    """Background work that notes when it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[float] = []
+
+    async def work(self) -> None:
+        self.ran.append(time.monotonic())
+
+
 async def test_background_work_waits_until_starts_end_and_a_quiet_moment_passes() -> None:
     background = ABackground()
-    ran: list[float] = []
-
-    async def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     with background.foreground():
-        background.spawn(work)
+        background.spawn(recorder.work)
         await asleep(0.1)
         assert ran == [], "background work ran while a call was starting"
         ended = time.monotonic()
@@ -30,14 +38,12 @@ async def test_background_work_waits_until_starts_end_and_a_quiet_moment_passes(
 
 async def test_background_work_waits_no_longer_than_the_limit() -> None:
     background = ABackground()
-    ran: list[float] = []
-
-    async def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     with background.foreground():
         spawned = time.monotonic()
-        background.spawn(work)
+        background.spawn(recorder.work)
         await asleep(_compat.YIELD_LIMIT + 0.5)
         assert len(ran) == 1, "a steady stream of starts held background work back"
     assert ran[0] - spawned >= _compat.YIELD_LIMIT * 0.9
@@ -46,13 +52,11 @@ async def test_background_work_waits_no_longer_than_the_limit() -> None:
 
 async def test_background_work_with_no_start_about_runs_at_once() -> None:
     background = ABackground()
-    ran: list[float] = []
-
-    async def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     spawned = time.monotonic()
-    background.spawn(work)
+    background.spawn(recorder.work)
     await background.drain()
     assert len(ran) == 1
     assert ran[0] - spawned < _compat.YIELD_LIMIT

@@ -13,15 +13,23 @@ from archil import _compat
 from archil._compat import Background, Concurrent, sleep
 
 
+class Recorder:
+    """Background work that notes when it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[float] = []
+
+    def work(self) -> None:
+        self.ran.append(time.monotonic())
+
+
 def test_background_work_waits_until_starts_end_and_a_quiet_moment_passes() -> None:
     background = Background()
-    ran: list[float] = []
-
-    def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     with background.foreground():
-        background.spawn(work)
+        background.spawn(recorder.work)
         sleep(0.1)
         assert ran == [], "background work ran while a call was starting"
         ended = time.monotonic()
@@ -32,14 +40,12 @@ def test_background_work_waits_until_starts_end_and_a_quiet_moment_passes() -> N
 
 def test_background_work_waits_no_longer_than_the_limit() -> None:
     background = Background()
-    ran: list[float] = []
-
-    def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     with background.foreground():
         spawned = time.monotonic()
-        background.spawn(work)
+        background.spawn(recorder.work)
         sleep(_compat.YIELD_LIMIT + 0.5)
         assert len(ran) == 1, "a steady stream of starts held background work back"
     assert ran[0] - spawned >= _compat.YIELD_LIMIT * 0.9
@@ -48,13 +54,11 @@ def test_background_work_waits_no_longer_than_the_limit() -> None:
 
 def test_background_work_with_no_start_about_runs_at_once() -> None:
     background = Background()
-    ran: list[float] = []
-
-    def work() -> None:
-        ran.append(time.monotonic())
+    recorder = Recorder()
+    ran = recorder.ran
 
     spawned = time.monotonic()
-    background.spawn(work)
+    background.spawn(recorder.work)
     background.drain()
     assert len(ran) == 1
     assert ran[0] - spawned < _compat.YIELD_LIMIT
