@@ -411,7 +411,10 @@ class ABackground:
 
     @contextlib.contextmanager
     def foreground(self) -> Iterator[None]:
-        """Mark a call's start: background work waits (up to ``YIELD_LIMIT`` s) until it ends."""
+        """Mark a stretch of a call's critical path (its start, its result's read).
+
+        Background work waits until none is in progress (see ``YIELD_LIMIT``).
+        """
         self._starting += 1
         try:
             yield
@@ -476,7 +479,10 @@ class Background:
 
     @contextlib.contextmanager
     def foreground(self) -> Iterator[None]:
-        """Mark a call's start: background work waits (up to ``YIELD_LIMIT`` s) until it ends."""
+        """Mark a stretch of a call's critical path (its start, its result's read).
+
+        Background work waits until none is in progress (see ``YIELD_LIMIT``).
+        """
         with self._quiet:
             self._starting += 1
         try:
