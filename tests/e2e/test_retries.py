@@ -118,3 +118,44 @@ def test_startup_timeout_names_the_limit(conn: dict[str, str]) -> None:
     assert time.monotonic() - t0 < 4
     app.client().flush()
     assert app.client().sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_a_sandbox_stopped_before_the_process_starts_is_a_sandbox_error_and_is_retried(
+    conn: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose sandbox stops before its process starts never ran: without retries it
+    raises SandboxError naming the sandbox, with retries it runs again in a new one."""
+    from archil._sync.resources.sandboxes import Sandbox
+
+    real_run = Sandbox.run
+    stopped: list[str] = []
+
+    def run_after_a_stop(self: Sandbox, command: str, **kwargs: object) -> object:
+        if not stopped:
+            self.stop()
+            stopped.append(self.id)
+        return real_run(self, command, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Sandbox, "run", run_after_a_stop)
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def once() -> str:
+        return "ran"
+
+    with pytest.raises(
+        archil.SandboxError, match="stopped before the call's process started"
+    ) as info:
+        once.remote()
+    assert info.value.sandbox_id == stopped[0]
+
+    stopped.clear()
+
+    @app.function(stream_logs=False, retries=1)
+    def again() -> str:
+        return "ran"
+
+    assert again.remote() == "ran"
+    assert len(stopped) == 1
+    app.client().flush()
+    assert app.client().sandboxes.list(disk_id=app.disk_id) == []

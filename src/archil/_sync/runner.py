@@ -305,6 +305,15 @@ class CallRunner:
                 timeout_seconds=timeout,
                 collect_output=False,
             )
+        except ConflictError as exc:
+            # The sandbox stopped between its start and the process's (stopped by someone,
+            # or its control plane restarted): nothing of the call ran, so it may run again.
+            self._discard(sandbox)
+            raise SandboxError(
+                f"sandbox {sandbox.id} stopped before the call's process started: {exc.message}",
+                sandbox_id=sandbox.id,
+                exit_reason=exc.message,
+            ) from exc
         except BaseException:
             self._discard(sandbox)
             raise
