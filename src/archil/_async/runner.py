@@ -52,6 +52,7 @@ from .._models import SandboxData
 from .._process import ProcessResult
 from .._secrets import merged_env
 from .client import AsyncArchil
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
 from .standby import AsyncStandbys, handover
 
@@ -130,7 +131,7 @@ class AsyncCallRunner:
             busy = [s for s in found if s.status in _PREPARING]
             for sandbox in found:
                 if sandbox not in busy and sandbox.status not in ("deleting", "deleted"):
-                    await self._discard(sandbox)
+                    await discard_sandbox(sandbox)
             if busy:
                 await self._client._transport.sleep(_PREPARE_POLL)
                 continue
@@ -174,7 +175,7 @@ class AsyncCallRunner:
             and (s.status in _PREPARING or (s.status == "stopped" and s.checkpoint))
         ]
         if any(_age(s) < _age(sandbox) for s in rivals):
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             return None
         printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
         try:
@@ -182,10 +183,10 @@ class AsyncCallRunner:
                 sandbox, spec.image.prepare or "", {}, "/", spec.startup_timeout, printer
             )
         except BaseException:
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise
         if result.status == "timed_out":
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise FunctionTimeoutError(
                 f"preparing the image {spec.image.base} took longer than "
                 f"startup_timeout={spec.startup_timeout} s",
@@ -193,7 +194,7 @@ class AsyncCallRunner:
                 seconds=float(spec.startup_timeout or 0),
             )
         if not result.ok:
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise ImageBuildError(
                 f"preparing the image {spec.image.base} failed: the steps "
                 f"{_ended(result)} in sandbox {sandbox.id}",
@@ -201,17 +202,6 @@ class AsyncCallRunner:
                 logs=tail,
             )
         return await sandbox.stop(wait=True)
-
-    async def _discard(self, sandbox: AsyncSandbox) -> None:
-        """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
-        try:
-            if sandbox.status not in ("stopped", "exited", "failed"):
-                await sandbox.stop(wait=True)
-            await sandbox.delete()
-        except NotFoundError:
-            pass
-        except ArchilError as exc:
-            log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
 
     async def _sandbox(self, spec: FunctionSpec, key: str) -> AsyncSandbox:
         """A running sandbox for one call: a fork of the image's preparation, or a new one.
@@ -239,7 +229,7 @@ class AsyncCallRunner:
         began = self._client._transport.clock()
         sandbox = await self._sandbox(spec, key)
         if limit is not None and self._client._transport.clock() - began > limit:
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise FunctionTimeoutError(
                 f"preparing the image and starting the sandbox took longer than "
                 f"startup_timeout={limit} s",
@@ -306,14 +296,14 @@ class AsyncCallRunner:
         except ConflictError as exc:
             # The sandbox stopped between its start and the process's (stopped by someone,
             # or its control plane restarted): nothing of the call ran, so it may run again.
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise SandboxError(
                 f"sandbox {sandbox.id} stopped before the call's process started: {exc.message}",
                 sandbox_id=sandbox.id,
                 exit_reason=exc.message,
             ) from exc
         except BaseException:
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
             raise
         return sandbox, process
 
@@ -516,9 +506,9 @@ class AsyncCallRunner:
                         process, self._printer_for(spec), tail, deadline, resend=resend
                     )
                 except BaseException:
-                    await self._discard(sandbox)
+                    await discard_sandbox(sandbox)
                     raise
-                background.spawn(functools.partial(self._discard, sandbox))
+                background.spawn(functools.partial(discard_sandbox, sandbox))
                 if result is None:  # past its timeout, counted from the hand-over
                     result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
@@ -570,7 +560,7 @@ class AsyncCallRunner:
             await self._client.objects.put(disk, paths.record_key, record.dumps())
         except BaseException:
             if sandbox is not None:
-                await self._discard(sandbox)
+                await discard_sandbox(sandbox)
             await self._remove_keys(disk, (paths.input_key, paths.record_key))
             raise
         return record
@@ -627,7 +617,7 @@ class AsyncCallRunner:
                 )
             except Exception as exc:
                 if sandbox is not None:
-                    await self._discard(sandbox)
+                    await discard_sandbox(sandbox)
                 try:
                     await self._retry_or_raise(spec, exc, record.attempt, what)
                 except BaseException:
@@ -645,7 +635,7 @@ class AsyncCallRunner:
                 await self._client.objects.put(disk, paths.record_key, record.dumps())
                 continue
             if sandbox is not None:
-                await self._discard(sandbox)
+                await discard_sandbox(sandbox)
             await self._forget(disk, paths)
             return value
 
@@ -668,7 +658,7 @@ class AsyncCallRunner:
         except NotFoundError:
             pass
         else:
-            await self._discard(sandbox)
+            await discard_sandbox(sandbox)
         await self._remove_keys(disk, (paths.input_key, paths.output_key))
 
     async def _forget(self, disk: str, paths: CallPaths) -> None:
@@ -771,9 +761,9 @@ class AsyncCallRunner:
             if sandbox is not None:
                 done = sandbox
                 if finished:
-                    self._client._transport.background.spawn(lambda: self._discard(done))
+                    self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
-                    await self._discard(done)
+                    await discard_sandbox(done)
 
 
 def _age(sandbox: AsyncSandbox) -> tuple[datetime, str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
 from .._errors import APIConnectionError, ArchilError
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
 
 if TYPE_CHECKING:
@@ -125,4 +126,4 @@ class AsyncStandbys:
         try:
             await process.close()
         finally:
-            await self._runner._discard(sandbox)
+            await discard_sandbox(sandbox)

@@ -23,6 +23,7 @@ from .._callproto import (
     encode_method_call,
 )
 from .._errors import ArchilError, ContainerError, FunctionTimeoutError
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
 from .runner import AsyncCallRunner
 
@@ -180,7 +181,7 @@ class AsyncWarmContainer:
             except Exception as exc:
                 log.debug("closing the process of %s: %s", self._what, exc)
         if sandbox is not None:
-            await self._runner._discard(sandbox)
+            await discard_sandbox(sandbox)
         await self._runner._remove_keys(
             self._spec.disk_id, (self._init.input_key, self._init.output_key)
         )

@@ -54,6 +54,7 @@ from .._models import SandboxData
 from .._process import ProcessResult
 from .._secrets import merged_env
 from .client import Archil
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import Process, Sandbox
 from .standby import Standbys, handover
 
@@ -132,7 +133,7 @@ class CallRunner:
             busy = [s for s in found if s.status in _PREPARING]
             for sandbox in found:
                 if sandbox not in busy and sandbox.status not in ("deleting", "deleted"):
-                    self._discard(sandbox)
+                    discard_sandbox(sandbox)
             if busy:
                 self._client._transport.sleep(_PREPARE_POLL)
                 continue
@@ -176,7 +177,7 @@ class CallRunner:
             and (s.status in _PREPARING or (s.status == "stopped" and s.checkpoint))
         ]
         if any(_age(s) < _age(sandbox) for s in rivals):
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             return None
         printer = LogPrinter(prefix="[build] ") if spec.stream_logs else None
         try:
@@ -184,10 +185,10 @@ class CallRunner:
                 sandbox, spec.image.prepare or "", {}, "/", spec.startup_timeout, printer
             )
         except BaseException:
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise
         if result.status == "timed_out":
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise FunctionTimeoutError(
                 f"preparing the image {spec.image.base} took longer than "
                 f"startup_timeout={spec.startup_timeout} s",
@@ -195,7 +196,7 @@ class CallRunner:
                 seconds=float(spec.startup_timeout or 0),
             )
         if not result.ok:
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise ImageBuildError(
                 f"preparing the image {spec.image.base} failed: the steps "
                 f"{_ended(result)} in sandbox {sandbox.id}",
@@ -203,17 +204,6 @@ class CallRunner:
                 logs=tail,
             )
         return sandbox.stop(wait=True)
-
-    def _discard(self, sandbox: Sandbox) -> None:
-        """Stop (idempotent) and delete a sandbox, tolerating one that is already gone."""
-        try:
-            if sandbox.status not in ("stopped", "exited", "failed"):
-                sandbox.stop(wait=True)
-            sandbox.delete()
-        except NotFoundError:
-            pass
-        except ArchilError as exc:
-            log.warning("could not clean up sandbox %s: %s", sandbox.id, exc)
 
     def _sandbox(self, spec: FunctionSpec, key: str) -> Sandbox:
         """A running sandbox for one call: a fork of the image's preparation, or a new one.
@@ -241,7 +231,7 @@ class CallRunner:
         began = self._client._transport.clock()
         sandbox = self._sandbox(spec, key)
         if limit is not None and self._client._transport.clock() - began > limit:
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise FunctionTimeoutError(
                 f"preparing the image and starting the sandbox took longer than "
                 f"startup_timeout={limit} s",
@@ -308,14 +298,14 @@ class CallRunner:
         except ConflictError as exc:
             # The sandbox stopped between its start and the process's (stopped by someone,
             # or its control plane restarted): nothing of the call ran, so it may run again.
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise SandboxError(
                 f"sandbox {sandbox.id} stopped before the call's process started: {exc.message}",
                 sandbox_id=sandbox.id,
                 exit_reason=exc.message,
             ) from exc
         except BaseException:
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
             raise
         return sandbox, process
 
@@ -516,9 +506,9 @@ class CallRunner:
                         process, self._printer_for(spec), tail, deadline, resend=resend
                     )
                 except BaseException:
-                    self._discard(sandbox)
+                    discard_sandbox(sandbox)
                     raise
-                background.spawn(functools.partial(self._discard, sandbox))
+                background.spawn(functools.partial(discard_sandbox, sandbox))
                 if result is None:  # past its timeout, counted from the hand-over
                     result = ProcessResult(process.id, "timed_out", None, None, "", "")
                 try:
@@ -570,7 +560,7 @@ class CallRunner:
             self._client.objects.put(disk, paths.record_key, record.dumps())
         except BaseException:
             if sandbox is not None:
-                self._discard(sandbox)
+                discard_sandbox(sandbox)
             self._remove_keys(disk, (paths.input_key, paths.record_key))
             raise
         return record
@@ -627,7 +617,7 @@ class CallRunner:
                 )
             except Exception as exc:
                 if sandbox is not None:
-                    self._discard(sandbox)
+                    discard_sandbox(sandbox)
                 try:
                     self._retry_or_raise(spec, exc, record.attempt, what)
                 except BaseException:
@@ -643,7 +633,7 @@ class CallRunner:
                 self._client.objects.put(disk, paths.record_key, record.dumps())
                 continue
             if sandbox is not None:
-                self._discard(sandbox)
+                discard_sandbox(sandbox)
             self._forget(disk, paths)
             return value
 
@@ -666,7 +656,7 @@ class CallRunner:
         except NotFoundError:
             pass
         else:
-            self._discard(sandbox)
+            discard_sandbox(sandbox)
         self._remove_keys(disk, (paths.input_key, paths.output_key))
 
     def _forget(self, disk: str, paths: CallPaths) -> None:
@@ -764,9 +754,9 @@ class CallRunner:
             if sandbox is not None:
                 done = sandbox
                 if finished:
-                    self._client._transport.background.spawn(lambda: self._discard(done))
+                    self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
-                    self._discard(done)
+                    discard_sandbox(done)
 
 
 def _age(sandbox: Sandbox) -> tuple[datetime, str]:

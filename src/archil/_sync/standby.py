@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
 from .._errors import APIConnectionError, ArchilError
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import Process, Sandbox
 
 if TYPE_CHECKING:
@@ -127,4 +128,4 @@ class Standbys:
         try:
             process.close()
         finally:
-            self._runner._discard(sandbox)
+            discard_sandbox(sandbox)

@@ -25,6 +25,7 @@ from .._callproto import (
     encode_method_call,
 )
 from .._errors import ArchilError, ContainerError, FunctionTimeoutError
+from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import Process, Sandbox
 from .runner import CallRunner
 
@@ -178,5 +179,5 @@ class WarmContainer:
             except Exception as exc:
                 log.debug("closing the process of %s: %s", self._what, exc)
         if sandbox is not None:
-            self._runner._discard(sandbox)
+            discard_sandbox(sandbox)
         self._runner._remove_keys(self._spec.disk_id, (self._init.input_key, self._init.output_key))

@@ -233,6 +233,7 @@ def _detach_job(obj: Job, as_json: bool) -> None:
     """Start the job's command in its sandbox and leave it running; print the sandbox id."""
     from .._callproto import REMOTE_ENV, CallPaths
     from .._secrets import merged_env
+    from .._sync.resources.sandbox_handle import discard_sandbox
     from .._sync.runner import CallRunner
 
     client = obj.app.client()
@@ -251,7 +252,7 @@ def _detach_job(obj: Job, as_json: bool) -> None:
             collect_output=False,
         )
     except BaseException:
-        runner._discard(sandbox)
+        discard_sandbox(sandbox)
         raise
     process.close()
     if as_json:

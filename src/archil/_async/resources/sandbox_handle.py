@@ -15,8 +15,15 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ..._compat import asleep
-from ..._errors import APIConnectionError, APIStatusError, ArchilError, ConflictError
+from ..._errors import (
+    APIConnectionError,
+    APIStatusError,
+    ArchilError,
+    ConflictError,
+    NotFoundError,
+)
 from ..._models import (
+    SANDBOX_DELETABLE_STATES,
     SANDBOX_INACTIVE_STATES,
     ForkSandboxRequest,
     SandboxConnection,
@@ -53,11 +60,15 @@ _INTERRUPTED_CREATE_LOOKUPS = 5
 """Lookups, 0.2 s apart, for the sandbox of a create that was interrupted in flight."""
 
 
-async def _discard_quietly(sandbox: AsyncSandbox) -> None:
-    """Stop and delete a sandbox this call should not have made (best effort)."""
+async def discard_sandbox(sandbox: AsyncSandbox) -> None:
+    """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
+    fine, another failure is logged, never raised."""
     try:
-        await sandbox.stop(wait=True)
+        if sandbox.status not in SANDBOX_DELETABLE_STATES:
+            await sandbox.stop(wait=True)
         await sandbox.delete()
+    except NotFoundError:
+        pass
     except ArchilError as exc:
         logger.warning("could not delete sandbox %s: %s", sandbox.id, _describe(exc))
 
@@ -129,7 +140,7 @@ async def _discard_named(transport: AsyncTransport, name: str) -> None:
         for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
             found = await _find(transport, name, max_retries=0)
             if found is not None:
-                await _discard_quietly(found)
+                await discard_sandbox(found)
                 return
             await asleep(0.2)
     except ArchilError as exc:

@@ -38,7 +38,7 @@ from ..._models import (
 from ..._wire import RequestOptions, parse_model
 from .._transport import AsyncTransport
 from .processes import AsyncProcess
-from .sandbox_handle import AsyncSandbox, _create_or_find, _discard_quietly, _find, _list
+from .sandbox_handle import AsyncSandbox, _create_or_find, _find, _list, discard_sandbox
 from .sandbox_support import _NOT_PICKLABLE, _mount_list, generated_name, sandbox_path
 from .sandbox_support import FIRST_POLL_INTERVAL as FIRST_POLL_INTERVAL
 from .sandbox_support import MAX_POLL_INTERVAL as MAX_POLL_INTERVAL
@@ -155,7 +155,7 @@ class AsyncSandboxes:
         if request.kernel_variant is not None and sandbox.data.kernel_variant != (
             request.kernel_variant
         ):
-            await _discard_quietly(sandbox)
+            await discard_sandbox(sandbox)
             raise ArchilError(
                 f"kernel_variant={request.kernel_variant!r} is an archil extension that this "
                 "control plane does not offer (the sandbox API has no kernel variants); "

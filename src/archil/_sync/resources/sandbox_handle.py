@@ -17,8 +17,15 @@ from typing import Any
 from typing_extensions import Unpack
 
 from ..._compat import sleep
-from ..._errors import APIConnectionError, APIStatusError, ArchilError, ConflictError
+from ..._errors import (
+    APIConnectionError,
+    APIStatusError,
+    ArchilError,
+    ConflictError,
+    NotFoundError,
+)
 from ..._models import (
+    SANDBOX_DELETABLE_STATES,
     SANDBOX_INACTIVE_STATES,
     ForkSandboxRequest,
     SandboxConnection,
@@ -55,11 +62,15 @@ _INTERRUPTED_CREATE_LOOKUPS = 5
 """Lookups, 0.2 s apart, for the sandbox of a create that was interrupted in flight."""
 
 
-def _discard_quietly(sandbox: Sandbox) -> None:
-    """Stop and delete a sandbox this call should not have made (best effort)."""
+def discard_sandbox(sandbox: Sandbox) -> None:
+    """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
+    fine, another failure is logged, never raised."""
     try:
-        sandbox.stop(wait=True)
+        if sandbox.status not in SANDBOX_DELETABLE_STATES:
+            sandbox.stop(wait=True)
         sandbox.delete()
+    except NotFoundError:
+        pass
     except ArchilError as exc:
         logger.warning("could not delete sandbox %s: %s", sandbox.id, _describe(exc))
 
@@ -129,7 +140,7 @@ def _discard_named(transport: Transport, name: str) -> None:
         for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
             found = _find(transport, name, max_retries=0)
             if found is not None:
-                _discard_quietly(found)
+                discard_sandbox(found)
                 return
             sleep(0.2)
     except ArchilError as exc:

@@ -40,7 +40,7 @@ from ..._models import (
 from ..._wire import RequestOptions, parse_model
 from .._transport import Transport
 from .processes import Process
-from .sandbox_handle import Sandbox, _create_or_find, _discard_quietly, _find, _list
+from .sandbox_handle import Sandbox, _create_or_find, _find, _list, discard_sandbox
 from .sandbox_support import _NOT_PICKLABLE, _mount_list, generated_name, sandbox_path
 from .sandbox_support import FIRST_POLL_INTERVAL as FIRST_POLL_INTERVAL
 from .sandbox_support import MAX_POLL_INTERVAL as MAX_POLL_INTERVAL
@@ -157,7 +157,7 @@ class Sandboxes:
         if request.kernel_variant is not None and sandbox.data.kernel_variant != (
             request.kernel_variant
         ):
-            _discard_quietly(sandbox)
+            discard_sandbox(sandbox)
             raise ArchilError(
                 f"kernel_variant={request.kernel_variant!r} is an archil extension that this "
                 "control plane does not offer (the sandbox API has no kernel variants); "
