@@ -132,6 +132,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncSandboxLifecycle": "SandboxLifecycle",
     "AsyncProcess": "Process",
     "AsyncCallRunner": "CallRunner",
+    "AsyncLauncher": "Launcher",
     "AsyncWarmContainer": "WarmContainer",
     "AsyncStandbys": "Standbys",
 }

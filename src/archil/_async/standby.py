@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
 from .._errors import APIConnectionError, ArchilError
+from .launcher import AsyncLauncher
 from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
-
-if TYPE_CHECKING:
-    from .runner import AsyncCallRunner
 
 __all__ = ["AsyncStandbys", "handover"]
 
@@ -42,8 +39,8 @@ def handover(paths: CallPaths) -> str:
 class AsyncStandbys:
     """The sandboxes one ``map`` started ahead, each waiting for a call (see the module docs)."""
 
-    def __init__(self, runner: AsyncCallRunner, spec: FunctionSpec, lib: str, inputs: int) -> None:
-        self._runner = runner
+    def __init__(self, launcher: AsyncLauncher, spec: FunctionSpec, lib: str, inputs: int) -> None:
+        self._launcher = launcher
         self._spec = spec
         self._lib = lib
         self._waiting = inputs
@@ -118,7 +115,7 @@ class AsyncStandbys:
     async def _start(self) -> Launched:
         # No process timeout: the call's timeout counts from the hand-over (see call()).
         key = "a" + CallPaths.new().call_id[:19]
-        return await self._runner._start_bootstrap(
+        return await self._launcher._start_bootstrap(
             self._spec, key, standby_command(), self._lib, timeout=None
         )
 

@@ -23,9 +23,9 @@ from .._callproto import (
     encode_method_call,
 )
 from .._errors import ArchilError, ContainerError, FunctionTimeoutError
+from .launcher import AsyncLauncher
 from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncProcess, AsyncSandbox
-from .runner import AsyncCallRunner
 
 __all__ = ["AsyncWarmContainer"]
 
@@ -38,10 +38,10 @@ class AsyncWarmContainer:
     """A sandbox running one instance of a class; :meth:`call` runs a method in it."""
 
     def __init__(
-        self, runner: AsyncCallRunner, spec: FunctionSpec, payload: bytes, what: str
+        self, launcher: AsyncLauncher, spec: FunctionSpec, payload: bytes, what: str
     ) -> None:
-        self._runner = runner
-        self._client = runner._client
+        self._launcher = launcher
+        self._client = launcher._client
         self._spec = spec
         self._payload = payload
         self._what = what
@@ -67,11 +67,11 @@ class AsyncWarmContainer:
         The ``enter`` methods' error, if they raise, is raised here and the
         sandbox is deleted.
         """
-        runner, spec, disk = self._runner, self._spec, self._spec.disk_id
-        lib = await runner._cloudpickle(disk)
+        launcher, spec, disk = self._launcher, self._spec, self._spec.disk_id
+        lib = await launcher._cloudpickle(disk)
         await self._client.objects.put(disk, self._init.input_key, self._payload)
         try:
-            self._sandbox = await runner._startup(spec, self._init.call_id[:20])
+            self._sandbox = await launcher._startup(spec, self._init.call_id[:20])
             self._process = await self._sandbox.run(
                 cls_bootstrap_command(self._init),
                 env=spec.process_env(lib),
@@ -110,7 +110,7 @@ class AsyncWarmContainer:
             await self.close()
             raise
         finally:
-            await self._runner._remove_keys(disk, (paths.input_key, paths.output_key))
+            await self._launcher._remove_keys(disk, (paths.input_key, paths.output_key))
         return decode_result(data)
 
     async def _result(self, paths: CallPaths, deadline: float | None, what: str) -> bytes:
@@ -119,12 +119,12 @@ class AsyncWarmContainer:
         sandbox = self._sandbox
         assert process is not None and sandbox is not None
         marker = call_marker(paths.call_id)
-        printer = self._runner._printer_for(self._spec)
+        printer = self._launcher._printer_for(self._spec)
         tail = OutputTail()
         clock = self._client._transport.clock
         done = False
         while not done and process.result is None:
-            self._runner._check_abort()
+            self._launcher._check_abort()
             idle = _POLL
             if deadline is not None:
                 left = deadline - clock()
@@ -182,6 +182,6 @@ class AsyncWarmContainer:
                 log.debug("closing the process of %s: %s", self._what, exc)
         if sandbox is not None:
             await discard_sandbox(sandbox)
-        await self._runner._remove_keys(
+        await self._launcher._remove_keys(
             self._spec.disk_id, (self._init.input_key, self._init.output_key)
         )

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
 from .._errors import APIConnectionError, ArchilError
+from .launcher import Launcher
 from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import Process, Sandbox
-
-if TYPE_CHECKING:
-    from .runner import CallRunner
 
 __all__ = ["Standbys", "handover"]
 
@@ -44,8 +41,8 @@ def handover(paths: CallPaths) -> str:
 class Standbys:
     """The sandboxes one ``map`` started ahead, each waiting for a call (see the module docs)."""
 
-    def __init__(self, runner: CallRunner, spec: FunctionSpec, lib: str, inputs: int) -> None:
-        self._runner = runner
+    def __init__(self, launcher: Launcher, spec: FunctionSpec, lib: str, inputs: int) -> None:
+        self._launcher = launcher
         self._spec = spec
         self._lib = lib
         self._waiting = inputs
@@ -120,7 +117,7 @@ class Standbys:
     def _start(self) -> Launched:
         # No process timeout: the call's timeout counts from the hand-over (see call()).
         key = "a" + CallPaths.new().call_id[:19]
-        return self._runner._start_bootstrap(
+        return self._launcher._start_bootstrap(
             self._spec, key, standby_command(), self._lib, timeout=None
         )
 

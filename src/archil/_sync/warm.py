@@ -25,9 +25,9 @@ from .._callproto import (
     encode_method_call,
 )
 from .._errors import ArchilError, ContainerError, FunctionTimeoutError
+from .launcher import Launcher
 from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import Process, Sandbox
-from .runner import CallRunner
 
 __all__ = ["WarmContainer"]
 
@@ -39,9 +39,9 @@ _POLL = 0.5
 class WarmContainer:
     """A sandbox running one instance of a class; :meth:`call` runs a method in it."""
 
-    def __init__(self, runner: CallRunner, spec: FunctionSpec, payload: bytes, what: str) -> None:
-        self._runner = runner
-        self._client = runner._client
+    def __init__(self, launcher: Launcher, spec: FunctionSpec, payload: bytes, what: str) -> None:
+        self._launcher = launcher
+        self._client = launcher._client
         self._spec = spec
         self._payload = payload
         self._what = what
@@ -67,11 +67,11 @@ class WarmContainer:
         The ``enter`` methods' error, if they raise, is raised here and the
         sandbox is deleted.
         """
-        runner, spec, disk = self._runner, self._spec, self._spec.disk_id
-        lib = runner._cloudpickle(disk)
+        launcher, spec, disk = self._launcher, self._spec, self._spec.disk_id
+        lib = launcher._cloudpickle(disk)
         self._client.objects.put(disk, self._init.input_key, self._payload)
         try:
-            self._sandbox = runner._startup(spec, self._init.call_id[:20])
+            self._sandbox = launcher._startup(spec, self._init.call_id[:20])
             self._process = self._sandbox.run(
                 cls_bootstrap_command(self._init),
                 env=spec.process_env(lib),
@@ -108,7 +108,7 @@ class WarmContainer:
             self.close()
             raise
         finally:
-            self._runner._remove_keys(disk, (paths.input_key, paths.output_key))
+            self._launcher._remove_keys(disk, (paths.input_key, paths.output_key))
         return decode_result(data)
 
     def _result(self, paths: CallPaths, deadline: float | None, what: str) -> bytes:
@@ -117,12 +117,12 @@ class WarmContainer:
         sandbox = self._sandbox
         assert process is not None and sandbox is not None
         marker = call_marker(paths.call_id)
-        printer = self._runner._printer_for(self._spec)
+        printer = self._launcher._printer_for(self._spec)
         tail = OutputTail()
         clock = self._client._transport.clock
         done = False
         while not done and process.result is None:
-            self._runner._check_abort()
+            self._launcher._check_abort()
             idle = _POLL
             if deadline is not None:
                 left = deadline - clock()
@@ -180,4 +180,6 @@ class WarmContainer:
                 log.debug("closing the process of %s: %s", self._what, exc)
         if sandbox is not None:
             discard_sandbox(sandbox)
-        self._runner._remove_keys(self._spec.disk_id, (self._init.input_key, self._init.output_key))
+        self._launcher._remove_keys(
+            self._spec.disk_id, (self._init.input_key, self._init.output_key)
+        )

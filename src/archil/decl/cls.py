@@ -188,7 +188,7 @@ class Cls(Generic[T]):
     def _call(
         self, key: bytes, payload: bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        from .._sync.runner import CallRunner
+        from .._sync.launcher import Launcher
         from .._sync.warm import WarmContainer
 
         with self._lock:
@@ -198,8 +198,8 @@ class Cls(Generic[T]):
                 entry.timer.cancel()
                 entry.timer = None
             if entry.container is None or not entry.container.alive:
-                runner = CallRunner(self.app.client())
-                container = WarmContainer(runner, self.options, payload, self.name)
+                launcher = Launcher(self.app.client())
+                container = WarmContainer(launcher, self.options, payload, self.name)
                 _register_exit()
                 container.start()
                 entry.container = container
@@ -254,7 +254,7 @@ class Cls(Generic[T]):
     async def _acall(
         self, key: bytes, payload: bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        from .._async.runner import AsyncCallRunner
+        from .._async.launcher import AsyncLauncher
         from .._async.warm import AsyncWarmContainer
 
         state = await self._state()
@@ -264,8 +264,8 @@ class Cls(Generic[T]):
                 entry.timer.cancel()
                 entry.timer = None
             if entry.container is None or not entry.container.alive:
-                runner = AsyncCallRunner(state.client)
-                container = AsyncWarmContainer(runner, self.options, payload, self.name)
+                launcher = AsyncLauncher(state.client)
+                container = AsyncWarmContainer(launcher, self.options, payload, self.name)
                 await container.start()
                 entry.container = container
             try:
