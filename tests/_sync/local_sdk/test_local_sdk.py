@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -81,6 +83,35 @@ def test_disk_crud_and_users(sdk: Archil) -> None:
     sdk.disks.delete(disk.id)
     with pytest.raises(archil.NotFoundError):
         sdk.disks.get(disk.id)
+
+
+class _ImportLookups(importlib.abc.MetaPathFinder):
+    """Records every import that is not already in ``sys.modules``."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        self.names.append(fullname)
+        return None
+
+
+def test_requests_in_flight_look_up_no_module(sdk: Archil) -> None:
+    # A module lookup on the request path is a search of sys.path on every request
+    # (httpcore asks for sniffio on each lock it sets up, for one).
+    disk = sdk.disks.create(_name())
+
+    def get(_: int) -> str:
+        return (sdk.disks.get(disk.id)).id
+
+    assert [d for d in gather_bounded(get, range(8), 8)] == [disk.id] * 8
+    lookups = _ImportLookups()
+    sys.meta_path.insert(0, lookups)
+    try:
+        assert [d for d in gather_bounded(get, range(40), 8)] == [disk.id] * 40
+    finally:
+        sys.meta_path.remove(lookups)
+    assert lookups.names == []
 
 
 def test_objects_round_trip_small_and_empty(sdk: Archil) -> None:
