@@ -32,6 +32,7 @@ from .helpers import (
     API_KEY,
     BASE,
     DISK,
+    OBJ,
     FakeClock,
     disk_json,
     err,
@@ -239,6 +240,29 @@ def test_headers(client: Archil, router: respx.MockRouter) -> None:
     headers = route.calls[0].request.headers
     assert headers["Authorization"] == API_KEY
     assert headers["User-Agent"].startswith("archil-python/")
+
+
+def test_a_requests_own_headers_stay_its_own(
+    client: Archil, router: respx.MockRouter, clock: FakeClock
+) -> None:
+    # The auth and user-agent headers are built once and shared: what one request
+    # adds (an idempotency key, a content type) must not reach the next.
+    posts = router.post("/api/sandboxes").mock(return_value=ok(sandbox_json("running"), 202))
+    put = router.put(f"{OBJ}/{DISK}/k").mock(return_value=httpx.Response(200))
+    gets = router.get(f"/api/disks/{DISK}").mock(return_value=ok(disk_json()))
+    client.sandboxes.create()
+    client.objects.put(DISK, "k", b"x", content_type="text/plain")
+    client.disks.get(DISK)
+    other = make_client(clock, api_key="another-key-0123456789")
+    other.disks.get(DISK)
+    client.disks.get(DISK)
+    other.close()
+    assert put.calls[0].request.headers["Content-Type"] == "text/plain"
+    assert "Idempotency-Key" in posts.calls[0].request.headers
+    sent = [call.request.headers for call in gets.calls]
+    assert [h["Authorization"] for h in sent] == [API_KEY, "another-key-0123456789", API_KEY]
+    for headers in sent:
+        assert "Idempotency-Key" not in headers and "Content-Type" not in headers
 
 
 def test_max_retries_per_client(router: respx.MockRouter, clock: FakeClock) -> None:
