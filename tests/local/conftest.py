@@ -5,13 +5,16 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from runtime_harness import Harness  # tests/local, which pytest puts on the path
 
 from archil.local.embedded import LocalServer
+from archil.local.runtime import Runtime
 
 ServerFactory = Callable[..., LocalServer]
 
@@ -106,3 +109,41 @@ def raw() -> Callable[..., tuple[int, bytes]]:
 def wait_until() -> Callable[..., bool]:
     """Poll a predicate until it holds (``wait_until(lambda: ..., timeout=5)``)."""
     return _wait_until
+
+
+# -- the sandbox runtime (tests/local/test_runtime*.py) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def ns_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """A runtime with namespaces for one test module (the module is skipped where it has none)."""
+    rt = Runtime(tmp_path_factory.mktemp("rt-ns"), stop_grace=2.0)
+    if rt.capabilities["isolation"] != "namespace":
+        rt.shutdown()
+        pytest.skip(f"namespaces are not available here: {rt.capabilities['reason']}")
+    yield rt
+    rt.shutdown(grace=0.5)
+
+
+@pytest.fixture(scope="module")
+def proc_rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """A runtime in process mode (no namespaces) for one test module."""
+    rt = Runtime(tmp_path_factory.mktemp("rt-proc"), namespaces=False, stop_grace=2.0)
+    yield rt
+    rt.shutdown(grace=0.5)
+
+
+@pytest.fixture
+def h(tmp_path: Path, ns_rt: Runtime) -> Iterator[Harness]:
+    """A harness on :func:`ns_rt`; on exit it checks that nothing of its sandboxes is left."""
+    harness = Harness(tmp_path, ns_rt)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def hp(tmp_path: Path, proc_rt: Runtime) -> Iterator[Harness]:
+    """A harness on :func:`proc_rt`."""
+    harness = Harness(tmp_path, proc_rt)
+    yield harness
+    harness.close()
