@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,6 +246,41 @@ async def test_containers_are_listed_by_disk_and_cleaned_up(sdk: AsyncArchil) ->
         await sdk.containers.delete(c.container_id)
     assert [c async for c in sdk.containers.list(disk_id=disk.id)] == []
     assert [o.key async for o in sdk.objects.list(disk.id, prefix=".archil/containers/")] == []
+
+
+async def test_a_failed_container_create_leaves_no_sandbox(
+    sdk: AsyncArchil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller of a create that raised has no container id to stop: nothing may be left.
+    from archil._async.resources.objects import AsyncObjects
+    from archil._async.resources.sandboxes import AsyncSandbox
+
+    disk = await sdk.disks.create(_name())
+    mount = archil.ArchilMount(disk_id=disk.id)
+    real_run, real_put = AsyncSandbox.run, AsyncObjects.put
+    stopped: list[str] = []
+
+    async def run_after_a_stop(self: AsyncSandbox, command: str, **kwargs: Any) -> Any:
+        await self.stop()
+        stopped.append(self.id)
+        return await real_run(self, command, **kwargs)
+
+    monkeypatch.setattr(AsyncSandbox, "run", run_after_a_stop)
+    with pytest.raises(archil.SandboxError, match="stopped before its command started") as info:
+        await sdk.containers.create(archil_mount=mount, command="touch /mnt/archil/ran")
+    assert info.value.sandbox_id == stopped[0]
+    monkeypatch.setattr(AsyncSandbox, "run", real_run)
+
+    async def put_fails(self: AsyncObjects, disk_id: str, key: str, *a: Any, **k: Any) -> Any:
+        if key.startswith(".archil/containers/"):
+            raise archil.APIConnectionError("the record could not be written")
+        return await real_put(self, disk_id, key, *a, **k)
+
+    monkeypatch.setattr(AsyncObjects, "put", put_fails)
+    with pytest.raises(archil.APIConnectionError, match="could not be written"):
+        await sdk.containers.create(archil_mount=mount, command="sleep 300")
+    assert await sdk.sandboxes.list(disk_id=disk.id) == []
+    assert [o.key async for o in sdk.objects.list(disk.id, prefix="ran")] == []
 
 
 async def test_wrong_key_is_401(shared_server: LocalServer) -> None:

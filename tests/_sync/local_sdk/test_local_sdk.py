@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,6 +244,41 @@ def test_containers_are_listed_by_disk_and_cleaned_up(sdk: Archil) -> None:
         sdk.containers.delete(c.container_id)
     assert [c for c in sdk.containers.list(disk_id=disk.id)] == []
     assert [o.key for o in sdk.objects.list(disk.id, prefix=".archil/containers/")] == []
+
+
+def test_a_failed_container_create_leaves_no_sandbox(
+    sdk: Archil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller of a create that raised has no container id to stop: nothing may be left.
+    from archil._sync.resources.objects import Objects
+    from archil._sync.resources.sandboxes import Sandbox
+
+    disk = sdk.disks.create(_name())
+    mount = archil.ArchilMount(disk_id=disk.id)
+    real_run, real_put = Sandbox.run, Objects.put
+    stopped: list[str] = []
+
+    def run_after_a_stop(self: Sandbox, command: str, **kwargs: Any) -> Any:
+        self.stop()
+        stopped.append(self.id)
+        return real_run(self, command, **kwargs)
+
+    monkeypatch.setattr(Sandbox, "run", run_after_a_stop)
+    with pytest.raises(archil.SandboxError, match="stopped before its command started") as info:
+        sdk.containers.create(archil_mount=mount, command="touch /mnt/archil/ran")
+    assert info.value.sandbox_id == stopped[0]
+    monkeypatch.setattr(Sandbox, "run", real_run)
+
+    def put_fails(self: Objects, disk_id: str, key: str, *a: Any, **k: Any) -> Any:
+        if key.startswith(".archil/containers/"):
+            raise archil.APIConnectionError("the record could not be written")
+        return real_put(self, disk_id, key, *a, **k)
+
+    monkeypatch.setattr(Objects, "put", put_fails)
+    with pytest.raises(archil.APIConnectionError, match="could not be written"):
+        sdk.containers.create(archil_mount=mount, command="sleep 300")
+    assert sdk.sandboxes.list(disk_id=disk.id) == []
+    assert [o.key for o in sdk.objects.list(disk.id, prefix="ran")] == []
 
 
 def test_wrong_key_is_401(shared_server: LocalServer) -> None:

@@ -21,7 +21,14 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from ..._errors import APITimeoutError, ArchilError, ContainerError, NotFoundError
+from ..._errors import (
+    APITimeoutError,
+    ArchilError,
+    ConflictError,
+    ContainerError,
+    NotFoundError,
+    SandboxError,
+)
 from ..._models import (
     SANDBOX_DISK_PATH,
     AdditionalMount,
@@ -49,6 +56,7 @@ from ..._wire import (
 from .._transport import AsyncTransport
 from ..pagers import AsyncPager
 from .objects import AsyncObjects
+from .sandbox_handle import discard_sandbox
 from .sandboxes import AsyncSandbox, AsyncSandboxes
 
 __all__ = ["AsyncContainerPager", "AsyncContainers"]
@@ -113,16 +121,40 @@ class AsyncContainers:
         sandbox = await self._sandboxes.create_from(
             request.to_sandbox_request(name), wait=True, unique_name=True, **options
         )
+        try:
+            record = await self._start(sandbox, request, **options)
+            exposed = await sandbox.list_ports() if request.ports else []
+        except BaseException:
+            # The caller gets no container to stop: a failed create leaves none running.
+            await discard_sandbox(sandbox)
+            raise
+        return container_from(sandbox.data, record, None, exposed)
+
+    async def _start(
+        self,
+        sandbox: AsyncSandbox,
+        request: CreateContainerRequest,
+        **options: Unpack[RequestOptions],
+    ) -> dict[str, Any]:
+        """Start the container's command in ``sandbox`` and write its record; the record."""
         process_id: str | None = None
         if request.command or request.initialization_script:
             script = container_script(request.initialization_script, request.command, sandbox.id)
-            process = await sandbox.run(
-                script,
-                env=request.env,
-                cwd=SANDBOX_DISK_PATH,
-                timeout_seconds=request.timeout_seconds,
-                collect_output=False,
-            )
+            try:
+                process = await sandbox.run(
+                    script,
+                    env=request.env,
+                    cwd=SANDBOX_DISK_PATH,
+                    timeout_seconds=request.timeout_seconds,
+                    collect_output=False,
+                )
+            except ConflictError as exc:
+                # It stopped between its start and the command's: nothing of the command ran.
+                raise SandboxError(
+                    f"container {sandbox.id} stopped before its command started: {exc.message}",
+                    sandbox_id=sandbox.id,
+                    exit_reason=exc.message,
+                ) from exc
             process_id = process.id
             await process.close()
         record = {
@@ -135,8 +167,7 @@ class AsyncContainers:
         await self._objects.put(
             disk, container_keys(sandbox.id)[0], json.dumps(record).encode(), **options
         )
-        exposed = await sandbox.list_ports() if request.ports else []
-        return container_from(sandbox.data, record, None, exposed)
+        return record
 
     async def _disk_of(self, sandbox: AsyncSandbox) -> str | None:
         main = next((m for m in sandbox.mounts if m.path == SANDBOX_DISK_PATH), None)
