@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 import httpx
 
 from archil.local.embedded import LocalServer
 
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+Raw = Callable[..., tuple[int, bytes]]
+"""The ``raw`` fixture: a request sent as bytes, answered with its status and body."""
 
 
 def client_fresh(server: LocalServer) -> httpx.Client:

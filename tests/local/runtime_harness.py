@@ -57,6 +57,7 @@ def ppid_of(pid: int) -> int:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` every 10 ms until it holds or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -9,21 +9,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runtime_harness import wait_for  # tests/local, which pytest puts on the path
 
 from archil.local.cgroups import CgroupError, Cgroups, SandboxCgroup
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture(params=["default", "freezer-v2"])

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from objects_helpers import (  # tests/local, which pytest puts on the path
     NS,
+    Raw,
     client_fresh,
     error_code,
     keys_of,
@@ -26,9 +27,6 @@ from objects_helpers import (  # tests/local, which pytest puts on the path
 )
 
 from archil.local.embedded import LocalServer
-
-Raw = Callable[..., tuple[int, bytes]]
-
 
 MIB = 1024 * 1024
 SMALL_PART = 64 * 1024

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from objects_helpers import (  # tests/local, which pytest puts on the path
     NS,
+    Raw,
     client_fresh,
     error_code,
     keys_of,
@@ -22,8 +23,6 @@ from objects_helpers import (  # tests/local, which pytest puts on the path
 )
 
 from archil.local.embedded import LocalServer
-
-Raw = Callable[..., tuple[int, bytes]]
 
 
 @pytest.mark.parametrize("size", [0, 1, 1000, 3 * 1024 * 1024 + 7])
