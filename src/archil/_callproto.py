@@ -340,6 +340,15 @@ def _is_installed(module_name: str) -> bool:
     return any(r and path.startswith(os.path.realpath(r) + os.sep) for r in roots)
 
 
+_BY_VALUE_LOCK = threading.Lock()
+_BY_VALUE_USERS: dict[str, int] = {}
+"""How many encodes in progress have each module registered to be pickled by value.
+
+Calls are encoded on several threads at once (a map's slots), and cloudpickle's
+registry is global: the module stays registered until the last of them is done.
+"""
+
+
 @contextmanager
 def _by_value(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> Iterator[None]:
     """Pickle the function's module by value when it is a local, non-installed module
@@ -353,16 +362,24 @@ def _by_value(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> Iterato
         and not _is_installed(name)
         and top in sys.modules
     ):
-        try:
-            cloudpickle.register_pickle_by_value(sys.modules[top])
-            registered = True
-        except ValueError:
-            registered = False
+        with _BY_VALUE_LOCK:
+            users = _BY_VALUE_USERS.get(top, 0)
+            try:
+                if users == 0:
+                    cloudpickle.register_pickle_by_value(sys.modules[top])
+                _BY_VALUE_USERS[top] = users + 1
+                registered = True
+            except ValueError:
+                registered = False
     try:
         yield
     finally:
         if registered:
-            cloudpickle.unregister_pickle_by_value(sys.modules[top])
+            with _BY_VALUE_LOCK:
+                _BY_VALUE_USERS[top] -= 1
+                if _BY_VALUE_USERS[top] == 0:
+                    del _BY_VALUE_USERS[top]
+                    cloudpickle.unregister_pickle_by_value(sys.modules[top])
 
 
 def encode_call(

@@ -1,5 +1,6 @@
 import pickle
 import sys
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -173,3 +174,25 @@ def test_request_model_errors_name_fields_as_python_spells_them() -> None:
     with pytest.raises(ValueError, match="read_only") as info:
         archil.AdditionalMount(path="/data", disk_id="d", read_only="maybe")  # type: ignore[arg-type]
     assert "readOnly" not in str(info.value)
+
+
+def test_a_local_module_stays_pickled_by_value_while_any_encode_needs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A map encodes its calls on several threads: one encode that finishes must not
+    # unregister the module while another is still pickling with it.
+    from archil._callproto import _by_value
+
+    (tmp_path / "archil_local_mod.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import archil_local_mod  # type: ignore[import-not-found]
+
+    registry = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
+    first, second = _by_value(archil_local_mod.double), _by_value(archil_local_mod.double)
+    first.__enter__()
+    second.__enter__()
+    assert "archil_local_mod" in registry
+    first.__exit__(None, None, None)
+    assert "archil_local_mod" in registry
+    second.__exit__(None, None, None)
+    assert "archil_local_mod" not in registry
