@@ -143,6 +143,60 @@ def test_map_hands_inputs_to_sandboxes_started_ahead(conn: dict[str, str]) -> No
     assert client.sandboxes.list(disk_id=app.disk_id) == []
 
 
+def test_map_uploads_the_next_input_while_earlier_ones_run(conn: dict[str, str]) -> None:
+    """A slot that frees finds its next input on the disk already (both halves), and a
+    map left early leaves no input behind."""
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def inputs_on_disk(x: int) -> int:
+        import glob
+        import time
+
+        time.sleep(0.3)
+        return len(glob.glob("/mnt/archil/.archil/calls/*/input.pkl"))
+
+    # One at a time: while input 0 runs, input 1 is already uploaded (input 2 is not:
+    # one input ahead); the last input has none after it.
+    assert list(inputs_on_disk.map(range(3), concurrency=1)) == [2, 2, 1]
+    client = app.client()
+
+    def call_files() -> list[str]:
+        client.flush()
+        return [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")]
+
+    assert call_files() == []
+    for _ in inputs_on_disk.map(range(6), concurrency=2):
+        break
+    assert call_files() == []
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+    async def main() -> list[int]:
+        return [n async for n in inputs_on_disk.map.aio(range(3), concurrency=1)]
+
+    assert asyncio.run(main()) == [2, 2, 1]
+    assert call_files() == []
+
+
+def test_an_input_that_cannot_be_pickled_fails_alone(conn: dict[str, str]) -> None:
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def size(x: object) -> int:
+        return len(str(x))
+
+    inputs: list[object] = ["a", threading.Lock(), "ccc"]
+    results = list(size.map(inputs, concurrency=1, return_exceptions=True))
+    assert results[0] == 1 and results[2] == 3
+    assert isinstance(results[1], ValueError) and "could not serialize" in str(results[1])
+    with pytest.raises(ValueError, match="could not serialize"):
+        list(size.map(inputs, concurrency=1))
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+    assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
+
+
 def test_map_timeout_counts_from_the_hand_over(conn: dict[str, str]) -> None:
     app = new_app(conn)
 

@@ -17,6 +17,7 @@ import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._callproto import (
@@ -121,6 +122,7 @@ class AsyncCallRunner(AsyncLauncher):
         kwargs: dict[str, Any],
         *,
         standbys: AsyncStandbys | None = None,
+        staged: Staged | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
 
@@ -131,20 +133,25 @@ class AsyncCallRunner(AsyncLauncher):
 
         ``standbys`` (in a ``map``): the first attempt takes a sandbox started ahead
         when one is ready, and once the function runs, one is started for the next
-        input. Its ``timeout`` is then counted here, from the hand-over.
+        input. Its ``timeout`` is then counted here, from the hand-over. ``staged``: the
+        call's input, whose upload the map started before the call.
         """
-        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
-        paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
         background = self._client._transport.background
-        with background.foreground():
-            lib = await self._cloudpickle(disk)
-        # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
-        objects = self._client.objects
-        upload = AConcurrent(functools.partial(objects.put, disk, paths.input_key, payload))
+        if staged is None:
+            # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
+            payload = encode_call(fn, args, kwargs, spec.image.python_modules)
+            paths = CallPaths.new()
+            upload = AConcurrent(functools.partial(self._put_input, disk, paths, payload))
+        else:
+            paths, upload = staged.paths, staged.upload
         interrupted = True
         try:
+            with background.foreground():
+                lib = await self._cloudpickle(disk)
+                if staged is not None:
+                    await upload.join()
             attempt = 1
             while True:
                 deadline: float | None = None
@@ -204,6 +211,19 @@ class AsyncCallRunner(AsyncLauncher):
                 await self._remove_keys(disk, keys)
             else:
                 background.spawn(lambda: self._remove_keys(disk, keys))
+
+    async def _put_input(self, disk: str, paths: CallPaths, payload: bytes) -> None:
+        await self._client.objects.put(disk, paths.input_key, payload)
+
+    async def _encode_and_put(
+        self,
+        spec: FunctionSpec,
+        fn: Callable[..., Any],
+        item: tuple[tuple[Any, ...], dict[str, Any]],
+        paths: CallPaths,
+    ) -> None:
+        payload = encode_call(fn, item[0], item[1], spec.image.python_modules)
+        await self._put_input(spec.disk_id, paths, payload)
 
     async def spawn(
         self,
@@ -363,11 +383,21 @@ class AsyncCallRunner(AsyncLauncher):
             self._abort = threading.Event()
 
         standbys = AsyncStandbys(self, spec, CLOUDPICKLE.guest_path, len(items))
+        inputs_ahead = _InputsAhead(
+            len(items),
+            lambda i, paths: AConcurrent(
+                functools.partial(self._encode_and_put, spec, fn, items[i], paths)
+            ),
+        )
 
-        async def one(item: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        async def one(entry: tuple[int, tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
+            index, item = entry
             standbys.begin()
+            # This input's upload may have started already; the next one's starts now,
+            # so that it is on the disk when a slot frees.
+            staged = inputs_ahead.begin(index)
             try:
-                return await self.call(spec, fn, item[0], item[1], standbys=standbys)
+                return await self.call(spec, fn, item[0], item[1], standbys=standbys, staged=staged)
             except Exception as exc:
                 if return_exceptions and not isinstance(exc, CallAborted):
                     return exc
@@ -375,11 +405,14 @@ class AsyncCallRunner(AsyncLauncher):
 
         try:
             async for value in agather_bounded(
-                one, items, concurrency, ordered=ordered, abort=self._abort
+                one, list(enumerate(items)), concurrency, ordered=ordered, abort=self._abort
             ):
                 yield value
         finally:
             await standbys.close()
+            for left in inputs_ahead.close():
+                await left.upload.settle()
+                await self._remove_keys(spec.disk_id, (left.paths.input_key,))
 
     async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
@@ -413,6 +446,54 @@ class AsyncCallRunner(AsyncLauncher):
                     self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
                     await discard_sandbox(done)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A call's paths and the upload of its input, started before the call."""
+
+    paths: CallPaths
+    upload: AConcurrent[None]
+
+
+class _InputsAhead:
+    """The inputs of a map whose upload starts before their call: the next after each begun.
+
+    ``start(index, paths)`` starts the upload of input ``index``. An input is staged
+    only while no call has begun for it, so each upload is owned either by its call
+    or, once the map ends, by :meth:`close`, which returns those never begun.
+    """
+
+    def __init__(self, count: int, start: Callable[[int, CallPaths], AConcurrent[None]]) -> None:
+        self._count = count
+        self._start = start
+        self._staged: dict[int, Staged] = {}
+        self._begun: set[int] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def begin(self, index: int) -> Staged | None:
+        """Input ``index`` begins: its staged upload, if any; the next input is staged."""
+        with self._lock:
+            self._begun.add(index)
+            mine = self._staged.pop(index, None)
+            following = index + 1
+            if (
+                not self._closed
+                and following < self._count
+                and following not in self._begun
+                and following not in self._staged
+            ):
+                paths = CallPaths.new()
+                self._staged[following] = Staged(paths, self._start(following, paths))
+        return mine
+
+    def close(self) -> list[Staged]:
+        """Stage nothing more; the uploads whose input never began."""
+        with self._lock:
+            self._closed = True
+            left, self._staged = list(self._staged.values()), {}
+        return left
 
 
 def _reason(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._callproto import (
@@ -123,6 +124,7 @@ class CallRunner(Launcher):
         kwargs: dict[str, Any],
         *,
         standbys: Standbys | None = None,
+        staged: Staged | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
 
@@ -133,20 +135,25 @@ class CallRunner(Launcher):
 
         ``standbys`` (in a ``map``): the first attempt takes a sandbox started ahead
         when one is ready, and once the function runs, one is started for the next
-        input. Its ``timeout`` is then counted here, from the hand-over.
+        input. Its ``timeout`` is then counted here, from the hand-over. ``staged``: the
+        call's input, whose upload the map started before the call.
         """
-        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
-        paths = CallPaths.new()
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
         background = self._client._transport.background
-        with background.foreground():
-            lib = self._cloudpickle(disk)
-        # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
-        objects = self._client.objects
-        upload = Concurrent(functools.partial(objects.put, disk, paths.input_key, payload))
+        if staged is None:
+            # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
+            payload = encode_call(fn, args, kwargs, spec.image.python_modules)
+            paths = CallPaths.new()
+            upload = Concurrent(functools.partial(self._put_input, disk, paths, payload))
+        else:
+            paths, upload = staged.paths, staged.upload
         interrupted = True
         try:
+            with background.foreground():
+                lib = self._cloudpickle(disk)
+                if staged is not None:
+                    upload.join()
             attempt = 1
             while True:
                 deadline: float | None = None
@@ -204,6 +211,19 @@ class CallRunner(Launcher):
                 self._remove_keys(disk, keys)
             else:
                 background.spawn(lambda: self._remove_keys(disk, keys))
+
+    def _put_input(self, disk: str, paths: CallPaths, payload: bytes) -> None:
+        self._client.objects.put(disk, paths.input_key, payload)
+
+    def _encode_and_put(
+        self,
+        spec: FunctionSpec,
+        fn: Callable[..., Any],
+        item: tuple[tuple[Any, ...], dict[str, Any]],
+        paths: CallPaths,
+    ) -> None:
+        payload = encode_call(fn, item[0], item[1], spec.image.python_modules)
+        self._put_input(spec.disk_id, paths, payload)
 
     def spawn(
         self,
@@ -359,20 +379,35 @@ class CallRunner(Launcher):
             self._abort = threading.Event()
 
         standbys = Standbys(self, spec, CLOUDPICKLE.guest_path, len(items))
+        inputs_ahead = _InputsAhead(
+            len(items),
+            lambda i, paths: Concurrent(
+                functools.partial(self._encode_and_put, spec, fn, items[i], paths)
+            ),
+        )
 
-        def one(item: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        def one(entry: tuple[int, tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
+            index, item = entry
             standbys.begin()
+            # This input's upload may have started already; the next one's starts now,
+            # so that it is on the disk when a slot frees.
+            staged = inputs_ahead.begin(index)
             try:
-                return self.call(spec, fn, item[0], item[1], standbys=standbys)
+                return self.call(spec, fn, item[0], item[1], standbys=standbys, staged=staged)
             except Exception as exc:
                 if return_exceptions and not isinstance(exc, CallAborted):
                     return exc
                 raise
 
         try:
-            yield from gather_bounded(one, items, concurrency, ordered=ordered, abort=self._abort)
+            yield from gather_bounded(
+                one, list(enumerate(items)), concurrency, ordered=ordered, abort=self._abort
+            )
         finally:
             standbys.close()
+            for left in inputs_ahead.close():
+                left.upload.settle()
+                self._remove_keys(spec.disk_id, (left.paths.input_key,))
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
@@ -406,6 +441,54 @@ class CallRunner(Launcher):
                     self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
                     discard_sandbox(done)
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A call's paths and the upload of its input, started before the call."""
+
+    paths: CallPaths
+    upload: Concurrent[None]
+
+
+class _InputsAhead:
+    """The inputs of a map whose upload starts before their call: the next after each begun.
+
+    ``start(index, paths)`` starts the upload of input ``index``. An input is staged
+    only while no call has begun for it, so each upload is owned either by its call
+    or, once the map ends, by :meth:`close`, which returns those never begun.
+    """
+
+    def __init__(self, count: int, start: Callable[[int, CallPaths], Concurrent[None]]) -> None:
+        self._count = count
+        self._start = start
+        self._staged: dict[int, Staged] = {}
+        self._begun: set[int] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def begin(self, index: int) -> Staged | None:
+        """Input ``index`` begins: its staged upload, if any; the next input is staged."""
+        with self._lock:
+            self._begun.add(index)
+            mine = self._staged.pop(index, None)
+            following = index + 1
+            if (
+                not self._closed
+                and following < self._count
+                and following not in self._begun
+                and following not in self._staged
+            ):
+                paths = CallPaths.new()
+                self._staged[following] = Staged(paths, self._start(following, paths))
+        return mine
+
+    def close(self) -> list[Staged]:
+        """Stage nothing more; the uploads whose input never began."""
+        with self._lock:
+            self._closed = True
+            left, self._staged = list(self._staged.values()), {}
+        return left
 
 
 def _reason(exc: BaseException) -> str:
