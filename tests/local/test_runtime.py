@@ -232,12 +232,12 @@ def test_hostname_and_pid_namespace(h: Harness) -> None:
     name, pid, cmdline, count = p.text().splitlines()
     assert name == "box-7"
     assert int(pid) > 1
-    assert "_agent.py" in cmdline
+    assert "_agent.zygote" in cmdline
     assert int(count) <= 4, "only the sandbox's own processes are in its /proc"
 
 
 def test_processes_keep_only_the_container_capabilities(h: Harness) -> None:
-    from archil.local._agent import KEPT_CAPABILITIES
+    from archil.local._agent.linux import KEPT_CAPABILITIES
 
     env = h.boot()
     p = h.run(

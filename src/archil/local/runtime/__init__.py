@@ -71,11 +71,10 @@ from archil.local.runtime._runtime import (
     logger,
 )
 from archil.local.runtime._sandbox import _archil_env, _Resources, _to_host
-from archil.local.runtime._zygote import _AGENT, _MAX_MSG, _recv, _send, _Spawner, _Zygote
+from archil.local.runtime._zygote import _MAX_MSG, _recv, _send, _Spawner, _Zygote
 
 __all__ = [
     "BASE_PATH",
-    "_AGENT",
     "_BOOT_TIMEOUT",
     "_DRAIN_GRACE",
     "_FREEZE_TIMEOUT",

@@ -1,7 +1,7 @@
 """The zygote, the thread that starts it, and the messages of the runtime's sockets.
 
-The zygote runs :mod:`archil.local._agent` once per runtime and forks a helper for each
-sandbox. It is started from a long-lived thread, since its ``PR_SET_PDEATHSIG`` follows
+The zygote (:mod:`archil.local._agent.zygote`) runs once per runtime and forks a helper for
+each sandbox. It is started from a long-lived thread, since its ``PR_SET_PDEATHSIG`` follows
 the thread that forked it: the death of the server takes the zygote with it (and in
 namespace mode every sandbox after it). Messages are JSON objects, one per
 ``SOCK_SEQPACKET`` message, with the sender's pid attached by the kernel (see
@@ -29,7 +29,18 @@ from archil.local.runtime._process import BASE_PATH
 
 logger = logging.getLogger("archil")
 
-_AGENT = Path(__file__).parents[1] / "_agent.py"
+# The agent package runs as a top-level ``_agent`` loaded from its directory (it imports
+# nothing of archil, and nothing beside it can shadow a module it imports).
+_AGENT_DIR = str(Path(__file__).parents[1] / "_agent")
+_AGENT_MAIN = (
+    "import sys, importlib.util as u; "
+    "s = u.spec_from_file_location('_agent', sys.argv[1] + '/__init__.py', "
+    "submodule_search_locations=[sys.argv[1]]); "
+    "m = sys.modules['_agent'] = u.module_from_spec(s); "
+    "s.loader.exec_module(m); "
+    "import _agent.zygote; "
+    "sys.exit(_agent.zygote.main(sys.argv[2:]))"
+)
 _MAX_MSG = 1 << 18
 
 
@@ -115,7 +126,8 @@ class _Zygote:
         self.dead = threading.Event()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
-        argv = [sys.executable, "-S", "-I", str(_AGENT), "zygote", str(theirs.fileno())]
+        argv = [sys.executable, "-S", "-I", "-c", _AGENT_MAIN, _AGENT_DIR, "zygote"]
+        argv.append(str(theirs.fileno()))
         argv.append(str(os.getpid()))
         try:
             with open(log_path, "ab") as log:
