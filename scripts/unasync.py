@@ -104,6 +104,7 @@ REPLACEMENTS: dict[str, str] = {
     "asleep": "sleep",
     "ALock": "Lock",
     "agather_bounded": "gather_bounded",
+    "afinish": "finish",
     "areceive_event": "receive_event",
     "aiter_file": "iter_file",
     "awrite_file": "write_file",

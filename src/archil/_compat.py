@@ -7,12 +7,17 @@ turn into an un-awaited coroutine) and really runs work concurrently.
 
 ``aenter_detached`` / ``enter_detached`` hold a context manager open beyond the
 call that entered it (a process's WebSocket stays open between calls).
+
+``afinish`` / ``finish`` run cleanup to its end: ``asyncio.run`` cancels every
+task still pending when its coroutine returns, and a task cancelled again
+while it cleans up would otherwise leave sandboxes running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -34,10 +39,12 @@ __all__ = [
     "Detached",
     "Lock",
     "aenter_detached",
+    "afinish",
     "agather_bounded",
     "areceive_event",
     "asleep",
     "enter_detached",
+    "finish",
     "gather_bounded",
     "receive_event",
     "sleep",
@@ -59,6 +66,51 @@ def sleep(seconds: float) -> None:
     """Block the calling thread for ``seconds``."""
     if seconds > 0:
         time.sleep(seconds)
+
+
+FINISH_GRACE = 30.0
+"""Seconds that cleanup goes on for after its task was cancelled, at most."""
+
+FINISH_RESTARTS = 4
+"""How many cancellations a piece of cleanup is restarted after, at most."""
+
+
+async def afinish(*works: Callable[[], Awaitable[Any]]) -> None:
+    """Run each of ``works`` (idempotent cleanup) to its end, even if this task is cancelled.
+
+    A cancellation that arrives meanwhile interrupts the request in flight: that
+    piece of work is started again (it must be safe to repeat), the rest follow,
+    and the cancellation is raised once all have run. After ``FINISH_RESTARTS``
+    cancellations or ``FINISH_GRACE`` seconds the cleanup gives up (logged) and
+    the cancellation is raised at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FINISH_GRACE
+    cancelled: asyncio.CancelledError | None = None
+    restarts = 0
+    for work in works:
+        while True:
+            try:
+                await work()
+                break
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                restarts += 1
+                if restarts > FINISH_RESTARTS or loop.time() >= deadline:
+                    logger.warning(
+                        "cleanup interrupted %d times: gave up; what it would have "
+                        "removed ends by its idle timeout",
+                        restarts,
+                    )
+                    raise
+    if cancelled is not None:
+        raise cancelled
+
+
+def finish(*works: Callable[[], Any]) -> None:
+    """Run each of ``works`` (cleanup) in turn: threads are not cancelled."""
+    for work in works:
+        work()
 
 
 class ALock:
@@ -130,7 +182,12 @@ async def agather_bounded(
             if not task.done():
                 task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # The tasks clean up after themselves (deleting sandboxes): wait for them
+            # even if this is cancelled again, or what they use could close under them.
+            await afinish(functools.partial(asyncio.wait, tasks))
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so that it is not logged as lost
 
 
 def gather_bounded(
@@ -434,6 +491,15 @@ class ABackground:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self._yield()
+        except asyncio.CancelledError:
+            # Cancelled (the loop is ending): the cleanup is done now, and then it stops.
+            await afinish(functools.partial(_logged, work))
+            raise
+        await _logged(work)
+
+    async def _yield(self) -> None:
         deadline = time.monotonic() + YIELD_LIMIT
         while (left := deadline - time.monotonic()) > 0:
             if self._starting:
@@ -446,12 +512,15 @@ class ABackground:
             if quiet >= YIELD_QUIET:
                 break
             await asyncio.sleep(min(YIELD_QUIET - quiet, left))
-        await _logged(work)
 
     async def drain(self) -> None:
-        """Wait until every piece of background work started so far has finished."""
+        """Wait until every piece of background work started so far has finished.
+
+        It goes on waiting if cancelled meanwhile (see :func:`afinish`): the work
+        uses the client that is closed next.
+        """
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await afinish(functools.partial(asyncio.wait, list(self._tasks)))
 
 
 async def _logged(work: Callable[[], Awaitable[None]]) -> None:

@@ -10,6 +10,7 @@ protocol on it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -27,7 +28,7 @@ from .._callproto import (
     OutputTail,
     bootstrap_command,
 )
-from .._compat import AConcurrent
+from .._compat import AConcurrent, afinish
 from .._errors import (
     APIError,
     ArchilError,
@@ -382,9 +383,15 @@ class AsyncLauncher:
         return self._printer or LogPrinter()
 
     async def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
-        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG)."""
+        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG).
+
+        In the async client it goes on if its task is cancelled meanwhile (see
+        :func:`afinish`).
+        """
+        await afinish(functools.partial(self._remove_now, disk_id, list(keys)))
+
+    async def _remove_now(self, disk_id: str, wanted: list[str]) -> None:
         objects = self._client.objects
-        wanted = list(keys)
         try:
             if len(wanted) == 1:
                 await objects.delete(disk_id, wanted[0])

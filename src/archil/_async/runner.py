@@ -30,7 +30,7 @@ from .._callproto import (
     decode_result,
     encode_call,
 )
-from .._compat import AConcurrent, agather_bounded
+from .._compat import AConcurrent, afinish, agather_bounded
 from .._errors import (
     APIError,
     ArchilError,
@@ -206,11 +206,16 @@ class AsyncCallRunner(AsyncLauncher):
             raise
         finally:
             keys = (paths.input_key, paths.output_key)
-            await upload.settle()
             if interrupted:
-                await self._remove_keys(disk, keys)
+                await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
-                background.spawn(lambda: self._remove_keys(disk, keys))
+                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+
+    async def _settle_and_remove(
+        self, upload: AConcurrent[None], disk: str, keys: tuple[str, ...]
+    ) -> None:
+        await upload.settle()
+        await self._remove_keys(disk, keys)
 
     async def _put_input(self, disk: str, paths: CallPaths, payload: bytes) -> None:
         await self._client.objects.put(disk, paths.input_key, payload)
@@ -409,10 +414,16 @@ class AsyncCallRunner(AsyncLauncher):
             ):
                 yield value
         finally:
-            await standbys.close()
-            for left in inputs_ahead.close():
-                await left.upload.settle()
-                await self._remove_keys(spec.disk_id, (left.paths.input_key,))
+            # However the map ends (a cancellation included), nothing it made is left.
+            await afinish(
+                standbys.close,
+                *(
+                    functools.partial(
+                        self._settle_and_remove, left.upload, spec.disk_id, (left.paths.input_key,)
+                    )
+                    for left in inputs_ahead.close()
+                ),
+            )
 
     async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.

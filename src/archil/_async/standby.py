@@ -15,10 +15,12 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
+from .._compat import afinish
 from .._errors import APIConnectionError, ArchilError
 from .launcher import AsyncLauncher
 from .resources.sandbox_handle import discard_sandbox
@@ -109,8 +111,7 @@ class AsyncStandbys:
         with self._lock:
             self._closed = True
             ready, self._ready = self._ready, []
-        for sandbox, process in ready:
-            await self._drop(sandbox, process)
+        await afinish(*(functools.partial(self._drop, *launched) for launched in ready))
 
     async def _start(self) -> Launched:
         # No process timeout: the call's timeout counts from the hand-over (see call()).

@@ -12,6 +12,7 @@ protocol on it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -29,7 +30,7 @@ from .._callproto import (
     OutputTail,
     bootstrap_command,
 )
-from .._compat import Concurrent
+from .._compat import Concurrent, finish
 from .._errors import (
     APIError,
     ArchilError,
@@ -384,9 +385,15 @@ class Launcher:
         return self._printer or LogPrinter()
 
     def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
-        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG)."""
+        """Remove a call's files, in one request (best effort: a failure is logged at DEBUG).
+
+        In the async client it goes on if its task is cancelled meanwhile (see
+        :func:`finish`).
+        """
+        finish(functools.partial(self._remove_now, disk_id, list(keys)))
+
+    def _remove_now(self, disk_id: str, wanted: list[str]) -> None:
         objects = self._client.objects
-        wanted = list(keys)
         try:
             if len(wanted) == 1:
                 objects.delete(disk_id, wanted[0])

@@ -32,7 +32,7 @@ from .._callproto import (
     decode_result,
     encode_call,
 )
-from .._compat import Concurrent, gather_bounded
+from .._compat import Concurrent, finish, gather_bounded
 from .._errors import (
     APIError,
     ArchilError,
@@ -206,11 +206,16 @@ class CallRunner(Launcher):
             raise
         finally:
             keys = (paths.input_key, paths.output_key)
-            upload.settle()
             if interrupted:
-                self._remove_keys(disk, keys)
+                finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
-                background.spawn(lambda: self._remove_keys(disk, keys))
+                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+
+    def _settle_and_remove(
+        self, upload: Concurrent[None], disk: str, keys: tuple[str, ...]
+    ) -> None:
+        upload.settle()
+        self._remove_keys(disk, keys)
 
     def _put_input(self, disk: str, paths: CallPaths, payload: bytes) -> None:
         self._client.objects.put(disk, paths.input_key, payload)
@@ -404,10 +409,16 @@ class CallRunner(Launcher):
                 one, list(enumerate(items)), concurrency, ordered=ordered, abort=self._abort
             )
         finally:
-            standbys.close()
-            for left in inputs_ahead.close():
-                left.upload.settle()
-                self._remove_keys(spec.disk_id, (left.paths.input_key,))
+            # However the map ends (a cancellation included), nothing it made is left.
+            finish(
+                standbys.close,
+                *(
+                    functools.partial(
+                        self._settle_and_remove, left.upload, spec.disk_id, (left.paths.input_key,)
+                    )
+                    for left in inputs_ahead.close()
+                ),
+            )
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.

@@ -17,10 +17,12 @@ ends, however it ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
 from .._callproto import CallPaths, FunctionSpec, standby_command
+from .._compat import finish
 from .._errors import APIConnectionError, ArchilError
 from .launcher import Launcher
 from .resources.sandbox_handle import discard_sandbox
@@ -111,8 +113,7 @@ class Standbys:
         with self._lock:
             self._closed = True
             ready, self._ready = self._ready, []
-        for sandbox, process in ready:
-            self._drop(sandbox, process)
+        finish(*(functools.partial(self._drop, *launched) for launched in ready))
 
     def _start(self) -> Launched:
         # No process timeout: the call's timeout counts from the hand-over (see call()).

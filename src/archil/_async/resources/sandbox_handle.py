@@ -9,12 +9,13 @@ list requests that make handles from the control plane's answers, shared with
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from typing_extensions import Unpack
 
-from ..._compat import asleep
+from ..._compat import afinish, asleep
 from ..._errors import (
     APIConnectionError,
     APIStatusError,
@@ -62,7 +63,15 @@ _INTERRUPTED_CREATE_LOOKUPS = 5
 
 async def discard_sandbox(sandbox: AsyncSandbox) -> None:
     """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
-    fine, another failure is logged, never raised."""
+    fine, another failure is logged, never raised.
+
+    In the async client it goes on if its task is cancelled meanwhile, and raises the
+    cancellation after (see :func:`afinish`).
+    """
+    await afinish(functools.partial(_discard, sandbox))
+
+
+async def _discard(sandbox: AsyncSandbox) -> None:
     try:
         if sandbox.status not in SANDBOX_DELETABLE_STATES:
             await sandbox.stop(wait=True)
@@ -136,6 +145,10 @@ async def _create_or_find(
 
 async def _discard_named(transport: AsyncTransport, name: str) -> None:
     """Stop and delete the sandbox called ``name`` once it shows up (best effort, ~1 s)."""
+    await afinish(functools.partial(_discard_found, transport, name))
+
+
+async def _discard_found(transport: AsyncTransport, name: str) -> None:
     try:
         for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
             found = await _find(transport, name, max_retries=0)

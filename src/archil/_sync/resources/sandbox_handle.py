@@ -11,12 +11,13 @@ list requests that make handles from the control plane's answers, shared with
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from typing_extensions import Unpack
 
-from ..._compat import sleep
+from ..._compat import finish, sleep
 from ..._errors import (
     APIConnectionError,
     APIStatusError,
@@ -64,7 +65,15 @@ _INTERRUPTED_CREATE_LOOKUPS = 5
 
 def discard_sandbox(sandbox: Sandbox) -> None:
     """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
-    fine, another failure is logged, never raised."""
+    fine, another failure is logged, never raised.
+
+    In the async client it goes on if its task is cancelled meanwhile, and raises the
+    cancellation after (see :func:`finish`).
+    """
+    finish(functools.partial(_discard, sandbox))
+
+
+def _discard(sandbox: Sandbox) -> None:
     try:
         if sandbox.status not in SANDBOX_DELETABLE_STATES:
             sandbox.stop(wait=True)
@@ -136,6 +145,10 @@ def _create_or_find(
 
 def _discard_named(transport: Transport, name: str) -> None:
     """Stop and delete the sandbox called ``name`` once it shows up (best effort, ~1 s)."""
+    finish(functools.partial(_discard_found, transport, name))
+
+
+def _discard_found(transport: Transport, name: str) -> None:
     try:
         for _ in range(_INTERRUPTED_CREATE_LOOKUPS):
             found = _find(transport, name, max_retries=0)
