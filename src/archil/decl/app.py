@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import threading
@@ -30,6 +31,8 @@ from .._models import (
     validate_disk_id,
 )
 from .._secrets import Secret
+from ._driven import DrivenIterator
+from ._driven import stop as stop_driven
 from .cls import Cls
 from .functioncall import FunctionCall
 from .image import Image
@@ -481,6 +484,7 @@ class _MapResults(Generic[R]):
         self._concurrency = concurrency
         self._ordered = ordered
         self._return_exceptions = return_exceptions
+        self._running: set[asyncio.Task[None]] = set()
 
     async def _results(self) -> AsyncIterator[R]:
         from .._async.runner import AsyncCallRunner
@@ -499,7 +503,18 @@ class _MapResults(Generic[R]):
                 yield value
 
     def __aiter__(self) -> AsyncIterator[R]:
-        return self._results()
+        # The map runs in a task of its own, so that leaving the loop early (``break``)
+        # stops its calls however the event loop ends (see ``_driven``).
+        return DrivenIterator(self._results(), self._running)
+
+    async def aclose(self) -> None:
+        """Stop the calls still running and wait until their sandboxes are deleted.
+
+        ``break`` out of ``async for`` starts the same cleanup without waiting for
+        it; ``async with contextlib.aclosing(fn.map.aio(xs)) as results`` waits.
+        """
+        for task in list(self._running):
+            await stop_driven(task)
 
     async def _list(self) -> list[R]:
         return [value async for value in self._results()]
