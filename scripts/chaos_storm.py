@@ -152,6 +152,7 @@ class Tally:
     wrong: list[str] = field(default_factory=list)
     unclear: list[str] = field(default_factory=list)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    first: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def done(self) -> int:
@@ -166,7 +167,12 @@ class Tally:
         with self.lock:
             self.failed[kind] += 1
             if isinstance(exc, archil.ArchilError):
-                self.errors[f"{kind}: {type(exc).__name__}"] += 1
+                what = f"{kind}: {type(exc).__name__}"
+                self.errors[what] += 1
+                if what not in self.first:
+                    frames = traceback.extract_tb(exc.__traceback__)
+                    where = " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(frames[-4:]))
+                    self.first[what] = f"{str(exc).splitlines()[0][:160]} (at {where})"
             else:
                 self.unclear.append(
                     f"{kind}: {type(exc).__name__}: {exc}\n"
@@ -571,7 +577,7 @@ def report(
     for kind in sorted(set(tally.ok) | set(tally.failed)):
         print(f"  {kind:18s} ok {tally.ok[kind]:4d}  failed {tally.failed[kind]:4d}")
     for what, n in sorted(tally.errors.items()):
-        print(f"  error {what}: {n}")
+        print(f"  error {what}: {n}, first: {tally.first[what]}")
     print(
         f"  retries logged: {retry_log.retries}, socket reconnects logged: {retry_log.reconnects}"
     )
