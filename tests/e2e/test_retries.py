@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 
@@ -159,3 +160,70 @@ def test_a_sandbox_stopped_before_the_process_starts_is_a_sandbox_error_and_is_r
     assert len(stopped) == 1
     app.client().flush()
     assert app.client().sandboxes.list(disk_id=app.disk_id) == []
+
+
+def test_a_sandbox_that_stops_under_a_running_call_is_a_sandbox_error_and_is_retried(
+    conn: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call's connection drops and its sandbox stops meanwhile (as when the control
+    plane restarts): the process cannot be followed again (the connect answers 409).
+    That is a SandboxError naming the sandbox, which the function's retries cover."""
+    from archil._sync.resources import processes
+
+    app = new_app(conn)
+    client = app.client()
+    started = threading.Event()
+    stopped: list[str] = []
+    real_receive = processes.receive_event
+
+    def watch_for_the_start() -> None:
+        while not started.is_set():
+            try:
+                client.objects.head(app.disk_id, "started")
+            except archil.NotFoundError:
+                time.sleep(0.05)
+            else:
+                started.set()
+
+    def drop_once_started(session: object, timeout: float) -> object:
+        if started.is_set() and not stopped:
+            for sandbox in client.sandboxes.list(disk_id=app.disk_id):
+                sandbox.stop()
+                stopped.append(sandbox.id)
+            raise OSError("the connection dropped")
+        return real_receive(session, timeout)
+
+    monkeypatch.setattr(processes, "receive_event", drop_once_started)
+
+    def run(retries: int) -> str:
+        @app.function(stream_logs=False, retries=retries)
+        def stops_under_it() -> str:
+            import os
+            import time
+
+            if os.path.exists("/mnt/archil/started"):
+                return "ran again"
+            open("/mnt/archil/started", "w").close()
+            time.sleep(60)
+            return "not stopped"
+
+        watcher = threading.Thread(target=watch_for_the_start, daemon=True)
+        watcher.start()
+        try:
+            return stops_under_it.remote()
+        finally:
+            started.set()
+            watcher.join()
+
+    with pytest.raises(archil.SandboxError, match="stopped while process") as info:
+        run(retries=0)
+    assert info.value.sandbox_id == stopped[0]
+    assert len(stopped) == 1
+
+    client.objects.delete(app.disk_id, "started")
+    started.clear()
+    stopped.clear()
+    assert run(retries=1) == "ran again"
+    assert len(stopped) == 1
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []

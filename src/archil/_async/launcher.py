@@ -334,7 +334,8 @@ class AsyncLauncher:
         The process is killed when this is interrupted (``kill``), or when the map it
         belongs to was abandoned (:class:`CallAborted`, checked every half second).
         ``resend`` is sent to its standard input again after each new connection
-        (a hand-over line that a dropped connection may have lost).
+        (a hand-over line that a dropped connection may have lost). Raises
+        :class:`SandboxError` when the sandbox stops under the process.
         """
         clock = self._client._transport.clock
         attachments = process.attachments
@@ -356,6 +357,15 @@ class AsyncLauncher:
                         printer.write(out.stream, out.data)
                     self._check_abort()
             return process.result
+        except ConflictError as exc:
+            # Its connection answers 409: the sandbox is not running (stopped by someone,
+            # or its control plane restarted), and the process cannot be followed.
+            sandbox_id = process.sandbox.id
+            raise SandboxError(
+                f"sandbox {sandbox_id} stopped while process {process.id} ran: {exc.message}",
+                sandbox_id=sandbox_id,
+                exit_reason=exc.message,
+            ) from exc
         except BaseException:
             if kill:
                 try:

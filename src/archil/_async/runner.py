@@ -183,6 +183,12 @@ class AsyncCallRunner(AsyncLauncher):
                     result = await self._watch(
                         process, self._printer_for(spec), tail, deadline, resend=resend
                     )
+                except SandboxError as exc:  # the sandbox stopped while the function ran
+                    await discard_sandbox(sandbox)
+                    await self._retry_or_raise(spec, exc, attempt, what)
+                    await self._remove_keys(disk, (paths.output_key,))
+                    attempt += 1
+                    continue
                 except BaseException:
                     await discard_sandbox(sandbox)
                     raise

@@ -183,6 +183,12 @@ class CallRunner(Launcher):
                     result = self._watch(
                         process, self._printer_for(spec), tail, deadline, resend=resend
                     )
+                except SandboxError as exc:  # the sandbox stopped while the function ran
+                    discard_sandbox(sandbox)
+                    self._retry_or_raise(spec, exc, attempt, what)
+                    self._remove_keys(disk, (paths.output_key,))
+                    attempt += 1
+                    continue
                 except BaseException:
                     discard_sandbox(sandbox)
                     raise
