@@ -1,17 +1,20 @@
-"""Warnings for a transport that would expose the API key (no I/O: shared by both halves)."""
+"""TLS for both halves: warnings for a transport that would expose the API key, and the
+verifying SSL context every client of this process shares."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import ssl
+import threading
 import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
 from ._errors import InsecureTransportWarning
 
-__all__ = ["insecure_reasons", "is_loopback_host", "warn_if_insecure"]
+__all__ = ["insecure_reasons", "is_loopback_host", "shared_ssl_context", "warn_if_insecure"]
 
 logger = logging.getLogger("archil")
 
@@ -62,3 +65,28 @@ def warn_if_insecure(urls: list[str], http_client: Any | None, *, stacklevel: in
     for reason in insecure_reasons(urls, http_client):
         logger.warning("insecure connection to the control plane: %s", reason)
         warnings.warn(reason, InsecureTransportWarning, stacklevel=stacklevel)
+
+
+_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """The verifying SSL context the clients of this process share, made on first use.
+
+    It is the one ``httpx`` makes by default (the CA file or directory named by
+    ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``, else certifi's bundle), one per value of
+    those. Making one loads the CA bundle, about 25 ms of CPU: a client opened per
+    call (``fn.remote.aio()`` opens one) would otherwise pay that each time.
+    """
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = _contexts.get(key)
+    if context is None:
+        with _contexts_lock:
+            context = _contexts.get(key)
+            if context is None:
+                import httpx
+
+                context = httpx.create_ssl_context()
+                _contexts[key] = context
+    return context

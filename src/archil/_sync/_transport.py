@@ -19,7 +19,7 @@ from .._compat import Background, Lock, sleep
 from .._config import ClientConfig, _check_retries, _check_timeout
 from .._errors import APIConnectionError, APIStatusError, error_for_status
 from .._retry import RetryableStatusError, RetryPolicy, parse_retry_after
-from .._tls import warn_if_insecure
+from .._tls import shared_ssl_context, warn_if_insecure
 from .._wire import Envelope, decode_envelope, error_from_response, map_transport_error, user_agent
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class HTTPPool:
                     client = httpx.Client(
                         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
                         follow_redirects=False,
+                        verify=shared_ssl_context(),
                     )
                     self._client = client
         return client
