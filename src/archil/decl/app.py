@@ -6,6 +6,7 @@ import asyncio
 import functools
 import os
 import threading
+import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -77,6 +78,31 @@ def function_idle_ttl() -> int:
     return value
 
 
+class _LoopClient:
+    """An app's async client on one event loop, and the generator that closes it."""
+
+    def __init__(self, client: AsyncArchil) -> None:
+        self.client = client
+        self.guard: AsyncIterator[None] | None = None
+        self.closed = False
+
+
+async def _close_at_shutdown(
+    held: _LoopClient,
+    clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient],
+    loop: asyncio.AbstractEventLoop,
+) -> AsyncIterator[None]:
+    # asyncio.run closes the async generators still suspended once it has cancelled
+    # (and waited for) every task: this one then closes the client and forgets it.
+    try:
+        yield
+    finally:
+        held.closed = True
+        if clients.get(loop) is held:
+            del clients[loop]
+        await held.client.aclose()
+
+
 class App:
     """An application that lives on a disk.
 
@@ -120,6 +146,9 @@ class App:
         self._base_url = base_url
         self._client: Archil | None = None
         self._lock = threading.Lock()
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
         self.functions: dict[str, Function[..., Any]] = {}
 
     def __repr__(self) -> str:
@@ -155,6 +184,28 @@ class App:
         from .._async.client import AsyncArchil
 
         return AsyncArchil(**self._client_kwargs())
+
+    async def _loop_client(self) -> AsyncArchil:
+        """The async client the app's ``.aio`` calls use on the running event loop.
+
+        One per loop, kept: its connections serve the next call, and the cleanup of a
+        finished call (its sandbox's stop and delete) goes on in the background after
+        the call returns, as with the blocking client. A suspended async generator
+        holds it, so it is closed (that cleanup finished first) when ``asyncio.run``
+        shuts the loop down.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            held = self._loop_clients.get(loop)
+        if held is not None and not held.closed:
+            return held.client
+        held = _LoopClient(self.async_client())
+        guard = _close_at_shutdown(held, self._loop_clients, loop)
+        await guard.__anext__()  # runs to its yield at once: nothing else interleaves here
+        held.guard = guard
+        with self._lock:
+            self._loop_clients[loop] = held
+        return held.client
 
     def close(self) -> None:
         """Close the app's client and its connections."""
@@ -433,11 +484,11 @@ class _Remote(Generic[P, R]):
         """Run the function remotely without blocking the event loop."""
         from .._async.runner import AsyncCallRunner
 
-        async with self._owner.app.async_client() as client:
-            result: R = await AsyncCallRunner(client).call(
-                self._owner.options, self._owner.fn, args, kwargs
-            )
-            return result
+        client = await self._owner.app._loop_client()
+        result: R = await AsyncCallRunner(client).call(
+            self._owner.options, self._owner.fn, args, kwargs
+        )
+        return result
 
 
 class _Spawn(Generic[P, R]):
@@ -461,10 +512,10 @@ class _Spawn(Generic[P, R]):
         from .._async.runner import AsyncCallRunner
 
         owner = self._owner
-        async with owner.app.async_client() as client:
-            record = await AsyncCallRunner(client).spawn(
-                owner.options, owner.fn, args, kwargs, owner.name
-            )
+        client = await owner.app._loop_client()
+        record = await AsyncCallRunner(client).spawn(
+            owner.options, owner.fn, args, kwargs, owner.name
+        )
         return FunctionCall(owner.app, "fc-" + record.call_id)
 
 
@@ -490,17 +541,17 @@ class _MapResults(Generic[R]):
         from .._async.runner import AsyncCallRunner
 
         owner = self._owner
-        async with owner.app.async_client() as client:
-            results = AsyncCallRunner(client).map(
-                owner.options,
-                owner.fn,
-                self._inputs,
-                self._concurrency,
-                ordered=self._ordered,
-                return_exceptions=self._return_exceptions,
-            )
-            async for value in results:
-                yield value
+        client = await owner.app._loop_client()
+        results = AsyncCallRunner(client).map(
+            owner.options,
+            owner.fn,
+            self._inputs,
+            self._concurrency,
+            ordered=self._ordered,
+            return_exceptions=self._return_exceptions,
+        )
+        async for value in results:
+            yield value
 
     def __aiter__(self) -> AsyncIterator[R]:
         # The map runs in a task of its own, so that leaving the loop early (``break``)
@@ -686,10 +737,10 @@ class _JobRemote:
         """Run the job without blocking the event loop."""
         from .._async.runner import AsyncCallRunner
 
-        async with self._job.app.async_client() as client:
-            return await AsyncCallRunner(client).run(
-                self._job.options, self._job.command, self._job.name
-            )
+        client = await self._job.app._loop_client()
+        return await AsyncCallRunner(client).run(
+            self._job.options, self._job.command, self._job.name
+        )
 
 
 class Job:

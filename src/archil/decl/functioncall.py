@@ -63,19 +63,19 @@ class _Get(Generic[R]):
         limit = _check_timeout(timeout)
         if call._value is not _UNSET:
             return call._finish()
-        async with call.app.async_client() as client:
-            try:
-                value = await AsyncCallRunner(client).collect(
-                    call.app.disk_id, call._paths, timeout=limit, specs=call._specs()
-                )
-            except TimeoutError as exc:
-                if type(exc) is TimeoutError:
-                    raise
-                call._value, call._error = None, exc
+        client = await call.app._loop_client()
+        try:
+            value = await AsyncCallRunner(client).collect(
+                call.app.disk_id, call._paths, timeout=limit, specs=call._specs()
+            )
+        except TimeoutError as exc:
+            if type(exc) is TimeoutError:
                 raise
-            except Exception as exc:
-                call._value, call._error = None, exc
-                raise
+            call._value, call._error = None, exc
+            raise
+        except Exception as exc:
+            call._value, call._error = None, exc
+            raise
         call._value = value
         return call._finish()
 
@@ -98,8 +98,8 @@ class _Cancel:
         from .._async.runner import AsyncCallRunner
 
         call = self._call
-        async with call.app.async_client() as client:
-            await AsyncCallRunner(client).cancel(call.app.disk_id, call._paths)
+        client = await call.app._loop_client()
+        await AsyncCallRunner(client).cancel(call.app.disk_id, call._paths)
 
 
 class FunctionCall(Generic[R]):
