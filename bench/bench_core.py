@@ -8,7 +8,8 @@ ratio, each a median over ``--repeat`` runs:
 - 1,000 ``client.disks.get()`` calls blocking against a bare ``httpx.Client``,
   and async with 50 in flight against a bare ``httpx.AsyncClient``;
 - ``fn.remote()`` of a trivial function on a ready image and on a prepared
-  (forked) image, and ``job.remote()`` of ``true``, against
+  (forked) image, ``fn.remote.aio()`` of the trivial one (on an event loop kept
+  running, as a service's is), and ``job.remote()`` of ``true``, against
   ``python -c "import cloudpickle"`` in a subprocess;
 - sandbox create to first output of a process (p50 and p95);
 - ``fn.map`` over 64 inputs that sleep 0.5 s against the ideal for its concurrency.
@@ -26,15 +27,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 import archil
 from archil.local.embedded import LocalServer
+
+T = TypeVar("T")
 
 IN_FLIGHT = 50
 """Async requests in flight at once."""
@@ -225,11 +229,18 @@ def bench_remote(server: Any, repeat: int) -> dict[str, tuple[float, float]]:
     def job() -> None:
         pass
 
+    loop = _LoopThread()
+
+    async def flush_loop_client() -> None:
+        await (await app._loop_client()).flush()
+
     for warm in (trivial.remote, prepared.remote, job.remote):
         warm()  # builds the image, prepares its steps, writes cloudpickle to the disk
+    loop.run(trivial.remote.aio())
     rows = {
         "fn.remote() trivial": trivial.remote,
         "fn.remote() prepared": prepared.remote,
+        "fn.remote.aio() trivial": lambda: loop.run(trivial.remote.aio()),
         "job.remote() of true": job.remote,
     }
     # Samples interleave with the floor's, so that drift of the machine hits all alike;
@@ -241,14 +252,38 @@ def bench_remote(server: Any, repeat: int) -> dict[str, tuple[float, float]]:
     client = app.client()
     for i in range(4 * repeat):
         client.flush()
+        loop.run(flush_loop_client())
         floor.append(_timed(lambda: _python("import cloudpickle")))
         names = list(rows)
         if i % 2:
             names[0], names[1] = names[1], names[0]
         for name in names:
             samples[name].append(_timed(rows[name]))
+    loop.close()
     app.close()
     return {name: (statistics.median(t), statistics.median(floor)) for name, t in samples.items()}
+
+
+class _LoopThread:
+    """An event loop running on a thread of its own, to time ``.aio`` calls from here.
+
+    The loop runs between calls, so a call's background cleanup runs beside the
+    caller, as the blocking client's does on its threads.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.run(self.loop.shutdown_asyncgens())  # closes the app's client on this loop
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 def bench_first_output(server: Any, samples: int) -> tuple[float, float]:
