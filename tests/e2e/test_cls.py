@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,29 @@ def test_ctrl_c_during_a_method_call_deletes_the_warm_sandbox(
         if proc.poll() is None:
             proc.kill()
         client.close()
+
+
+def test_the_end_of_asyncio_run_closes_warm_containers_before_the_loop_shuts_down(
+    conn: dict[str, str],
+) -> None:
+    """The warm container is deleted while tasks are being cancelled, not while the loop
+    closes its async generators: requests made then would draw a ResourceWarning each."""
+    app = new_app(conn)
+
+    @app.cls()
+    class Echo:
+        @archil.method()
+        def echo(self, x: int) -> int:
+            return x
+
+    async def main() -> int:
+        return await Echo().echo.remote.aio(3)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert asyncio.run(main()) == 3
+    late = [str(w.message) for w in caught if "shutdown_asyncgens" in str(w.message)]
+    assert late == []
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []

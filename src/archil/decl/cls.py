@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._callproto import FunctionSpec, encode_instance
+from .._compat import afinish
 
 if TYPE_CHECKING:
     from .._async.client import AsyncArchil
@@ -88,16 +89,21 @@ class _AsyncEntry:
 class _LoopState:
     """What a class keeps on one event loop: its client and its warm containers.
 
-    A suspended async generator holds them: ``asyncio.run`` closes such generators
-    when it ends, which closes every container and the client.
+    When ``asyncio.run`` ends, it first cancels every task, then closes the async
+    generators still suspended. A task that waits for nothing but its cancellation
+    (``keeper``) closes the containers in the first step, while the client still
+    works; a suspended async generator (``guard``) closes the client in the second,
+    once no task is left to use it (and any container left). Requests made while
+    the generators are closed would draw a ``ResourceWarning`` from the loop.
     """
 
     def __init__(self, client: AsyncArchil) -> None:
         self.client = client
         self.entries: dict[bytes, _AsyncEntry] = {}
         self.guard: AsyncIterator[None] | None = None
+        self.keeper: asyncio.Task[None] | None = None
 
-    async def aclose(self) -> None:
+    async def close_containers(self) -> None:
         for entry in list(self.entries.values()):
             if entry.timer is not None:
                 entry.timer.cancel()
@@ -105,6 +111,11 @@ class _LoopState:
             if container is not None:
                 await container.close()
         self.entries.clear()
+
+    async def aclose(self) -> None:
+        if self.keeper is not None and not self.keeper.done():
+            self.keeper.cancel()
+        await self.close_containers()
         await self.client.aclose()
 
 
@@ -113,6 +124,13 @@ async def _hold(state: _LoopState) -> AsyncIterator[None]:
         yield
     finally:
         await state.aclose()
+
+
+async def _keep(state: _LoopState) -> None:
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        await afinish(state.close_containers)
 
 
 _classes: weakref.WeakSet[Cls[Any]] = weakref.WeakSet()
@@ -248,6 +266,7 @@ class Cls(Generic[T]):
             guard = _hold(state)
             await guard.__anext__()
             state.guard = guard
+            state.keeper = loop.create_task(_keep(state), name="archil: warm containers")
             self._loops[loop] = state
         return state
 
