@@ -395,8 +395,7 @@ class AsyncLauncher:
     async def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
         """Remove a call's files, in one request (best effort: a failure is logged at DEBUG).
 
-        In the async client it goes on if its task is cancelled meanwhile (see
-        :func:`afinish`).
+        It goes on if its caller is cancelled meanwhile (see :func:`afinish`).
         """
         await afinish(functools.partial(self._remove_now, disk_id, list(keys)))
 

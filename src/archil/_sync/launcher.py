@@ -397,8 +397,7 @@ class Launcher:
     def _remove_keys(self, disk_id: str, keys: Iterable[str]) -> None:
         """Remove a call's files, in one request (best effort: a failure is logged at DEBUG).
 
-        In the async client it goes on if its task is cancelled meanwhile (see
-        :func:`finish`).
+        It goes on if its caller is cancelled meanwhile (see :func:`finish`).
         """
         finish(functools.partial(self._remove_now, disk_id, list(keys)))
 

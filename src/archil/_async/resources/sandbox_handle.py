@@ -65,8 +65,8 @@ async def discard_sandbox(sandbox: AsyncSandbox) -> None:
     """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
     fine, another failure is logged, never raised.
 
-    In the async client it goes on if its task is cancelled meanwhile, and raises the
-    cancellation after (see :func:`afinish`).
+    It goes on if its caller is cancelled meanwhile, and raises the cancellation
+    after (see :func:`afinish`).
     """
     await afinish(functools.partial(_discard, sandbox))
 

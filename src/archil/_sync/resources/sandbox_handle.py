@@ -67,8 +67,8 @@ def discard_sandbox(sandbox: Sandbox) -> None:
     """Stop (unless it has ended) and delete a sandbox, best effort: one already gone is
     fine, another failure is logged, never raised.
 
-    In the async client it goes on if its task is cancelled meanwhile, and raises the
-    cancellation after (see :func:`finish`).
+    It goes on if its caller is cancelled meanwhile, and raises the cancellation
+    after (see :func:`finish`).
     """
     finish(functools.partial(_discard, sandbox))
 
