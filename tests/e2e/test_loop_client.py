@@ -117,3 +117,33 @@ def _certifi_file() -> str:
     import certifi
 
     return str(certifi.where())
+
+
+def test_loops_on_several_threads_each_get_their_own_client(conn: dict[str, str]) -> None:
+    import threading
+
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def square(x: int) -> int:
+        return x * x
+
+    results: dict[int, tuple[int, archil.aio.Archil]] = {}
+
+    def on_a_thread(i: int) -> None:
+        async def main() -> tuple[int, archil.aio.Archil]:
+            value = await square.remote.aio(i)
+            return value, await app._loop_client()
+
+        results[i] = asyncio.run(main())
+
+    threads = [threading.Thread(target=on_a_thread, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(v for v, _ in results.values()) == [0, 1, 4]
+    assert len({id(c) for _, c in results.values()}) == 3  # all alive: ids are distinct
+    assert len(app._loop_clients) == 0
+    with app.client() as client:
+        assert client.sandboxes.list(disk_id=app.disk_id) == []

@@ -90,6 +90,7 @@ class _LoopClient:
 async def _close_at_shutdown(
     held: _LoopClient,
     clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient],
+    lock: threading.Lock,
     loop: asyncio.AbstractEventLoop,
 ) -> AsyncIterator[None]:
     # asyncio.run closes the async generators still suspended once it has cancelled
@@ -98,8 +99,9 @@ async def _close_at_shutdown(
         yield
     finally:
         held.closed = True
-        if clients.get(loop) is held:
-            del clients[loop]
+        with lock:  # other threads run loops of their own with this app
+            if clients.get(loop) is held:
+                del clients[loop]
         await held.client.aclose()
 
 
@@ -200,7 +202,7 @@ class App:
         if held is not None and not held.closed:
             return held.client
         held = _LoopClient(self.async_client())
-        guard = _close_at_shutdown(held, self._loop_clients, loop)
+        guard = _close_at_shutdown(held, self._loop_clients, self._lock, loop)
         await guard.__anext__()  # runs to its yield at once: nothing else interleaves here
         held.guard = guard
         with self._lock:
