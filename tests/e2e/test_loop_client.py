@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 import archil
 from archil import _tls
+from procs import start_script
 
 
 def new_app(conn: dict[str, str]) -> archil.App:
@@ -147,3 +149,77 @@ def test_loops_on_several_threads_each_get_their_own_client(conn: dict[str, str]
     assert len(app._loop_clients) == 0
     with app.client() as client:
         assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
+FIRST_AIO_SCRIPT = """
+import asyncio, sys, threading
+import archil
+from archil.decl import _asynchalf
+
+where = []
+real_load = _asynchalf._load
+
+def load():
+    where.append(threading.current_thread() is threading.main_thread())
+    where.append("archil._async.runner" in sys.modules)
+    real_load()
+
+_asynchalf._load = load
+app = archil.App(name="first-aio", disk_id=sys.argv[1])
+
+@app.function(stream_logs=False)
+def one():
+    return 1
+
+async def main():
+    assert await one.remote.aio() == 1
+    assert await one.remote.aio() == 1
+
+asyncio.run(main())
+print("loads:", len(where) // 2, "on the loop's thread:", where[0], "imported before:", where[1])
+"""
+
+
+def test_the_first_aio_call_imports_the_async_half_off_the_event_loop(
+    conn: dict[str, str], tmp_path: Path
+) -> None:
+    """A service's loop keeps serving while its first ``.aio`` call loads archil's async
+    half (a few hundred ms of CPU): that happens once, on a worker thread."""
+    proc = start_script(
+        tmp_path / "first_aio.py", FIRST_AIO_SCRIPT, conn, f"disk_{uuid.uuid4().hex[:10]}"
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "loads: 1 on the loop's thread: False imported before: False" in out
+
+
+def test_concurrent_first_calls_on_a_loop_make_one_client(
+    conn: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first calls wait together for the async half to load (as in a fresh process):
+    they must end up on one client, or the clients left over would be closed (when
+    their holders are collected) under the calls still using them."""
+    import threading
+
+    from archil.decl import _asynchalf
+
+    monkeypatch.setattr(_asynchalf, "_loaded", threading.Event())
+    app = new_app(conn)
+    made: list[archil.aio.Archil] = []
+    real_async_client = app.async_client
+
+    def counted() -> archil.aio.Archil:
+        made.append(real_async_client())
+        return made[-1]
+
+    monkeypatch.setattr(app, "async_client", counted)
+
+    @app.function(stream_logs=False)
+    def square(x: int) -> int:
+        return x * x
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(square.remote.aio(i) for i in range(4))))
+
+    assert asyncio.run(main()) == [0, 1, 4, 9]
+    assert len(made) == 1

@@ -32,6 +32,7 @@ from .._models import (
     validate_disk_id,
 )
 from .._secrets import Secret
+from ._asynchalf import load_async_half
 from ._driven import DrivenIterator
 from ._driven import stop as stop_driven
 from .cls import Cls
@@ -187,6 +188,11 @@ class App:
 
         return AsyncArchil(**self._client_kwargs())
 
+    def _held_client(self, loop: asyncio.AbstractEventLoop) -> _LoopClient | None:
+        with self._lock:
+            held = self._loop_clients.get(loop)
+        return held if held is not None and not held.closed else None
+
     async def _loop_client(self) -> AsyncArchil:
         """The async client the app's ``.aio`` calls use on the running event loop.
 
@@ -197,13 +203,17 @@ class App:
         shuts the loop down.
         """
         loop = asyncio.get_running_loop()
-        with self._lock:
-            held = self._loop_clients.get(loop)
-        if held is not None and not held.closed:
+        held = self._held_client(loop)
+        if held is not None:
+            return held.client
+        await load_async_half()
+        # Other calls on this loop may have made the client while that ran.
+        held = self._held_client(loop)
+        if held is not None:
             return held.client
         held = _LoopClient(self.async_client())
         guard = _close_at_shutdown(held, self._loop_clients, self._lock, loop)
-        await guard.__anext__()  # runs to its yield at once: nothing else interleaves here
+        await guard.__anext__()  # runs to its yield without suspending: nothing interleaves
         held.guard = guard
         with self._lock:
             self._loop_clients[loop] = held
@@ -484,9 +494,9 @@ class _Remote(Generic[P, R]):
 
     async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function remotely without blocking the event loop."""
+        client = await self._owner.app._loop_client()
         from .._async.runner import AsyncCallRunner
 
-        client = await self._owner.app._loop_client()
         result: R = await AsyncCallRunner(client).call(
             self._owner.options, self._owner.fn, args, kwargs
         )
@@ -511,10 +521,10 @@ class _Spawn(Generic[P, R]):
 
     async def aio(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Start the call without blocking the event loop."""
-        from .._async.runner import AsyncCallRunner
-
         owner = self._owner
         client = await owner.app._loop_client()
+        from .._async.runner import AsyncCallRunner
+
         record = await AsyncCallRunner(client).spawn(
             owner.options, owner.fn, args, kwargs, owner.name
         )
@@ -540,10 +550,10 @@ class _MapResults(Generic[R]):
         self._running: set[asyncio.Task[None]] = set()
 
     async def _results(self) -> AsyncIterator[R]:
-        from .._async.runner import AsyncCallRunner
-
         owner = self._owner
         client = await owner.app._loop_client()
+        from .._async.runner import AsyncCallRunner
+
         results = AsyncCallRunner(client).map(
             owner.options,
             owner.fn,
@@ -737,9 +747,9 @@ class _JobRemote:
 
     async def aio(self) -> int:
         """Run the job without blocking the event loop."""
+        client = await self._job.app._loop_client()
         from .._async.runner import AsyncCallRunner
 
-        client = await self._job.app._loop_client()
         return await AsyncCallRunner(client).run(
             self._job.options, self._job.command, self._job.name
         )

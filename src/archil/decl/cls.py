@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._callproto import FunctionSpec, encode_instance
 from .._compat import afinish
+from ._asynchalf import load_async_half
 
 if TYPE_CHECKING:
     from .._async.client import AsyncArchil
@@ -262,6 +263,9 @@ class Cls(Generic[T]):
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
+            await load_async_half()
+            state = self._loops.get(loop)  # made by another call while that ran?
+        if state is None:
             state = _LoopState(self.app.async_client())
             guard = _hold(state)
             await guard.__anext__()
@@ -273,10 +277,10 @@ class Cls(Generic[T]):
     async def _acall(
         self, key: bytes, payload: bytes, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        state = await self._state()
         from .._async.launcher import AsyncLauncher
         from .._async.warm import AsyncWarmContainer
 
-        state = await self._state()
         entry = state.entries.setdefault(key, _AsyncEntry())
         async with entry.lock:
             if entry.timer is not None:

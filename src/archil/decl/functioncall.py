@@ -57,13 +57,13 @@ class _Get(Generic[R]):
 
     async def aio(self, timeout: float | None = None) -> R:
         """Wait for the result without blocking the event loop."""
-        from .._async.runner import AsyncCallRunner
-
         call = self._call
         limit = _check_timeout(timeout)
         if call._value is not _UNSET:
             return call._finish()
         client = await call.app._loop_client()
+        from .._async.runner import AsyncCallRunner
+
         try:
             value = await AsyncCallRunner(client).collect(
                 call.app.disk_id, call._paths, timeout=limit, specs=call._specs()
@@ -95,10 +95,10 @@ class _Cancel:
 
     async def aio(self) -> None:
         """Cancel the call without blocking the event loop."""
-        from .._async.runner import AsyncCallRunner
-
         call = self._call
         client = await call.app._loop_client()
+        from .._async.runner import AsyncCallRunner
+
         await AsyncCallRunner(client).cancel(call.app.disk_id, call._paths)
 
 
