@@ -154,59 +154,16 @@ class AsyncCallRunner(AsyncLauncher):
                     await upload.join()
             attempt = 1
             while True:
-                deadline: float | None = None
-                resend: str | None = None
-                taken = None
-                if standbys is not None and attempt == 1:
-                    with background.foreground():
-                        await upload.join()
-                    taken = await standbys.take(paths)
                 try:
-                    if taken is None:
-                        with background.foreground():
-                            sandbox, process = await self._launch(
-                                spec, paths, lib, attempt, ready=upload
-                            )
-                    else:
-                        sandbox, process = taken
-                        resend = handover(paths)
-                        if spec.timeout is not None:
-                            deadline = self._client._transport.clock() + spec.timeout
-                except SandboxError as exc:  # the sandbox failed to start
-                    await self._retry_or_raise(spec, exc, attempt, what)
-                    attempt += 1
-                    continue
-                tail = OutputTail()
-                try:
-                    if standbys is not None:
-                        await standbys.refill()
-                    result = await self._watch(
-                        process, self._printer_for(spec), tail, deadline, resend=resend
-                    )
-                except SandboxError as exc:  # the sandbox stopped while the function ran
-                    await discard_sandbox(sandbox)
-                    await self._retry_or_raise(spec, exc, attempt, what)
-                    await self._remove_keys(disk, (paths.output_key,))
-                    attempt += 1
-                    continue
-                except BaseException:
-                    await discard_sandbox(sandbox)
-                    raise
-                background.spawn(functools.partial(discard_sandbox, sandbox))
-                if result is None:  # past its timeout, counted from the hand-over
-                    result = ProcessResult(process.id, "timed_out", None, None, "", "")
-                try:
-                    with background.foreground():
-                        value = await self._outcome(
-                            spec, disk, paths, result, tail.text(), what, sandbox.id
-                        )
-                except Exception as exc:
-                    await self._retry_or_raise(spec, exc, attempt, what)
-                    await self._remove_keys(disk, (paths.output_key,))
-                    attempt += 1
-                    continue
-                interrupted = False
-                return value
+                    value = await self._attempt(spec, paths, upload, lib, attempt, what, standbys)
+                except _AttemptFailed as failed:
+                    error = failed.error
+                else:
+                    interrupted = False
+                    return value
+                await self._retry_or_raise(spec, error, attempt, what)
+                await self._remove_keys(disk, (paths.output_key,))
+                attempt += 1
         except Exception:
             interrupted = False
             raise
@@ -216,6 +173,64 @@ class AsyncCallRunner(AsyncLauncher):
                 await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
                 background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+
+    async def _attempt(
+        self,
+        spec: FunctionSpec,
+        paths: CallPaths,
+        upload: AConcurrent[None],
+        lib: str,
+        attempt: int,
+        what: str,
+        standbys: AsyncStandbys | None,
+    ) -> Any:
+        """One attempt of a call, in a sandbox of its own (or one started ahead, the first).
+
+        Raises :class:`_AttemptFailed` for what the function's ``retries`` cover: its
+        sandbox failed to start or stopped under it, or the function failed.
+        """
+        background = self._client._transport.background
+        deadline: float | None = None
+        resend: str | None = None
+        taken = None
+        if standbys is not None and attempt == 1:
+            with background.foreground():
+                await upload.join()
+            taken = await standbys.take(paths)
+        try:
+            if taken is None:
+                with background.foreground():
+                    sandbox, process = await self._launch(spec, paths, lib, attempt, ready=upload)
+            else:
+                sandbox, process = taken
+                resend = handover(paths)
+                if spec.timeout is not None:
+                    deadline = self._client._transport.clock() + spec.timeout
+        except SandboxError as exc:  # the sandbox failed to start
+            raise _AttemptFailed(exc) from None
+        tail = OutputTail()
+        try:
+            if standbys is not None:
+                await standbys.refill()
+            result = await self._watch(
+                process, self._printer_for(spec), tail, deadline, resend=resend
+            )
+        except SandboxError as exc:  # the sandbox stopped while the function ran
+            await discard_sandbox(sandbox)
+            raise _AttemptFailed(exc) from None
+        except BaseException:
+            await discard_sandbox(sandbox)
+            raise
+        background.spawn(functools.partial(discard_sandbox, sandbox))
+        if result is None:  # past its timeout, counted from the hand-over
+            result = ProcessResult(process.id, "timed_out", None, None, "", "")
+        try:
+            with background.foreground():
+                return await self._outcome(
+                    spec, spec.disk_id, paths, result, tail.text(), what, sandbox.id
+                )
+        except Exception as exc:
+            raise _AttemptFailed(exc) from None
 
     async def _settle_and_remove(
         self, upload: AConcurrent[None], disk: str, keys: tuple[str, ...]
@@ -463,6 +478,14 @@ class AsyncCallRunner(AsyncLauncher):
                     self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
                     await discard_sandbox(done)
+
+
+class _AttemptFailed(Exception):
+    """An attempt of a call failed in a way the function's ``retries`` cover."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)

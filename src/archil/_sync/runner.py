@@ -156,57 +156,16 @@ class CallRunner(Launcher):
                     upload.join()
             attempt = 1
             while True:
-                deadline: float | None = None
-                resend: str | None = None
-                taken = None
-                if standbys is not None and attempt == 1:
-                    with background.foreground():
-                        upload.join()
-                    taken = standbys.take(paths)
                 try:
-                    if taken is None:
-                        with background.foreground():
-                            sandbox, process = self._launch(spec, paths, lib, attempt, ready=upload)
-                    else:
-                        sandbox, process = taken
-                        resend = handover(paths)
-                        if spec.timeout is not None:
-                            deadline = self._client._transport.clock() + spec.timeout
-                except SandboxError as exc:  # the sandbox failed to start
-                    self._retry_or_raise(spec, exc, attempt, what)
-                    attempt += 1
-                    continue
-                tail = OutputTail()
-                try:
-                    if standbys is not None:
-                        standbys.refill()
-                    result = self._watch(
-                        process, self._printer_for(spec), tail, deadline, resend=resend
-                    )
-                except SandboxError as exc:  # the sandbox stopped while the function ran
-                    discard_sandbox(sandbox)
-                    self._retry_or_raise(spec, exc, attempt, what)
-                    self._remove_keys(disk, (paths.output_key,))
-                    attempt += 1
-                    continue
-                except BaseException:
-                    discard_sandbox(sandbox)
-                    raise
-                background.spawn(functools.partial(discard_sandbox, sandbox))
-                if result is None:  # past its timeout, counted from the hand-over
-                    result = ProcessResult(process.id, "timed_out", None, None, "", "")
-                try:
-                    with background.foreground():
-                        value = self._outcome(
-                            spec, disk, paths, result, tail.text(), what, sandbox.id
-                        )
-                except Exception as exc:
-                    self._retry_or_raise(spec, exc, attempt, what)
-                    self._remove_keys(disk, (paths.output_key,))
-                    attempt += 1
-                    continue
-                interrupted = False
-                return value
+                    value = self._attempt(spec, paths, upload, lib, attempt, what, standbys)
+                except _AttemptFailed as failed:
+                    error = failed.error
+                else:
+                    interrupted = False
+                    return value
+                self._retry_or_raise(spec, error, attempt, what)
+                self._remove_keys(disk, (paths.output_key,))
+                attempt += 1
         except Exception:
             interrupted = False
             raise
@@ -216,6 +175,62 @@ class CallRunner(Launcher):
                 finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
                 background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+
+    def _attempt(
+        self,
+        spec: FunctionSpec,
+        paths: CallPaths,
+        upload: Concurrent[None],
+        lib: str,
+        attempt: int,
+        what: str,
+        standbys: Standbys | None,
+    ) -> Any:
+        """One attempt of a call, in a sandbox of its own (or one started ahead, the first).
+
+        Raises :class:`_AttemptFailed` for what the function's ``retries`` cover: its
+        sandbox failed to start or stopped under it, or the function failed.
+        """
+        background = self._client._transport.background
+        deadline: float | None = None
+        resend: str | None = None
+        taken = None
+        if standbys is not None and attempt == 1:
+            with background.foreground():
+                upload.join()
+            taken = standbys.take(paths)
+        try:
+            if taken is None:
+                with background.foreground():
+                    sandbox, process = self._launch(spec, paths, lib, attempt, ready=upload)
+            else:
+                sandbox, process = taken
+                resend = handover(paths)
+                if spec.timeout is not None:
+                    deadline = self._client._transport.clock() + spec.timeout
+        except SandboxError as exc:  # the sandbox failed to start
+            raise _AttemptFailed(exc) from None
+        tail = OutputTail()
+        try:
+            if standbys is not None:
+                standbys.refill()
+            result = self._watch(process, self._printer_for(spec), tail, deadline, resend=resend)
+        except SandboxError as exc:  # the sandbox stopped while the function ran
+            discard_sandbox(sandbox)
+            raise _AttemptFailed(exc) from None
+        except BaseException:
+            discard_sandbox(sandbox)
+            raise
+        background.spawn(functools.partial(discard_sandbox, sandbox))
+        if result is None:  # past its timeout, counted from the hand-over
+            result = ProcessResult(process.id, "timed_out", None, None, "", "")
+        try:
+            with background.foreground():
+                return self._outcome(
+                    spec, spec.disk_id, paths, result, tail.text(), what, sandbox.id
+                )
+        except Exception as exc:
+            raise _AttemptFailed(exc) from None
 
     def _settle_and_remove(
         self, upload: Concurrent[None], disk: str, keys: tuple[str, ...]
@@ -458,6 +473,14 @@ class CallRunner(Launcher):
                     self._client._transport.background.spawn(lambda: discard_sandbox(done))
                 else:
                     discard_sandbox(done)
+
+
+class _AttemptFailed(Exception):
+    """An attempt of a call failed in a way the function's ``retries`` cover."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
