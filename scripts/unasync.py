@@ -135,7 +135,7 @@ REPLACEMENTS: dict[str, str] = {
     "AsyncCallRunner": "CallRunner",
     "AsyncLauncher": "Launcher",
     "AsyncWarmContainer": "WarmContainer",
-    "AsyncStandbys": "Standbys",
+    "AsyncWorkers": "Workers",
 }
 
 # Names that may keep unasync's default treatment.

@@ -45,6 +45,7 @@ __all__ = [
     "CALLS_PREFIX",
     "CLS_BOOTSTRAP",
     "REMOTE_ENV",
+    "WORKER_BOOTSTRAP",
     "CallAborted",
     "CallPaths",
     "CallRecord",
@@ -61,11 +62,13 @@ __all__ = [
     "check_python_version",
     "cls_bootstrap_command",
     "decode_result",
+    "encode_arguments",
     "encode_call",
+    "encode_function",
     "encode_instance",
     "encode_method_call",
     "local_python_version",
-    "standby_command",
+    "worker_command",
 ]
 
 CALLS_PREFIX = ".archil/calls"
@@ -127,12 +130,6 @@ BOOTSTRAP = (
     _PRELUDE
     + r"""
 call_dir = sys.argv[1]
-if call_dir == "-":
-    call_dir = sys.stdin.readline().strip()
-    if not call_dir:
-        sys.exit(0)
-    sys.stdin = open(os.devnull)
-    os.dup2(sys.stdin.fileno(), 0)
 try:
     with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
         fn, args, kwargs = cloudpickle.load(f)
@@ -151,17 +148,38 @@ class CallAborted(Exception):
     """A call stopped because the ``map`` it belongs to was abandoned (a failure, Ctrl-C)."""
 
 
-CLS_BOOTSTRAP = (
-    _PRELUDE
-    + r"""
-init_dir = sys.argv[1]
-
+_SERVE = r"""
 def _answer(call_dir, out):
     _write(call_dir, out)
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(1, b"\x1e" + os.path.basename(call_dir).encode() + b"\x1e\n")
 
+def _calls():
+    # The calls are named one a line on this process's standard input, which the code it
+    # runs does not share: its own is /dev/null. A line sent again after a dropped
+    # connection names a call already taken, and is skipped.
+    fd = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull)
+    seen = []
+    for line in os.fdopen(fd, "r"):
+        call_dir = line.strip()
+        if call_dir and call_dir not in seen:
+            seen.append(call_dir)
+            del seen[:-64]
+            yield call_dir
+"""
+"""How a serving container takes its calls and answers each: the result on the disk,
+then a marker line (``\\x1e<call id>\\x1e``) on stdout."""
+
+CLS_BOOTSTRAP = (
+    _PRELUDE
+    + _SERVE
+    + r"""
+init_dir = sys.argv[1]
 obj = None
 try:
     with open(os.path.join(init_dir, "input.pkl"), "rb") as f:
@@ -176,10 +194,7 @@ except BaseException as exc:
 _answer(init_dir, out)
 if obj is None:
     sys.exit(0)
-for line in sys.stdin:
-    call_dir = line.strip()
-    if not call_dir:
-        continue
+for call_dir in _calls():
     try:
         with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
             name, args, kwargs = cloudpickle.load(f)
@@ -192,6 +207,33 @@ for line in sys.stdin:
 """A class's container process: builds the instance, runs its ``enter`` methods, then
 serves method calls named on its standard input (one call directory a line), writing
 each result to the disk and then a marker line (``\\x1e<call id>\\x1e``) to stdout."""
+
+WORKER_BOOTSTRAP = (
+    _PRELUDE
+    + _SERVE
+    + r"""
+try:
+    with open(sys.argv[1], "rb") as f:
+        fn = cloudpickle.load(f)
+    broken = None
+except BaseException as exc:
+    fn, broken = None, _failed(exc)
+for call_dir in _calls():
+    if broken is not None:
+        out = broken
+    else:
+        try:
+            with open(os.path.join(call_dir, "input.pkl"), "rb") as f:
+                args, kwargs = cloudpickle.load(f)
+            out = {"ok": True, "value": fn(*args, **kwargs)}
+        except BaseException as exc:
+            out = _failed(exc)
+    _answer(call_dir, out)
+"""
+)
+"""A ``map``'s container process: loads the function once (``sys.argv[1]``, a pickle of
+it), then runs it on the inputs named on its standard input, one call directory a line
+(``input.pkl``: the arguments), answering each as a class's container does."""
 
 
 def call_marker(call_id: str) -> bytes:
@@ -313,15 +355,10 @@ def bootstrap_command(paths: CallPaths) -> str:
     return f"exec python -u -c {shlex.quote(BOOTSTRAP)} {shlex.quote(paths.container_dir)}"
 
 
-def standby_command() -> str:
-    """The container command of a bootstrap started ahead of its call.
-
-    It starts the interpreter and imports cloudpickle, then reads the call's
-    directory from its standard input (end of file: it exits, having run nothing).
-    It reads one line only, and then its standard input is ``/dev/null``: the line
-    may be sent again after a dropped connection without reaching the function.
-    """
-    return f"exec python -u -c {shlex.quote(BOOTSTRAP)} -"
+def worker_command(function: CallPaths) -> str:
+    """The container command of a ``map``'s worker, for the function uploaded in ``function``."""
+    path = f"{function.container_dir}/input.pkl"
+    return f"exec python -u -c {shlex.quote(WORKER_BOOTSTRAP)} {shlex.quote(path)}"
 
 
 def _is_installed(module_name: str) -> bool:
@@ -396,6 +433,35 @@ def encode_call(
             raise ValueError(
                 f"could not serialize the call to {getattr(fn, '__qualname__', fn)!r} "
                 f"and its arguments: {exc}"
+            ) from exc
+    return data
+
+
+def encode_function(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> bytes:
+    """Serialize a function alone, for a ``map``'s workers (see :func:`encode_arguments`)."""
+    with _by_value(fn, in_image):
+        try:
+            data: bytes = cloudpickle.dumps(fn)
+        except Exception as exc:
+            raise ValueError(
+                f"could not serialize the function {getattr(fn, '__qualname__', fn)!r}: {exc}"
+            ) from exc
+    return data
+
+
+def encode_arguments(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    in_image: tuple[str, ...] = (),
+) -> bytes:
+    """Serialize one input of a ``map`` (its arguments), pickled as :func:`encode_call` would."""
+    with _by_value(fn, in_image):
+        try:
+            data: bytes = cloudpickle.dumps((args, kwargs))
+        except Exception as exc:
+            raise ValueError(
+                f"could not serialize the arguments of {getattr(fn, '__qualname__', fn)!r}: {exc}"
             ) from exc
     return data
 

@@ -109,35 +109,91 @@ def test_starmap_and_for_each(conn: dict[str, str]) -> None:
         write.map.aio([1], concurrency=0)
 
 
-def test_map_hands_inputs_to_sandboxes_started_ahead(conn: dict[str, str]) -> None:
+def test_map_runs_its_inputs_in_at_most_concurrency_containers(conn: dict[str, str]) -> None:
+    """Each container loads the function once and runs input after input: its module
+    state persists between them, its standard input is its own, and no more than
+    ``concurrency`` functions run at once."""
     app = new_app(conn)
 
     @app.function(stream_logs=False)
-    def stamp(i: int) -> tuple[float, float, float]:
+    def stamp(i: int) -> tuple[str, int, float, float, str]:
+        import builtins
+        import sys
         import time
+        import uuid
 
         began = time.time()
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        interpreter_age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-        time.sleep(1.0)
-        return began, time.time(), interpreter_age
+        if not hasattr(builtins, "_archil_test_token"):
+            builtins._archil_test_token = uuid.uuid4().hex  # type: ignore[attr-defined]
+            builtins._archil_test_runs = 0  # type: ignore[attr-defined]
+        builtins._archil_test_runs += 1  # type: ignore[attr-defined]
+        time.sleep(0.3)
+        return (
+            builtins._archil_test_token,  # type: ignore[attr-defined]
+            builtins._archil_test_runs,  # type: ignore[attr-defined]
+            began,
+            time.time(),
+            sys.stdin.read(),  # /dev/null: the calls' own pipe is not the function's
+        )
 
-    results = list(stamp.map(range(6), concurrency=2))
-    # The first two start cold: their interpreter started just before the function.
-    assert all(age < 0.5 for _, _, age in results[:2]), results
-    # Later inputs were handed to sandboxes started while an earlier input ran.
-    ahead = [age for _, _, age in results[2:] if age > 0.4]
-    assert len(ahead) >= 2, results
-    # No more than `concurrency` functions ever ran at once.
-    events = sorted([(b, 1) for b, _, _ in results] + [(e, -1) for _, e, _ in results])
+    results = list(stamp.map(range(8), concurrency=2))
+    containers = {token for token, *_ in results}
+    assert len(containers) == 2, results
+    # Every container counted its own inputs, 1, 2, 3, ... in the order it ran them.
+    for token in containers:
+        runs = sorted(n for t, n, *_ in results if t == token)
+        assert runs == list(range(1, len(runs) + 1)), results
+    assert sum(len([r for r in results if r[0] == t]) for t in containers) == 8
+    assert all(r[4] == "" for r in results)
+    events = sorted([(r[2], 1) for r in results] + [(r[3], -1) for r in results])
     running = peak = 0
     for _, step in events:
         running += step
         peak = max(peak, running)
     assert peak <= 2
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+    assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
+
+
+def test_a_container_that_dies_fails_its_input_alone(conn: dict[str, str]) -> None:
+    """An exception leaves the container to the next input; an input that kills its
+    container fails with ContainerError (or runs again, with ``retries``) and the
+    other inputs go on in a new one."""
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def risky(i: int) -> tuple[int, str]:
+        import builtins
+        import uuid
+
+        if not hasattr(builtins, "_archil_test_token"):
+            builtins._archil_test_token = uuid.uuid4().hex  # type: ignore[attr-defined]
+        if i == 1:
+            raise Odd(f"input {i}")
+        if i == 2:
+            os._exit(7)
+        return i, builtins._archil_test_token  # type: ignore[attr-defined]
+
+    results = list(risky.map(range(5), concurrency=1, return_exceptions=True))
+    assert isinstance(results[1], Odd)
+    assert isinstance(results[2], archil.ContainerError) and results[2].exit_code == 7
+    values = [r for r in results if isinstance(r, tuple)]
+    assert [v for v, _ in values] == [0, 3, 4]
+    # Input 0 ran before the exception, in the container that input 2 then killed.
+    assert values[0][1] != values[1][1] == values[2][1]
+
+    @app.function(stream_logs=False, retries=1)
+    def once_fatal(i: int) -> int:
+
+        flag = f"/mnt/archil/died-{i}"
+        if i == 1 and not os.path.exists(flag):
+            open(flag, "w").close()
+            os._exit(9)
+        return i * 10
+
+    assert list(once_fatal.map(range(3), concurrency=2)) == [0, 10, 20]
     client = app.client()
     client.flush()
     assert client.sandboxes.list(disk_id=app.disk_id) == []
@@ -157,8 +213,9 @@ def test_map_uploads_the_next_input_while_earlier_ones_run(conn: dict[str, str])
         return len(glob.glob("/mnt/archil/.archil/calls/*/input.pkl"))
 
     # One at a time: while input 0 runs, input 1 is already uploaded (input 2 is not:
-    # one input ahead); the last input has none after it.
-    assert list(inputs_on_disk.map(range(3), concurrency=1)) == [2, 2, 1]
+    # one input ahead); the last input has none after it. The function's own pickle
+    # is there too, for the containers that load it.
+    assert list(inputs_on_disk.map(range(3), concurrency=1)) == [3, 3, 2]
     client = app.client()
 
     def call_files() -> list[str]:
@@ -174,7 +231,7 @@ def test_map_uploads_the_next_input_while_earlier_ones_run(conn: dict[str, str])
     async def main() -> list[int]:
         return [n async for n in inputs_on_disk.map.aio(range(3), concurrency=1)]
 
-    assert asyncio.run(main()) == [2, 2, 1]
+    assert asyncio.run(main()) == [3, 3, 2]
     assert call_files() == []
 
 
@@ -197,7 +254,7 @@ def test_an_input_that_cannot_be_pickled_fails_alone(conn: dict[str, str]) -> No
     assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
 
 
-def test_map_timeout_counts_from_the_hand_over(conn: dict[str, str]) -> None:
+def test_map_timeout_stops_the_input_and_its_container(conn: dict[str, str]) -> None:
     app = new_app(conn)
 
     @app.function(stream_logs=False, timeout=2)
@@ -258,10 +315,8 @@ def test_ctrl_c_during_map_deletes_every_sandbox(conn: dict[str, str], tmp_path:
                 ) from None
             output.append(line)
             seen += line.count("sleeping")  # concurrent calls may share a line
-        # Four calls run, and four sandboxes are started ahead for the inputs that wait.
-        while len(client.sandboxes.list(disk_id=disk)) < 8 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(client.sandboxes.list(disk_id=disk)) == 8
+        # Four calls run, each in a container of the map's.
+        assert len(client.sandboxes.list(disk_id=disk)) == 4
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         proc.wait(timeout=30)

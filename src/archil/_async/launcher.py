@@ -31,7 +31,6 @@ from .._callproto import (
 from .._compat import AConcurrent, afinish
 from .._errors import (
     APIError,
-    ArchilError,
     ConflictError,
     FunctionTimeoutError,
     ImageBuildError,
@@ -327,23 +326,16 @@ class AsyncLauncher:
         deadline: float | None = None,
         *,
         kill: bool = True,
-        resend: str | None = None,
     ) -> ProcessResult | None:
         """Follow ``process`` to its exit (``None`` if ``deadline`` passes first), then detach.
 
         The process is killed when this is interrupted (``kill``), or when the map it
         belongs to was abandoned (:class:`CallAborted`, checked every half second).
-        ``resend`` is sent to its standard input again after each new connection
-        (a hand-over line that a dropped connection may have lost). Raises
-        :class:`SandboxError` when the sandbox stops under the process.
+        Raises :class:`SandboxError` when the sandbox stops under the process.
         """
         clock = self._client._transport.clock
-        attachments = process.attachments
         try:
             while process.result is None:
-                if resend is not None and process.attachments != attachments:
-                    attachments = process.attachments
-                    await self._resend(process, resend)
                 self._check_abort()
                 idle = _WATCH_POLL
                 if deadline is not None:
@@ -375,13 +367,6 @@ class AsyncLauncher:
             raise
         finally:
             await process.close()
-
-    @staticmethod
-    async def _resend(process: AsyncProcess, line: str) -> None:
-        try:
-            await process.send_input(line)
-        except ArchilError as exc:
-            log.debug("could not send to process %s again: %s", process.id, exc)
 
     def _check_abort(self) -> None:
         if self._abort is not None and self._abort.is_set():

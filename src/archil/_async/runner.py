@@ -28,7 +28,9 @@ from .._callproto import (
     FunctionSpec,
     OutputTail,
     decode_result,
+    encode_arguments,
     encode_call,
+    encode_function,
 )
 from .._compat import AConcurrent, afinish, agather_bounded
 from .._errors import (
@@ -44,10 +46,10 @@ from .._errors import (
 )
 from .._process import ProcessResult
 from .._secrets import merged_env
-from .launcher import CLOUDPICKLE, AsyncLauncher, ended
+from .launcher import AsyncLauncher, ended
 from .resources.sandbox_handle import discard_sandbox
 from .resources.sandboxes import AsyncSandbox
-from .standby import AsyncStandbys, handover
+from .workers import AsyncWorkers
 
 __all__ = ["AsyncCallRunner"]
 
@@ -120,9 +122,6 @@ class AsyncCallRunner(AsyncLauncher):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
-        standbys: AsyncStandbys | None = None,
-        staged: Staged | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a sandbox on the app's disk and return its value.
 
@@ -130,32 +129,22 @@ class AsyncCallRunner(AsyncLauncher):
         say. Once an attempt's process has ended, the sandbox's stop and delete (and
         the removal of the call's files) are left to the client's background work;
         if the call is interrupted on the way, they are done before it returns.
-
-        ``standbys`` (in a ``map``): the first attempt takes a sandbox started ahead
-        when one is ready, and once the function runs, one is started for the next
-        input. Its ``timeout`` is then counted here, from the hand-over. ``staged``: the
-        call's input, whose upload the map started before the call.
         """
         what = getattr(fn, "__qualname__", "function")
         disk = spec.disk_id
         background = self._client._transport.background
-        if staged is None:
-            # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
-            payload = encode_call(fn, args, kwargs, spec.image.python_modules)
-            paths = CallPaths.new()
-            upload = AConcurrent(functools.partial(self._put_input, disk, paths, payload))
-        else:
-            paths, upload = staged.paths, staged.upload
+        # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
+        payload = encode_call(fn, args, kwargs, spec.image.python_modules)
+        paths = CallPaths.new()
+        upload = AConcurrent(functools.partial(self._put_input, disk, paths, payload))
         interrupted = True
         try:
             with background.foreground():
                 lib = await self._cloudpickle(disk)
-                if staged is not None:
-                    await upload.join()
             attempt = 1
             while True:
                 try:
-                    value = await self._attempt(spec, paths, upload, lib, attempt, what, standbys)
+                    value = await self._attempt(spec, paths, upload, lib, attempt, what)
                 except _AttemptFailed as failed:
                     error = failed.error
                 else:
@@ -182,39 +171,21 @@ class AsyncCallRunner(AsyncLauncher):
         lib: str,
         attempt: int,
         what: str,
-        standbys: AsyncStandbys | None,
     ) -> Any:
-        """One attempt of a call, in a sandbox of its own (or one started ahead, the first).
+        """One attempt of a call, in a sandbox of its own.
 
         Raises :class:`_AttemptFailed` for what the function's ``retries`` cover: its
         sandbox failed to start or stopped under it, or the function failed.
         """
         background = self._client._transport.background
-        deadline: float | None = None
-        resend: str | None = None
-        taken = None
-        if standbys is not None and attempt == 1:
-            with background.foreground():
-                await upload.join()
-            taken = await standbys.take(paths)
         try:
-            if taken is None:
-                with background.foreground():
-                    sandbox, process = await self._launch(spec, paths, lib, attempt, ready=upload)
-            else:
-                sandbox, process = taken
-                resend = handover(paths)
-                if spec.timeout is not None:
-                    deadline = self._client._transport.clock() + spec.timeout
+            with background.foreground():
+                sandbox, process = await self._launch(spec, paths, lib, attempt, ready=upload)
         except SandboxError as exc:  # the sandbox failed to start
             raise _AttemptFailed(exc) from None
         tail = OutputTail()
         try:
-            if standbys is not None:
-                await standbys.refill()
-            result = await self._watch(
-                process, self._printer_for(spec), tail, deadline, resend=resend
-            )
+            result = await self._watch(process, self._printer_for(spec), tail)
         except SandboxError as exc:  # the sandbox stopped while the function ran
             await discard_sandbox(sandbox)
             raise _AttemptFailed(exc) from None
@@ -222,8 +193,7 @@ class AsyncCallRunner(AsyncLauncher):
             await discard_sandbox(sandbox)
             raise
         background.spawn(functools.partial(discard_sandbox, sandbox))
-        if result is None:  # past its timeout, counted from the hand-over
-            result = ProcessResult(process.id, "timed_out", None, None, "", "")
+        assert result is not None
         try:
             with background.foreground():
                 return await self._outcome(
@@ -248,7 +218,7 @@ class AsyncCallRunner(AsyncLauncher):
         item: tuple[tuple[Any, ...], dict[str, Any]],
         paths: CallPaths,
     ) -> None:
-        payload = encode_call(fn, item[0], item[1], spec.image.python_modules)
+        payload = encode_arguments(fn, item[0], item[1], spec.image.python_modules)
         await self._put_input(spec.disk_id, paths, payload)
 
     async def spawn(
@@ -391,24 +361,30 @@ class AsyncCallRunner(AsyncLauncher):
         ordered: bool = True,
         return_exceptions: bool = False,
     ) -> AsyncIterator[Any]:
-        """Run one call per input with at most ``concurrency`` at once, yielding results.
+        """Run ``fn`` on each input with at most ``concurrency`` at once, yielding results.
 
+        The inputs share at most ``concurrency`` containers, each of which loads the
+        function once and runs it on one input after another (see :mod:`.workers`).
         Results come in input order (``ordered``) or as they complete. A failure is
         raised where it comes, which stops the rest, unless ``return_exceptions``:
-        then the exception is yielded in its place. When the iteration stops early
-        (a failure, Ctrl-C, the caller breaking out), every call still running is
-        killed and its sandbox deleted before this returns.
+        then the exception is yielded in its place. A failed input is run again as
+        the function's ``retries`` say. When the iteration stops (done, a failure,
+        Ctrl-C, the caller breaking out), every container is stopped and its
+        sandbox deleted before this returns.
         """
         items = list(inputs)
-        if items:
-            await self._cloudpickle(spec.disk_id)
-            await self._prepared(spec) if spec.image.prepare else await self._image_id(
-                spec.image.base
-            )
+        if not items:
+            return
+        disk = spec.disk_id
+        what = getattr(fn, "__qualname__", "function")
+        function = CallPaths.new()
+        payload = encode_function(fn, spec.image.python_modules)
+        await self._cloudpickle(disk)
+        await self._prepared(spec) if spec.image.prepare else await self._image_id(spec.image.base)
         if self._abort is None:
             self._abort = threading.Event()
-
-        standbys = AsyncStandbys(self, spec, CLOUDPICKLE.guest_path, len(items))
+        await self._client.objects.put(disk, function.input_key, payload)
+        workers = AsyncWorkers(self, spec, function, what)
         inputs_ahead = _InputsAhead(
             len(items),
             lambda i, paths: AConcurrent(
@@ -418,33 +394,101 @@ class AsyncCallRunner(AsyncLauncher):
 
         async def one(entry: tuple[int, tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
             index, item = entry
-            standbys.begin()
             # This input's upload may have started already; the next one's starts now,
-            # so that it is on the disk when a slot frees.
+            # so that it is on the disk when a container frees.
             staged = inputs_ahead.begin(index)
+            if staged is None:
+                paths = CallPaths.new()
+                staged = Staged(
+                    paths,
+                    AConcurrent(functools.partial(self._encode_and_put, spec, fn, item, paths)),
+                )
             try:
-                return await self.call(spec, fn, item[0], item[1], standbys=standbys, staged=staged)
+                return await self._map_input(spec, workers, staged, what)
             except Exception as exc:
                 if return_exceptions and not isinstance(exc, CallAborted):
                     return exc
                 raise
 
+        finished = False
         try:
             async for value in agather_bounded(
                 one, list(enumerate(items)), concurrency, ordered=ordered, abort=self._abort
             ):
                 yield value
+            finished = True
         finally:
             # However the map ends (a cancellation included), nothing it made is left.
-            await afinish(
-                standbys.close,
-                *(
-                    functools.partial(
-                        self._settle_and_remove, left.upload, spec.disk_id, (left.paths.input_key,)
-                    )
-                    for left in inputs_ahead.close()
-                ),
+            # A map that ran to its end leaves the containers' stop and delete to the
+            # background work, as a call does; any other end waits for them.
+            leftovers = [
+                functools.partial(
+                    self._settle_and_remove, left.upload, disk, (left.paths.input_key,)
+                )
+                for left in inputs_ahead.close()
+            ]
+            cleanup = functools.partial(
+                afinish,
+                workers.close,
+                *leftovers,
+                functools.partial(self._remove_keys, disk, (function.input_key,)),
             )
+            if finished:
+                self._client._transport.background.spawn(cleanup)
+            else:
+                await cleanup()
+
+    async def _map_input(
+        self, spec: FunctionSpec, workers: AsyncWorkers, staged: Staged, what: str
+    ) -> Any:
+        """Run one input of a ``map`` in one of its containers; its value, or raise.
+
+        A failed attempt is run again as the function's ``retries`` say: an error
+        the function raised leaves its container to the next input, a timeout, a
+        container that died or a sandbox that stopped closes it. The input's files
+        are removed in the background once it is done.
+        """
+        disk = spec.disk_id
+        paths, upload = staged.paths, staged.upload
+        background = self._client._transport.background
+        interrupted = True
+        try:
+            with background.foreground():
+                await upload.join()
+            attempt = 1
+            while True:
+                error: Exception
+                try:
+                    with background.foreground():
+                        worker = await workers.take()
+                except SandboxError as exc:  # its sandbox failed to start
+                    error = exc
+                else:
+                    try:
+                        data = await worker.serve(paths, what)
+                    except (SandboxError, ContainerError, FunctionTimeoutError) as exc:
+                        error = exc
+                    else:
+                        workers.give_back(worker)
+                        try:
+                            value = decode_result(data)
+                        except Exception as exc:
+                            error = exc
+                        else:
+                            interrupted = False
+                            return value
+                await self._retry_or_raise(spec, error, attempt, what)
+                await self._remove_keys(disk, (paths.output_key,))
+                attempt += 1
+        except Exception:
+            interrupted = False
+            raise
+        finally:
+            keys = (paths.input_key, paths.output_key)
+            if interrupted:
+                await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
+            else:
+                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
 
     async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.

@@ -33,7 +33,6 @@ from .._callproto import (
 from .._compat import Concurrent, finish
 from .._errors import (
     APIError,
-    ArchilError,
     ConflictError,
     FunctionTimeoutError,
     ImageBuildError,
@@ -329,23 +328,16 @@ class Launcher:
         deadline: float | None = None,
         *,
         kill: bool = True,
-        resend: str | None = None,
     ) -> ProcessResult | None:
         """Follow ``process`` to its exit (``None`` if ``deadline`` passes first), then detach.
 
         The process is killed when this is interrupted (``kill``), or when the map it
         belongs to was abandoned (:class:`CallAborted`, checked every half second).
-        ``resend`` is sent to its standard input again after each new connection
-        (a hand-over line that a dropped connection may have lost). Raises
-        :class:`SandboxError` when the sandbox stops under the process.
+        Raises :class:`SandboxError` when the sandbox stops under the process.
         """
         clock = self._client._transport.clock
-        attachments = process.attachments
         try:
             while process.result is None:
-                if resend is not None and process.attachments != attachments:
-                    attachments = process.attachments
-                    self._resend(process, resend)
                 self._check_abort()
                 idle = _WATCH_POLL
                 if deadline is not None:
@@ -377,13 +369,6 @@ class Launcher:
             raise
         finally:
             process.close()
-
-    @staticmethod
-    def _resend(process: Process, line: str) -> None:
-        try:
-            process.send_input(line)
-        except ArchilError as exc:
-            log.debug("could not send to process %s again: %s", process.id, exc)
 
     def _check_abort(self) -> None:
         if self._abort is not None and self._abort.is_set():

@@ -161,7 +161,7 @@ class _Map(Generic[R]):
         return_exceptions: bool = False,
         order_outputs: bool = True,
     ) -> Iterator[R]:
-        """Run one call per input, at most ``concurrency`` at once, and yield the results.
+        """Run the function on each input, at most ``concurrency`` at once; yield the results.
 
         ``list(fn.map(xs))`` gives them all. Results come in input order, or as
         they complete with ``order_outputs=False``. A failed input raises its
@@ -169,11 +169,12 @@ class _Map(Generic[R]):
         yields the exception in its place. Leaving the iteration early, an
         error or Ctrl-C stops and deletes every sandbox the map started.
 
-        While calls run, the map starts the sandboxes of inputs still waiting
-        (up to ``concurrency`` of them, with Python loaded but no user code run),
-        so the next input's function starts as soon as a slot frees up; each
-        input still runs in a sandbox of its own, and its ``timeout`` counts
-        from the moment it is handed its input.
+        The inputs run in at most ``concurrency`` containers, each of which
+        loads the function once and runs it on one input after another, so
+        module-level state carries over between the inputs of a container. An
+        input's ``timeout`` counts from the moment its container is handed it;
+        an input that times out or ends its container's process fails alone
+        (or runs again, per ``retries``) and a new container takes its place.
         """
         from .._sync.runner import CallRunner
 
