@@ -9,6 +9,7 @@ effect, process WebSockets cut mid-stream). While it runs, at once:
 
 - blocking threads create sandboxes (each under a name made for it) and disks,
 - blocking threads and async tasks call ``fn.remote()`` / ``fn.remote.aio()``,
+- a blocking ``fn.map()`` and an async ``fn.map.aio()`` run inputs in their containers,
 - async tasks create containers and send objects through the object API and back.
 
 When ``--kill-at`` of the work is done, the server is killed with SIGKILL and started
@@ -47,8 +48,12 @@ from typing import Any
 import archil
 from archil.local.cgroups import Cgroups
 
-FULL = {"sandboxes": 300, "calls": 300, "disks": 100, "objects": 100}
-"""The counts of a full storm: sandbox and container creates, function calls, disks, objects."""
+FULL = {"sandboxes": 300, "calls": 300, "map": 100, "disks": 100, "objects": 100}
+"""The counts of a full storm: sandbox and container creates, function calls, map inputs,
+disks, objects."""
+
+MAP_CONCURRENCY = 4
+"""The concurrency of each of the storm's two maps."""
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -215,6 +220,7 @@ class Storm:
     disk_names: dict[str, str | None] = field(default_factory=dict)
     containers: dict[int, str] = field(default_factory=dict)
     call_inputs: dict[int, bool] = field(default_factory=dict)
+    map_inputs: dict[int, bool] = field(default_factory=dict)
     disk_id: str = ""
 
     def client(self) -> archil.Archil:
@@ -299,6 +305,45 @@ async def async_calls(storm: Storm, fn: Any, indices: range, concurrency: int) -
     await asyncio.gather(*(one(i) for i in indices))
 
 
+def _map_result(storm: Storm, kind: str, i: int, value: object) -> None:
+    """Tally one input of a map (run with ``return_exceptions``): a value or its error."""
+    if isinstance(value, Exception):
+        storm.tally.failure(kind, value)
+        return
+    if value != i * i + 1:
+        storm.tally.mismatch(f"{kind} input {i} gave {value!r}")
+    storm.map_inputs[i] = True
+    storm.tally.success(kind)
+
+
+def blocking_map(storm: Storm, fn: Any, indices: range) -> None:
+    for i in indices:
+        storm.map_inputs[i] = False
+    try:
+        results = fn.map(
+            indices, [storm.run] * len(indices), concurrency=MAP_CONCURRENCY, return_exceptions=True
+        )
+        for i, value in zip(indices, results, strict=False):
+            _map_result(storm, "fn.map", i, value)
+    except Exception as exc:  # the map itself failed (not one of its inputs)
+        storm.tally.failure("fn.map", exc)
+
+
+async def async_map(storm: Storm, fn: Any, indices: range) -> None:
+    for i in indices:
+        storm.map_inputs[i] = False
+    try:
+        results = fn.map.aio(
+            indices, [storm.run] * len(indices), concurrency=MAP_CONCURRENCY, return_exceptions=True
+        )
+        i = indices.start
+        async for value in results:
+            _map_result(storm, "fn.map.aio", i, value)
+            i += 1
+    except Exception as exc:
+        storm.tally.failure("fn.map.aio", exc)
+
+
 async def async_containers(
     storm: Storm, client: archil.AsyncArchil, indices: range, concurrency: int
 ) -> None:
@@ -378,6 +423,10 @@ def run_storm(storm: Storm, kill_at: float, threads: int, concurrency: int) -> N
     counts = storm.counts
     sb_blocking, sb_async = _split(counts["sandboxes"])
     calls_blocking, calls_async = _split(counts["calls"])
+    # The maps' inputs follow the calls', so that their marks on the disk do not meet.
+    first_map, second_map = _split(counts["map"])
+    map_blocking = range(counts["calls"] + first_map.start, counts["calls"] + first_map.stop)
+    map_async = range(counts["calls"] + second_map.start, counts["calls"] + second_map.stop)
     total = sum(counts.values())
     app, fn = make_app(storm)
     client = storm.client()
@@ -401,13 +450,14 @@ def run_storm(storm: Storm, kill_at: float, threads: int, concurrency: int) -> N
                 async_calls(storm, fn, calls_async, concurrency),
                 async_containers(storm, aclient, sb_async, concurrency),
                 async_objects(storm, aclient, range(counts["objects"]), concurrency),
+                async_map(storm, fn, map_async),
             )
 
     stop = threading.Event()
     watcher = threading.Thread(target=killer, daemon=True)
     watcher.start()
     per = max(1, threads // 3)
-    with ThreadPoolExecutor(max_workers=3 * per + 1) as pool:
+    with ThreadPoolExecutor(max_workers=3 * per + 2) as pool:
         futures = []
         for chunk in _chunks(sb_blocking, per):
             futures.append(pool.submit(blocking_sandboxes, storm, client, chunk))
@@ -415,6 +465,7 @@ def run_storm(storm: Storm, kill_at: float, threads: int, concurrency: int) -> N
             futures.append(pool.submit(blocking_disks, storm, client, chunk))
         for chunk in _chunks(calls_blocking, per):
             futures.append(pool.submit(blocking_calls, storm, fn, chunk))
+        futures.append(pool.submit(blocking_map, storm, fn, map_blocking))
         futures.append(pool.submit(asyncio.run, async_half()))
         for future in futures:
             future.result()
@@ -472,6 +523,12 @@ def check(storm: Storm, owners: set[str], retry_log: RetryLog) -> list[str]:
                 problems.append(f"fn.remote({i}) ran {runs} times")
             if succeeded and runs != 1:
                 problems.append(f"fn.remote({i}) returned but left {runs} marks")
+        for i, succeeded in storm.map_inputs.items():
+            runs = _marks(client, storm, f"runs/{i}")
+            if runs > 1:
+                problems.append(f"map input {i} ran {runs} times")
+            if succeeded and runs != 1:
+                problems.append(f"map input {i} gave its value but left {runs} marks")
         live = [s for s in client.sandboxes.list() if s.status in ("pending", "running", "paused")]
         for s in live:
             if s.name and s.name.startswith(("archil-call-", "cntr-")):

@@ -321,6 +321,16 @@ class CallPaths:
         return f"{self.prefix}/output.pkl"
 
     @property
+    def partial_key(self) -> str:
+        """Object key of a result being written: left when its process is killed meanwhile."""
+        return f"{self.prefix}/output.pkl.tmp"
+
+    @property
+    def files(self) -> tuple[str, str, str]:
+        """The keys of the call's input and result (written or partly written)."""
+        return (self.input_key, self.output_key, self.partial_key)
+
+    @property
     def record_key(self) -> str:
         """Object key of a spawned call's :class:`CallRecord`."""
         return f"{self.prefix}/call.json"

@@ -254,6 +254,34 @@ def test_an_input_that_cannot_be_pickled_fails_alone(conn: dict[str, str]) -> No
     assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
 
 
+def test_a_result_cut_off_while_written_is_removed(conn: dict[str, str]) -> None:
+    """A container that dies while it writes a result (killed, or out of memory) leaves
+    a partial result behind: it goes with the input's other files."""
+    app = new_app(conn)
+
+    @app.function(stream_logs=False)
+    def cut(i: int) -> bytes:
+        import glob
+        import os
+        import threading
+        import time
+
+        def die_once_writing() -> None:
+            while not glob.glob("/mnt/archil/.archil/calls/*/output.pkl.tmp"):
+                time.sleep(0.001)
+            os._exit(3)
+
+        threading.Thread(target=die_once_writing, daemon=True).start()
+        return b"x" * (128 << 20)
+
+    [result] = cut.map([0], return_exceptions=True)
+    assert isinstance(result, archil.ContainerError) and result.exit_code == 3, result
+    client = app.client()
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+    assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
+
+
 def test_map_timeout_stops_the_input_and_its_container(conn: dict[str, str]) -> None:
     app = new_app(conn)
 

@@ -151,13 +151,13 @@ class AsyncCallRunner(AsyncLauncher):
                     interrupted = False
                     return value
                 await self._retry_or_raise(spec, error, attempt, what)
-                await self._remove_keys(disk, (paths.output_key,))
+                await self._remove_keys(disk, paths.files[1:])
                 attempt += 1
         except Exception:
             interrupted = False
             raise
         finally:
-            keys = (paths.input_key, paths.output_key)
+            keys = paths.files
             if interrupted:
                 await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
@@ -311,7 +311,7 @@ class AsyncCallRunner(AsyncLauncher):
                     await self._forget(disk, paths)
                     raise
                 assert spec is not None
-                await self._remove_keys(disk, (paths.output_key,))
+                await self._remove_keys(disk, paths.files[1:])
                 lib = await self._cloudpickle(disk)
                 record.attempt += 1
                 sandbox, process = await self._launch(
@@ -346,10 +346,10 @@ class AsyncCallRunner(AsyncLauncher):
             pass
         else:
             await discard_sandbox(sandbox)
-        await self._remove_keys(disk, (paths.input_key, paths.output_key))
+        await self._remove_keys(disk, paths.files)
 
     async def _forget(self, disk: str, paths: CallPaths) -> None:
-        await self._remove_keys(disk, (paths.input_key, paths.output_key, paths.record_key))
+        await self._remove_keys(disk, (*paths.files, paths.record_key))
 
     async def map(
         self,
@@ -478,13 +478,13 @@ class AsyncCallRunner(AsyncLauncher):
                             interrupted = False
                             return value
                 await self._retry_or_raise(spec, error, attempt, what)
-                await self._remove_keys(disk, (paths.output_key,))
+                await self._remove_keys(disk, paths.files[1:])
                 attempt += 1
         except Exception:
             interrupted = False
             raise
         finally:
-            keys = (paths.input_key, paths.output_key)
+            keys = paths.files
             if interrupted:
                 await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:

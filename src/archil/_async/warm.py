@@ -140,7 +140,7 @@ class AsyncWarmContainer:
         try:
             data = await self.serve(paths, f"{self._what}.{method}")
         finally:
-            await self._launcher._remove_keys(disk, (paths.input_key, paths.output_key))
+            await self._launcher._remove_keys(disk, paths.files)
         return decode_result(data)
 
     async def serve(self, paths: CallPaths, what: str) -> bytes:
@@ -275,7 +275,7 @@ class AsyncWarmContainer:
         if sandbox is not None:
             steps.append(functools.partial(discard_sandbox, sandbox))
         if self._payload is not None:
-            keys = (self._init.input_key, self._init.output_key)
+            keys = self._init.files
             steps.append(functools.partial(self._launcher._remove_keys, self._spec.disk_id, keys))
         await afinish(*steps)
 

@@ -153,13 +153,13 @@ class CallRunner(Launcher):
                     interrupted = False
                     return value
                 self._retry_or_raise(spec, error, attempt, what)
-                self._remove_keys(disk, (paths.output_key,))
+                self._remove_keys(disk, paths.files[1:])
                 attempt += 1
         except Exception:
             interrupted = False
             raise
         finally:
-            keys = (paths.input_key, paths.output_key)
+            keys = paths.files
             if interrupted:
                 finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
@@ -313,7 +313,7 @@ class CallRunner(Launcher):
                     self._forget(disk, paths)
                     raise
                 assert spec is not None
-                self._remove_keys(disk, (paths.output_key,))
+                self._remove_keys(disk, paths.files[1:])
                 lib = self._cloudpickle(disk)
                 record.attempt += 1
                 sandbox, process = self._launch(spec, paths, lib, record.attempt, detached=True)
@@ -346,10 +346,10 @@ class CallRunner(Launcher):
             pass
         else:
             discard_sandbox(sandbox)
-        self._remove_keys(disk, (paths.input_key, paths.output_key))
+        self._remove_keys(disk, paths.files)
 
     def _forget(self, disk: str, paths: CallPaths) -> None:
-        self._remove_keys(disk, (paths.input_key, paths.output_key, paths.record_key))
+        self._remove_keys(disk, (*paths.files, paths.record_key))
 
     def map(
         self,
@@ -475,13 +475,13 @@ class CallRunner(Launcher):
                             interrupted = False
                             return value
                 self._retry_or_raise(spec, error, attempt, what)
-                self._remove_keys(disk, (paths.output_key,))
+                self._remove_keys(disk, paths.files[1:])
                 attempt += 1
         except Exception:
             interrupted = False
             raise
         finally:
-            keys = (paths.input_key, paths.output_key)
+            keys = paths.files
             if interrupted:
                 finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:

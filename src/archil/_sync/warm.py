@@ -140,7 +140,7 @@ class WarmContainer:
         try:
             data = self.serve(paths, f"{self._what}.{method}")
         finally:
-            self._launcher._remove_keys(disk, (paths.input_key, paths.output_key))
+            self._launcher._remove_keys(disk, paths.files)
         return decode_result(data)
 
     def serve(self, paths: CallPaths, what: str) -> bytes:
@@ -275,7 +275,7 @@ class WarmContainer:
         if sandbox is not None:
             steps.append(functools.partial(discard_sandbox, sandbox))
         if self._payload is not None:
-            keys = (self._init.input_key, self._init.output_key)
+            keys = self._init.files
             steps.append(functools.partial(self._launcher._remove_keys, self._spec.disk_id, keys))
         finish(*steps)
 
