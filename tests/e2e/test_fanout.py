@@ -254,6 +254,49 @@ def test_an_input_that_cannot_be_pickled_fails_alone(conn: dict[str, str]) -> No
     assert [o.key for o in client.objects.list(app.disk_id, prefix=".archil/calls/")] == []
 
 
+@pytest.mark.parametrize("arrived", [False, True], ids=["lost", "arrived"])
+def test_a_hand_over_cut_by_a_dropped_connection_runs_once(
+    conn: dict[str, str], monkeypatch: pytest.MonkeyPatch, arrived: bool
+) -> None:
+    """The connection drops as an input is handed to its container, before the line
+    left (lost) or after it arrived: the line is sent again once the process is
+    attached again, and the input runs exactly once."""
+    from archil._sync.resources.processes import Process
+
+    app = new_app(conn)
+    sent: list[str | bytes] = []
+    real_send = Process.send_input
+
+    def drop_the_first(self: Process, data: str | bytes) -> None:
+        sent.append(data)
+        if len(sent) == 1 and not arrived:
+            self._close_socket()
+            raise archil.APIConnectionError("the connection dropped before the line left")
+        real_send(self, data)
+        if len(sent) == 1:
+            self._close_socket()
+            raise archil.APIConnectionError("the connection dropped after the line left")
+
+    monkeypatch.setattr(Process, "send_input", drop_the_first)
+
+    @app.function(stream_logs=False, timeout=60)
+    def mark(i: int) -> int:
+        import time
+
+        with open(f"/mnt/archil/ran-{i}", "a") as f:
+            f.write("x")
+        time.sleep(1.0 if i == 5 else 0)  # still running when the process is attached again
+        return i + 1
+
+    assert list(mark.map([5, 6], concurrency=1)) == [6, 7]
+    assert sent[0] == sent[1], sent  # the first line, sent again
+    client = app.client()
+    assert client.objects.get(app.disk_id, "ran-5") == b"x"
+    assert client.objects.get(app.disk_id, "ran-6") == b"x"
+    client.flush()
+    assert client.sandboxes.list(disk_id=app.disk_id) == []
+
+
 def test_a_result_cut_off_while_written_is_removed(conn: dict[str, str]) -> None:
     """A container that dies while it writes a result (killed, or out of memory) leaves
     a partial result behind: it goes with the input's other files."""
