@@ -517,18 +517,13 @@ def check(storm: Storm, owners: set[str], retry_log: RetryLog) -> list[str]:
             marks = _marks(client, storm, f"containers/{i}")
             if marks > 1:
                 problems.append(f"container {i} ({cid}) ran its command {marks} times")
-        for i, succeeded in storm.call_inputs.items():
-            runs = _marks(client, storm, f"runs/{i}")
-            if runs > 1:
-                problems.append(f"fn.remote({i}) ran {runs} times")
-            if succeeded and runs != 1:
-                problems.append(f"fn.remote({i}) returned but left {runs} marks")
-        for i, succeeded in storm.map_inputs.items():
-            runs = _marks(client, storm, f"runs/{i}")
-            if runs > 1:
-                problems.append(f"map input {i} ran {runs} times")
-            if succeeded and runs != 1:
-                problems.append(f"map input {i} gave its value but left {runs} marks")
+        for what, inputs in (("fn.remote", storm.call_inputs), ("fn.map", storm.map_inputs)):
+            for i, succeeded in inputs.items():
+                runs = _marks(client, storm, f"runs/{i}")
+                if runs > 1:
+                    problems.append(f"{what} of {i} ran {runs} times")
+                if succeeded and runs != 1:
+                    problems.append(f"{what} of {i} returned but left {runs} marks")
         live = [s for s in client.sandboxes.list() if s.status in ("pending", "running", "paused")]
         for s in live:
             if s.name and s.name.startswith(("archil-call-", "cntr-")):

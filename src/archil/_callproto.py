@@ -254,14 +254,8 @@ def encode_instance(
     in_image: tuple[str, ...] = (),
 ) -> bytes:
     """Serialize a class, its constructor's arguments and its ``enter`` methods' names."""
-    with _by_value(cls, in_image):
-        try:
-            data: bytes = cloudpickle.dumps((cls, args, kwargs, enters))
-        except Exception as exc:
-            raise ValueError(
-                f"could not serialize the class {cls.__qualname__!r} and its arguments: {exc}"
-            ) from exc
-    return data
+    what = f"the class {cls.__qualname__!r} and its arguments"
+    return _pickled(cls, (cls, args, kwargs, enters), in_image, what)
 
 
 def encode_method_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -429,6 +423,21 @@ def _by_value(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> Iterato
                     cloudpickle.unregister_pickle_by_value(sys.modules[top])
 
 
+def _pickled(fn: Callable[..., Any], value: Any, in_image: tuple[str, ...], what: str) -> bytes:
+    """cloudpickle of ``value`` with ``fn``'s module by value (see :func:`_by_value`);
+    ``ValueError`` naming ``what`` when it cannot be pickled."""
+    with _by_value(fn, in_image):
+        try:
+            data: bytes = cloudpickle.dumps(value)
+        except Exception as exc:
+            raise ValueError(f"could not serialize {what}: {exc}") from exc
+    return data
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return repr(getattr(fn, "__qualname__", fn))
+
+
 def encode_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -436,27 +445,13 @@ def encode_call(
     in_image: tuple[str, ...] = (),
 ) -> bytes:
     """Serialize a call with cloudpickle (local modules by value, unless the image has them)."""
-    with _by_value(fn, in_image):
-        try:
-            data: bytes = cloudpickle.dumps((fn, args, kwargs))
-        except Exception as exc:
-            raise ValueError(
-                f"could not serialize the call to {getattr(fn, '__qualname__', fn)!r} "
-                f"and its arguments: {exc}"
-            ) from exc
-    return data
+    what = f"the call to {_name(fn)} and its arguments"
+    return _pickled(fn, (fn, args, kwargs), in_image, what)
 
 
 def encode_function(fn: Callable[..., Any], in_image: tuple[str, ...] = ()) -> bytes:
-    """Serialize a function alone, for a ``map``'s workers (see :func:`encode_arguments`)."""
-    with _by_value(fn, in_image):
-        try:
-            data: bytes = cloudpickle.dumps(fn)
-        except Exception as exc:
-            raise ValueError(
-                f"could not serialize the function {getattr(fn, '__qualname__', fn)!r}: {exc}"
-            ) from exc
-    return data
+    """Serialize a function alone, for a ``map``'s containers (see :func:`encode_arguments`)."""
+    return _pickled(fn, fn, in_image, f"the function {_name(fn)}")
 
 
 def encode_arguments(
@@ -466,14 +461,7 @@ def encode_arguments(
     in_image: tuple[str, ...] = (),
 ) -> bytes:
     """Serialize one input of a ``map`` (its arguments), pickled as :func:`encode_call` would."""
-    with _by_value(fn, in_image):
-        try:
-            data: bytes = cloudpickle.dumps((args, kwargs))
-        except Exception as exc:
-            raise ValueError(
-                f"could not serialize the arguments of {getattr(fn, '__qualname__', fn)!r}: {exc}"
-            ) from exc
-    return data
+    return _pickled(fn, (args, kwargs), in_image, f"the arguments of {_name(fn)}")
 
 
 def decode_result(data: bytes) -> Any:

@@ -131,20 +131,34 @@ class AsyncCallRunner(AsyncLauncher):
         if the call is interrupted on the way, they are done before it returns.
         """
         what = getattr(fn, "__qualname__", "function")
-        disk = spec.disk_id
-        background = self._client._transport.background
         # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
         payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
-        upload = AConcurrent(functools.partial(self._put_input, disk, paths, payload))
+        upload = AConcurrent(functools.partial(self._put_input, spec.disk_id, paths, payload))
+        return await self._retried(
+            spec,
+            Staged(paths, upload),
+            what,
+            functools.partial(self._attempt, spec, paths, upload, what),
+        )
+
+    async def _retried(
+        self, spec: FunctionSpec, staged: Staged, what: str, attempt_once: Callable[[int], Any]
+    ) -> Any:
+        """``attempt_once(1)``, then ``attempt_once(2)``... as the function's ``retries`` allow
+        (an attempt raises :class:`_AttemptFailed` for what they cover); the first value.
+
+        Then the call's files go: in the background when it ended, at once (this
+        waits) when it was interrupted.
+        """
+        disk = spec.disk_id
+        paths, upload = staged.paths, staged.upload
         interrupted = True
         try:
-            with background.foreground():
-                lib = await self._cloudpickle(disk)
             attempt = 1
             while True:
                 try:
-                    value = await self._attempt(spec, paths, upload, lib, attempt, what)
+                    value = await attempt_once(attempt)
                 except _AttemptFailed as failed:
                     error = failed.error
                 else:
@@ -161,16 +175,17 @@ class AsyncCallRunner(AsyncLauncher):
             if interrupted:
                 await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
-                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+                self._client._transport.background.spawn(
+                    functools.partial(self._settle_and_remove, upload, disk, keys)
+                )
 
     async def _attempt(
         self,
         spec: FunctionSpec,
         paths: CallPaths,
         upload: AConcurrent[None],
-        lib: str,
-        attempt: int,
         what: str,
+        attempt: int,
     ) -> Any:
         """One attempt of a call, in a sandbox of its own.
 
@@ -180,6 +195,7 @@ class AsyncCallRunner(AsyncLauncher):
         background = self._client._transport.background
         try:
             with background.foreground():
+                lib = await self._cloudpickle(spec.disk_id)
                 sandbox, process = await self._launch(spec, paths, lib, attempt, ready=upload)
         except SandboxError as exc:  # the sandbox failed to start
             raise _AttemptFailed(exc) from None
@@ -445,50 +461,30 @@ class AsyncCallRunner(AsyncLauncher):
 
         A failed attempt is run again as the function's ``retries`` say: an error
         the function raised leaves its container to the next input, a timeout, a
-        container that died or a sandbox that stopped closes it. The input's files
-        are removed in the background once it is done.
+        container that died or a sandbox that stopped closes it.
         """
-        disk = spec.disk_id
-        paths, upload = staged.paths, staged.upload
-        background = self._client._transport.background
-        interrupted = True
+        attempt_once = functools.partial(self._map_attempt, spec, workers, staged, what)
+        return await self._retried(spec, staged, what, attempt_once)
+
+    async def _map_attempt(
+        self, spec: FunctionSpec, workers: AsyncWorkers, staged: Staged, what: str, attempt: int
+    ) -> Any:
+        """One attempt of a ``map``'s input; :class:`_AttemptFailed` as for :meth:`_attempt`."""
+        with self._client._transport.background.foreground():
+            await staged.upload.join()  # an input that cannot be pickled fails here
+            try:
+                worker = await workers.take()
+            except SandboxError as exc:  # its sandbox failed to start
+                raise _AttemptFailed(exc) from None
         try:
-            with background.foreground():
-                await upload.join()
-            attempt = 1
-            while True:
-                error: Exception
-                try:
-                    with background.foreground():
-                        worker = await workers.take()
-                except SandboxError as exc:  # its sandbox failed to start
-                    error = exc
-                else:
-                    try:
-                        data = await worker.serve(paths, what)
-                    except (SandboxError, ContainerError, FunctionTimeoutError) as exc:
-                        error = exc
-                    else:
-                        workers.give_back(worker)
-                        try:
-                            value = decode_result(data)
-                        except Exception as exc:
-                            error = exc
-                        else:
-                            interrupted = False
-                            return value
-                await self._retry_or_raise(spec, error, attempt, what)
-                await self._remove_keys(disk, paths.files[1:])
-                attempt += 1
-        except Exception:
-            interrupted = False
-            raise
-        finally:
-            keys = paths.files
-            if interrupted:
-                await afinish(upload.settle, functools.partial(self._remove_keys, disk, keys))
-            else:
-                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+            data = await worker.serve(staged.paths, what)
+        except (SandboxError, ContainerError, FunctionTimeoutError) as exc:
+            raise _AttemptFailed(exc) from None
+        workers.give_back(worker)
+        try:
+            return decode_result(data)
+        except Exception as exc:  # the function raised
+            raise _AttemptFailed(exc) from None
 
     async def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.

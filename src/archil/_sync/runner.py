@@ -133,20 +133,34 @@ class CallRunner(Launcher):
         if the call is interrupted on the way, they are done before it returns.
         """
         what = getattr(fn, "__qualname__", "function")
-        disk = spec.disk_id
-        background = self._client._transport.background
         # The input goes to the disk while the sandbox starts; the bootstrap waits for both.
         payload = encode_call(fn, args, kwargs, spec.image.python_modules)
         paths = CallPaths.new()
-        upload = Concurrent(functools.partial(self._put_input, disk, paths, payload))
+        upload = Concurrent(functools.partial(self._put_input, spec.disk_id, paths, payload))
+        return self._retried(
+            spec,
+            Staged(paths, upload),
+            what,
+            functools.partial(self._attempt, spec, paths, upload, what),
+        )
+
+    def _retried(
+        self, spec: FunctionSpec, staged: Staged, what: str, attempt_once: Callable[[int], Any]
+    ) -> Any:
+        """``attempt_once(1)``, then ``attempt_once(2)``... as the function's ``retries`` allow
+        (an attempt raises :class:`_AttemptFailed` for what they cover); the first value.
+
+        Then the call's files go: in the background when it ended, at once (this
+        waits) when it was interrupted.
+        """
+        disk = spec.disk_id
+        paths, upload = staged.paths, staged.upload
         interrupted = True
         try:
-            with background.foreground():
-                lib = self._cloudpickle(disk)
             attempt = 1
             while True:
                 try:
-                    value = self._attempt(spec, paths, upload, lib, attempt, what)
+                    value = attempt_once(attempt)
                 except _AttemptFailed as failed:
                     error = failed.error
                 else:
@@ -163,16 +177,17 @@ class CallRunner(Launcher):
             if interrupted:
                 finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
             else:
-                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+                self._client._transport.background.spawn(
+                    functools.partial(self._settle_and_remove, upload, disk, keys)
+                )
 
     def _attempt(
         self,
         spec: FunctionSpec,
         paths: CallPaths,
         upload: Concurrent[None],
-        lib: str,
-        attempt: int,
         what: str,
+        attempt: int,
     ) -> Any:
         """One attempt of a call, in a sandbox of its own.
 
@@ -182,6 +197,7 @@ class CallRunner(Launcher):
         background = self._client._transport.background
         try:
             with background.foreground():
+                lib = self._cloudpickle(spec.disk_id)
                 sandbox, process = self._launch(spec, paths, lib, attempt, ready=upload)
         except SandboxError as exc:  # the sandbox failed to start
             raise _AttemptFailed(exc) from None
@@ -442,50 +458,30 @@ class CallRunner(Launcher):
 
         A failed attempt is run again as the function's ``retries`` say: an error
         the function raised leaves its container to the next input, a timeout, a
-        container that died or a sandbox that stopped closes it. The input's files
-        are removed in the background once it is done.
+        container that died or a sandbox that stopped closes it.
         """
-        disk = spec.disk_id
-        paths, upload = staged.paths, staged.upload
-        background = self._client._transport.background
-        interrupted = True
+        attempt_once = functools.partial(self._map_attempt, spec, workers, staged, what)
+        return self._retried(spec, staged, what, attempt_once)
+
+    def _map_attempt(
+        self, spec: FunctionSpec, workers: Workers, staged: Staged, what: str, attempt: int
+    ) -> Any:
+        """One attempt of a ``map``'s input; :class:`_AttemptFailed` as for :meth:`_attempt`."""
+        with self._client._transport.background.foreground():
+            staged.upload.join()  # an input that cannot be pickled fails here
+            try:
+                worker = workers.take()
+            except SandboxError as exc:  # its sandbox failed to start
+                raise _AttemptFailed(exc) from None
         try:
-            with background.foreground():
-                upload.join()
-            attempt = 1
-            while True:
-                error: Exception
-                try:
-                    with background.foreground():
-                        worker = workers.take()
-                except SandboxError as exc:  # its sandbox failed to start
-                    error = exc
-                else:
-                    try:
-                        data = worker.serve(paths, what)
-                    except (SandboxError, ContainerError, FunctionTimeoutError) as exc:
-                        error = exc
-                    else:
-                        workers.give_back(worker)
-                        try:
-                            value = decode_result(data)
-                        except Exception as exc:
-                            error = exc
-                        else:
-                            interrupted = False
-                            return value
-                self._retry_or_raise(spec, error, attempt, what)
-                self._remove_keys(disk, paths.files[1:])
-                attempt += 1
-        except Exception:
-            interrupted = False
-            raise
-        finally:
-            keys = paths.files
-            if interrupted:
-                finish(upload.settle, functools.partial(self._remove_keys, disk, keys))
-            else:
-                background.spawn(functools.partial(self._settle_and_remove, upload, disk, keys))
+            data = worker.serve(staged.paths, what)
+        except (SandboxError, ContainerError, FunctionTimeoutError) as exc:
+            raise _AttemptFailed(exc) from None
+        workers.give_back(worker)
+        try:
+            return decode_result(data)
+        except Exception as exc:  # the function raised
+            raise _AttemptFailed(exc) from None
 
     def run(self, spec: FunctionSpec, command: str, name: str) -> int:
         """Run a shell command in a sandbox; return 0 or raise :class:`ContainerError`.
