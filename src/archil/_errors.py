@@ -291,6 +291,15 @@ class SandboxError(ArchilError):
         self.status = status
         self.exit_reason = exit_reason
 
+    @classmethod
+    def stopped(cls, sandbox_id: str, when: str, conflict: ConflictError) -> SandboxError:
+        """The sandbox was found stopped ``when`` (the control plane answered 409)."""
+        return cls(
+            f"sandbox {sandbox_id} stopped {when}: {conflict.message}",
+            sandbox_id=sandbox_id,
+            exit_reason=conflict.message,
+        )
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_sandbox_error,

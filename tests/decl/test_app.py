@@ -181,7 +181,7 @@ def test_a_local_module_stays_pickled_by_value_while_any_encode_needs_it(
 ) -> None:
     # A map encodes its calls on several threads: one encode that finishes must not
     # unregister the module while another is still pickling with it.
-    from archil._callproto import _by_value
+    from archil._callproto.payloads import _by_value
 
     (tmp_path / "archil_local_mod.py").write_text("def double(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))

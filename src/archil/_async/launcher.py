@@ -288,10 +288,8 @@ class AsyncLauncher:
             # The sandbox stopped between its start and the process's (stopped by someone,
             # or its control plane restarted): nothing of the call ran, so it may run again.
             await discard_sandbox(sandbox)
-            raise SandboxError(
-                f"sandbox {sandbox.id} stopped before the call's process started: {exc.message}",
-                sandbox_id=sandbox.id,
-                exit_reason=exc.message,
+            raise SandboxError.stopped(
+                sandbox.id, "before the call's process started", exc
             ) from exc
         except BaseException:
             await discard_sandbox(sandbox)
@@ -352,11 +350,8 @@ class AsyncLauncher:
         except ConflictError as exc:
             # Its connection answers 409: the sandbox is not running (stopped by someone,
             # or its control plane restarted), and the process cannot be followed.
-            sandbox_id = process.sandbox.id
-            raise SandboxError(
-                f"sandbox {sandbox_id} stopped while process {process.id} ran: {exc.message}",
-                sandbox_id=sandbox_id,
-                exit_reason=exc.message,
+            raise SandboxError.stopped(
+                process.sandbox.id, f"while process {process.id} ran", exc
             ) from exc
         except BaseException:
             if kill:

@@ -112,10 +112,8 @@ class AsyncWarmContainer:
                     self._command, env=spec.process_env(lib), cwd=spec.cwd, collect_output=False
                 )
             except ConflictError as exc:
-                raise SandboxError(
-                    f"sandbox {self._sandbox.id} stopped before its process started: {exc.message}",
-                    sandbox_id=self._sandbox.id,
-                    exit_reason=exc.message,
+                raise SandboxError.stopped(
+                    self._sandbox.id, "before its process started", exc
                 ) from exc
             if self._payload is not None:
                 decode_result(await self._result(self._init, None, f"{self._what} (starting)"))
@@ -188,11 +186,7 @@ class AsyncWarmContainer:
                     await self._hand_over(process, handover)
                 done = await self._follow(process, sandbox, marker, deadline, what, tail, printer)
         except ConflictError as exc:
-            raise SandboxError(
-                f"sandbox {sandbox.id} stopped while {what} ran: {exc.message}",
-                sandbox_id=sandbox.id,
-                exit_reason=exc.message,
-            ) from exc
+            raise SandboxError.stopped(sandbox.id, f"while {what} ran", exc) from exc
         if not done:
             result = process.result
             assert result is not None

@@ -39,11 +39,6 @@ class AsyncWorkers:
         self._closed = False
         self._lock = threading.Lock()
 
-    @property
-    def started(self) -> int:
-        """How many containers were started."""
-        return len(self._all)
-
     async def take(self) -> AsyncWarmContainer:
         """An idle container, or a new one (started here).
 

@@ -384,9 +384,10 @@ class CallRunner(Launcher):
         Results come in input order (``ordered``) or as they complete. A failure is
         raised where it comes, which stops the rest, unless ``return_exceptions``:
         then the exception is yielded in its place. A failed input is run again as
-        the function's ``retries`` say. When the iteration stops (done, a failure,
+        the function's ``retries`` say. When the iteration stops early (a failure,
         Ctrl-C, the caller breaking out), every container is stopped and its
-        sandbox deleted before this returns.
+        sandbox deleted before this returns; a map that ran to its end leaves that
+        to the client's background work, as a call does.
         """
         items = list(inputs)
         if not items:
@@ -401,24 +402,22 @@ class CallRunner(Launcher):
             self._abort = threading.Event()
         self._client.objects.put(disk, function.input_key, payload)
         workers = Workers(self, spec, function, what)
-        inputs_ahead = _InputsAhead(
-            len(items),
-            lambda i, paths: Concurrent(
-                functools.partial(self._encode_and_put, spec, fn, items[i], paths)
-            ),
-        )
+
+        def upload(index: int, paths: CallPaths) -> Concurrent[None]:
+            return Concurrent(
+                functools.partial(self._encode_and_put, spec, fn, items[index], paths)
+            )
+
+        inputs_ahead = _InputsAhead(len(items), upload)
 
         def one(entry: tuple[int, tuple[tuple[Any, ...], dict[str, Any]]]) -> Any:
-            index, item = entry
+            index = entry[0]
             # This input's upload may have started already; the next one's starts now,
             # so that it is on the disk when a container frees.
             staged = inputs_ahead.begin(index)
             if staged is None:
                 paths = CallPaths.new()
-                staged = Staged(
-                    paths,
-                    Concurrent(functools.partial(self._encode_and_put, spec, fn, item, paths)),
-                )
+                staged = Staged(paths, upload(index, paths))
             try:
                 return self._map_input(spec, workers, staged, what)
             except Exception as exc:

@@ -41,11 +41,6 @@ class Workers:
         self._closed = False
         self._lock = threading.Lock()
 
-    @property
-    def started(self) -> int:
-        """How many containers were started."""
-        return len(self._all)
-
     def take(self) -> WarmContainer:
         """An idle container, or a new one (started here).
 
